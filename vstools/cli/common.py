@@ -1,0 +1,186 @@
+"""What every ``vs-*`` command shares: common options, the context handed to handlers, output
+in the original colon format or JSON, and the single place errors become exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import sys
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+from vstools import __version__
+from vstools.config.settings import Settings
+from vstools.errors import ExitCode, NotImplementedYet, VSError
+from vstools.journal import log, setup_logging
+from vstools.paths import Paths
+from vstools.serialize import to_jsonable
+
+EXIT_CODES_EPILOG = (
+    "exit codes: 0 ok, 1 invalid configuration, 2 usage, 3 not found, 4 wrong state or locked,"
+    " 5 host error (rolled back), 6 rollback incomplete, 69 not implemented yet, 70 internal"
+    " error, 130 interrupted"
+)
+
+
+@dataclass(slots=True)
+class Context:
+    """Everything a command handler needs; host paths and streams are parameters (STYLE §5)."""
+
+    prog: str
+    args: argparse.Namespace
+    env: Mapping[str, str]
+    stdout: TextIO
+    stderr: TextIO
+    _settings: tuple[Settings, Paths] | None = field(default=None, repr=False)
+
+    @property
+    def json(self) -> bool:
+        return bool(getattr(self.args, "json", False))
+
+    @property
+    def dry_run(self) -> bool:
+        return bool(getattr(self.args, "dry_run", False))
+
+    def settings_and_paths(self) -> tuple[Settings, Paths]:
+        if self._settings is None:
+            from vstools.hostconfig import load_settings
+
+            self._settings = load_settings(self.env)
+        return self._settings
+
+    @property
+    def settings(self) -> Settings:
+        return self.settings_and_paths()[0]
+
+    @property
+    def paths(self) -> Paths:
+        return self.settings_and_paths()[1]
+
+    @property
+    def hostname(self) -> str:
+        return self.settings.hostname or socket.gethostname().split(".")[0]
+
+    def emit_lines(self, lines: Iterable[str]) -> None:
+        for line in lines:
+            print(line, file=self.stdout)
+
+    def emit_json(self, value: Any) -> None:
+        json.dump(to_jsonable(value), self.stdout, indent=2, sort_keys=False)
+        self.stdout.write("\n")
+
+    def emit_rows(self, rows: Sequence[Mapping[str, object]], fields: Sequence[str]) -> None:
+        """Colon-separated lines (the original format) or, with --json, a list of objects."""
+        if self.json:
+            self.emit_json([{k: row[k] for k in fields} for row in rows])
+        else:
+            self.emit_lines(":".join(str(row[k]) for k in fields) for row in rows)
+
+
+Handler = Callable[[Context], int]
+
+
+def arg_type(parse: Callable[[str], Any], name: str | None = None) -> Callable[[str], Any]:
+    """Use a config value parser (same rules, same messages) for a command-line option."""
+
+    def convert(text: str) -> Any:
+        from vstools.config.lexer import ValueProblem
+
+        try:
+            return parse(text)
+        except ValueProblem as exc:
+            raise argparse.ArgumentTypeError(exc.message) from None
+
+    convert.__name__ = name or getattr(parse, "__name__", "value").removeprefix("parse_")
+    return convert
+
+
+def new_parser(prog: str, description: str, *, mutating: bool) -> argparse.ArgumentParser:
+    """A parser with the options every command has: --json, -v, --version, and for commands that
+    change the host --dry-run and --yes."""
+    parser = argparse.ArgumentParser(
+        prog=prog, description=description, epilog=EXIT_CODES_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--json", action="store_true", help="machine-readable JSON output")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="log every step and command line on stderr")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    if mutating:
+        parser.add_argument("--dry-run", action="store_true",
+                            help="print what would be done and change nothing")
+        parser.add_argument("-y", "--yes", action="store_true",
+                            help="do not ask for confirmation (prompts only appear on a terminal)")
+    return parser
+
+
+def add_guest_selection(parser: argparse.ArgumentParser, *, required: bool = True,
+                        allow_all: bool = True) -> None:
+    """``--name NAME`` or ``--all``."""
+    group = parser.add_mutually_exclusive_group(required=required)
+    group.add_argument("--name", metavar="NAME", help="the guest to act on")
+    if allow_all:
+        group.add_argument("--all", action="store_true", help="every guest of this host")
+
+
+def not_implemented(what: str) -> Handler:
+    """The handler of a command whose work is not built yet: a clear error, no fake output."""
+
+    def handler(ctx: Context) -> int:
+        raise NotImplementedYet(f"{what} is not implemented yet")
+
+    return handler
+
+
+def run_command(parser: argparse.ArgumentParser, handler: Handler,
+                argv: Sequence[str] | None = None, *, env: Mapping[str, str] | None = None,
+                stdout: TextIO | None = None, stderr: TextIO | None = None) -> int:
+    """Parse ``argv``, run ``handler``, and turn what it raised into an exit code."""
+    out = stdout or sys.stdout
+    err = stderr or sys.stderr
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse: --help/--version exit 0, usage errors exit 2
+        return int(exc.code or 0)
+    ctx = Context(parser.prog, args, os.environ if env is None else env, out, err)
+    try:
+        syslog_socket = ctx.settings.syslog_socket if ctx.settings.syslog else None
+        problem = setup_logging(verbose=bool(getattr(args, "verbose", False)),
+                                syslog_socket=syslog_socket)
+        if problem and hasattr(args, "dry_run") and not args.dry_run:
+            log.debug("%s: changes are not journalled (%s)", parser.prog, problem)
+        return handler(ctx)
+    except VSError as exc:
+        return _report(ctx, exc.exit_code, exc.lines(), exc)
+    except KeyboardInterrupt:
+        return _report(ctx, ExitCode.INTERRUPTED, ["interrupted"], None)
+    except BrokenPipeError:
+        # The reader went away (`vs-control --all | head`): not an error worth a traceback.
+        sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - silence the interpreter's flush
+        return ExitCode.OK
+    except Exception as exc:  # a bug: say so plainly, with the traceback in the log
+        log.exception("internal error")
+        return _report(ctx, ExitCode.INTERNAL, [f"internal error: {type(exc).__name__}: {exc}"],
+                       None)
+
+
+def _report(ctx: Context, code: ExitCode, lines: list[str], exc: VSError | None) -> int:
+    if ctx.json:
+        payload: dict[str, Any] = {"error": "\n".join(lines), "exit_code": int(code)}
+        problems = getattr(exc, "problems", None)
+        if problems is not None:
+            payload["problems"] = [to_jsonable(p) for p in problems]
+        ctx.emit_json(payload)
+    for line in lines:
+        print(f"{ctx.prog}: {line}" if not _is_located(line) else line, file=ctx.stderr)
+    return int(code)
+
+
+def _is_located(line: str) -> bool:
+    """``path:line:col: ...`` lines are printed as they are, like a compiler's."""
+    head = line.split(": ", 1)[0]
+    parts = head.rsplit(":", 2)
+    return len(parts) == 3 and parts[1].isdigit() and parts[2].isdigit()

@@ -1,0 +1,26 @@
+"""vs-backup: master: back up the guests of backup.conf."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+
+from vstools.cli.common import new_parser, not_implemented, run_command
+
+DESCRIPTION = """\
+Master only: back up the guests listed in backup.conf (hot: from a snapshot; cold: stop,
+copy, start), as versioned generations."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = new_parser("vs-backup", DESCRIPTION, mutating=True)
+    parser.add_argument("--host", help="only the guests on this slave")
+    parser.add_argument("--name", help="only this guest")
+    return parser
+
+
+handle = not_implemented("backups (master)")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_command(build_parser(), handle, argv)

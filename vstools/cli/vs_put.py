@@ -1,0 +1,25 @@
+"""vs-put: master: copy a guest from the master's store to a slave."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+
+from vstools.cli.common import new_parser, not_implemented, run_command
+
+DESCRIPTION = """\
+Master only: copy a guest from the master's store to a slave."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = new_parser("vs-put", DESCRIPTION, mutating=True)
+    parser.add_argument("--name", required=True, help="the guest")
+    parser.add_argument("--host", required=True, help="the destination slave")
+    return parser
+
+
+handle = not_implemented("the pool (master)")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_command(build_parser(), handle, argv)

@@ -1,0 +1,27 @@
+"""vs-remove: master: delete a guest from a host."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+
+from vstools.cli.common import new_parser, not_implemented, run_command
+
+DESCRIPTION = """\
+Master only: delete a guest from a host. Refuses the last copy, or a running guest, without
+--force."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = new_parser("vs-remove", DESCRIPTION, mutating=True)
+    parser.add_argument("--name", required=True, help="the guest")
+    parser.add_argument("--host", required=True, help="the host to delete it from")
+    parser.add_argument("--force", action="store_true", help="even the last copy or a running guest")
+    return parser
+
+
+handle = not_implemented("the pool (master)")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_command(build_parser(), handle, argv)

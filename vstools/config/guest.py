@@ -1,0 +1,74 @@
+"""guest.conf: everything needed to run one guest, written by ``vs-create`` and ``vs-limit``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from ipaddress import IPv4Address
+from typing import ClassVar
+
+from vstools.config.create import StorageKind, _enum, count, mb
+from vstools.config.keyvalue import Field, KeyValueFile, meta_fields
+from vstools.config.values import (
+    CpuRatio,
+    parse_abs_path,
+    parse_bool,
+    parse_cpu_ratio,
+    parse_guest_name,
+    parse_hostname,
+    parse_ipv4,
+    parse_ipv4_list,
+    parse_uint,
+)
+from vstools.errors import Problem
+
+
+def _context(text: str) -> int:
+    # Context numbers name host objects and, with user namespaces, are the id-map base
+    # (context * 65536 must stay below 2**32).
+    return parse_uint(text, minimum=1, maximum=65535, what="context number")
+
+
+_PATH, _LINES, _PROBLEMS = meta_fields()
+
+
+@dataclass(frozen=True, kw_only=True)
+class GuestConf(KeyValueFile):
+    FILE_NAME: ClassVar[str] = "guest.conf"
+
+    name: str
+    context: int
+    ip: IPv4Address
+    hostname: str | None = None
+    domain: str | None = None
+    nameservers: tuple[IPv4Address, ...] = ()
+    rss_limit_mb: int
+    disk_limit_mb: int
+    tmpfs_limit_mb: int
+    proc_limit: int
+    cpu_limit: CpuRatio
+    enabled: bool = False
+    storage: StorageKind = StorageKind.DIR
+    init: str = "/sbin/init"
+    userns: bool = False
+    path: str = _PATH
+    key_lines: tuple[tuple[str, int], ...] = _LINES
+    warnings: tuple[Problem, ...] = _PROBLEMS
+
+    SCHEMA: ClassVar[tuple[Field, ...]] = (
+        Field("NAME", "name", parse_guest_name),
+        Field("CONTEXT", "context", _context),
+        Field("IP", "ip", parse_ipv4),
+        Field("HOSTNAME", "hostname", parse_hostname),
+        Field("DOMAIN", "domain", parse_hostname),
+        Field("NAMESERVER", "nameservers", parse_ipv4_list),
+        Field("RSS_LIMIT", "rss_limit_mb", mb),
+        Field("DISK_LIMIT", "disk_limit_mb", mb),
+        Field("TMPFS_LIMIT", "tmpfs_limit_mb", mb),
+        Field("PROC_LIMIT", "proc_limit", count),
+        Field("CPU_LIMIT", "cpu_limit", parse_cpu_ratio),
+        Field("ENABLED", "enabled", parse_bool),
+        Field("STORAGE", "storage", _enum(StorageKind)),
+        Field("INIT", "init", parse_abs_path),
+        Field("USERNS", "userns", parse_bool),
+    )
+

@@ -1,0 +1,74 @@
+"""vs-tools.conf: the host's paths and global switches."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import ClassVar
+
+from vstools.config.create import _enum, count
+from vstools.config.keyvalue import Field, KeyValueFile, meta_fields
+from vstools.config.values import parse_abs_path, parse_bool, parse_hostname, parse_uint
+from vstools.errors import Problem
+
+
+class FirewallBackend(StrEnum):
+    NFTABLES = "nftables"
+    IPTABLES_RESTORE = "iptables-restore"
+    IPTC = "iptc"  # python-iptables, legacy iptables hosts only
+
+
+def _port(text: str) -> int:
+    return parse_uint(text, minimum=1, maximum=65535, what="port")
+
+
+def _seconds(text: str) -> int:
+    return parse_uint(text, minimum=1, what="number of seconds")
+
+
+_PATH, _LINES, _PROBLEMS = meta_fields()
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings(KeyValueFile):
+    FILE_NAME: ClassVar[str] = "vs-tools.conf"
+
+    guests_conf_dir: str | None = None
+    root_dir: str | None = None
+    state_dir: str | None = None
+    run_dir: str | None = None
+    hostname: str | None = None
+    firewall_backend: FirewallBackend = FirewallBackend.NFTABLES
+    smtp_host: str = "localhost"
+    smtp_port: int = 25
+    mail_from: str | None = None
+    syslog: bool = True
+    syslog_socket: str = "/dev/log"
+    stop_timeout_s: int = 30
+    ssh_key: str | None = None
+    ssh_known_hosts: str | None = None
+    backup_dir: str | None = None
+    backup_keep: int = 7
+    path: str = _PATH
+    key_lines: tuple[tuple[str, int], ...] = _LINES
+    warnings: tuple[Problem, ...] = _PROBLEMS
+
+    SCHEMA: ClassVar[tuple[Field, ...]] = (
+        Field("GUESTS_CONF_DIR", "guests_conf_dir", parse_abs_path,
+              doc="one directory per guest: guest.conf, firewall.conf, monitor.conf"),
+        Field("ROOT_DIR", "root_dir", parse_abs_path, doc="the guests' root filesystems"),
+        Field("STATE_DIR", "state_dir", parse_abs_path, doc="monitor state, mail spool, inventory"),
+        Field("RUN_DIR", "run_dir", parse_abs_path, doc="runtime state: supervisors, locks"),
+        Field("HOSTNAME", "hostname", parse_hostname, doc="this host's name in outputs"),
+        Field("FIREWALL_BACKEND", "firewall_backend", _enum(FirewallBackend)),
+        Field("SMTP_HOST", "smtp_host", parse_hostname),
+        Field("SMTP_PORT", "smtp_port", _port),
+        Field("MAIL_FROM", "mail_from", str),
+        Field("SYSLOG", "syslog", parse_bool),
+        Field("SYSLOG_SOCKET", "syslog_socket", parse_abs_path),
+        Field("STOP_TIMEOUT", "stop_timeout_s", _seconds),
+        Field("SSH_KEY", "ssh_key", parse_abs_path),
+        Field("SSH_KNOWN_HOSTS", "ssh_known_hosts", parse_abs_path),
+        Field("BACKUP_DIR", "backup_dir", parse_abs_path),
+        Field("BACKUP_KEEP", "backup_keep", count),
+    )

@@ -1,0 +1,170 @@
+"""Loading and checking the host's whole configuration tree: vs-tools.conf, the files of the
+configuration directory, and every guest's directory. Read-only: nothing here changes the host."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+from vstools.config.create import CreateConf
+from vstools.config.files import FILE_KINDS
+from vstools.config.firewall import FirewallConf, parse_firewall
+from vstools.config.guest import GuestConf
+from vstools.config.lexer import WHOLE_FILE, read_config
+from vstools.config.monitor import MonitorConf
+from vstools.config.networks import NetworksConf, parse_networks
+from vstools.config.settings import Settings
+from vstools.errors import ConfigError, NotFoundError, Problem
+from vstools.names import check_guest_name, guest_name_problem
+from vstools.paths import Paths, etc_dir_from, resolve_paths
+
+T = TypeVar("T")
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> tuple[Settings, Paths]:
+    """vs-tools.conf (defaults when absent) and the paths it and the environment give."""
+    environ = os.environ if env is None else env
+    settings_file = etc_dir_from(environ) / Settings.FILE_NAME
+    settings = load_optional(settings_file, Settings.parse, Settings())
+    return settings, resolve_paths(environ, settings)
+
+
+def load_optional(path: Path, parse: Callable[[str, str], T], default: T) -> T:
+    """Parse ``path`` if it exists, else return ``default``. ConfigError when invalid."""
+    if not path.exists():
+        return default
+    name, text = read_config(path)
+    return parse(name, text)
+
+
+def load_networks(paths: Paths) -> NetworksConf:
+    return load_optional(paths.etc_file("networks.conf"), parse_networks, NetworksConf(()))
+
+
+def load_create(paths: Paths) -> CreateConf:
+    return load_optional(paths.etc_file("create.conf"), CreateConf.parse, CreateConf())
+
+
+@dataclass(frozen=True, slots=True)
+class GuestFiles:
+    """One guest's three files, parsed."""
+
+    conf: GuestConf
+    firewall: FirewallConf
+    monitor: MonitorConf
+
+
+def list_guests(paths: Paths) -> list[str]:
+    """Names of the guests defined on this host (directories holding a guest.conf), sorted.
+    Directories whose name is not a valid guest name are ignored here; vs-check reports them."""
+    try:
+        entries = os.listdir(paths.guests_conf_dir)
+    except FileNotFoundError:
+        return []
+    return sorted(
+        name for name in entries
+        if guest_name_problem(name) is None
+        and (paths.guests_conf_dir / name / GuestConf.FILE_NAME).is_file()
+    )
+
+
+def load_guest(paths: Paths, name: str) -> GuestFiles:
+    """Parse the guest's files; NotFoundError when it is not defined, ConfigError when invalid."""
+    directory = paths.guest_dir(check_guest_name(name))
+    conf_file = directory / GuestConf.FILE_NAME
+    if not conf_file.is_file():
+        raise NotFoundError(f"no guest named {name} on this host ({conf_file} does not exist)")
+    problems: list[Problem] = []
+    conf = _collect(lambda: load_optional(conf_file, GuestConf.parse, None), problems)
+    firewall = _collect(lambda: load_optional(directory / "firewall.conf", parse_firewall,
+                                              FirewallConf()), problems)
+    monitor = _collect(lambda: load_optional(directory / "monitor.conf", MonitorConf.parse,
+                                             MonitorConf()), problems)
+    if problems:
+        raise ConfigError(problems)
+    assert conf is not None and firewall is not None and monitor is not None
+    if conf.name != name:
+        line = conf.line_of("NAME") or WHOLE_FILE
+        raise ConfigError([Problem(conf.path, line, 6, f"NAME={conf.name} but the guest's"
+                                   f" directory is {name}")])
+    return GuestFiles(conf, firewall, monitor)
+
+
+def _collect(load: Callable[[], T], problems: list[Problem]) -> T | None:
+    try:
+        return load()
+    except ConfigError as exc:
+        problems.extend(exc.problems)
+        return None
+
+
+def check_tree(env: Mapping[str, str] | None = None) -> list[Problem]:
+    """Every problem (errors and warnings) in the host's configuration, like ``sshd -t``:
+    vs-tools.conf, each file of the configuration directory, each guest, and the checks across
+    files (a guest's address is in a network, addresses and context numbers are unique)."""
+    problems: list[Problem] = []
+    environ = os.environ if env is None else env
+    settings_file = etc_dir_from(environ) / Settings.FILE_NAME
+    settings = _collect(lambda: load_optional(settings_file, Settings.parse, Settings()), problems)
+    paths = resolve_paths(environ, settings)
+    if settings is not None:
+        problems.extend(settings.warnings)
+    models: dict[str, object] = {}
+    for name, kind in FILE_KINDS.items():
+        if name in ("vs-tools.conf", "guest.conf"):
+            continue
+        model = _collect(lambda kind=kind: load_optional(paths.etc_file(kind.name), kind.parse,
+                                                          None), problems)
+        if model is not None:
+            models[name] = model
+            problems.extend(getattr(model, "warnings", ()))
+    networks = models.get("networks.conf")
+    problems.extend(_check_guests(paths, networks if isinstance(networks, NetworksConf) else None))
+    return problems
+
+
+def _check_guests(paths: Paths, networks: NetworksConf | None) -> list[Problem]:
+    problems: list[Problem] = []
+    try:
+        entries = sorted(os.listdir(paths.guests_conf_dir))
+    except FileNotFoundError:
+        return problems
+    seen_ip: dict[str, str] = {}
+    seen_context: dict[int, str] = {}
+    for entry in entries:
+        directory = paths.guests_conf_dir / entry
+        if not directory.is_dir() or entry.startswith("."):
+            continue
+        problem = guest_name_problem(entry)
+        if problem is not None:
+            problems.append(Problem(str(directory), WHOLE_FILE, WHOLE_FILE, problem))
+            continue
+        if not (directory / GuestConf.FILE_NAME).is_file():
+            problems.append(Problem(str(directory / GuestConf.FILE_NAME), WHOLE_FILE, WHOLE_FILE,
+                                    "missing: every guest directory needs its guest.conf"))
+            continue
+        try:
+            files = load_guest(paths, entry)
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+            continue
+        conf = files.conf
+        for model in (conf, files.firewall, files.monitor):
+            problems.extend(model.warnings)
+        ip_line = conf.line_of("IP") or WHOLE_FILE
+        if networks is not None and networks.network_for(conf.ip) is None:
+            problems.append(Problem(conf.path, ip_line, 4, f"{conf.ip} is in no network of"
+                                    f" {networks.path}"))
+        if str(conf.ip) in seen_ip:
+            problems.append(Problem(conf.path, ip_line, 4, f"{conf.ip} is already the address of"
+                                    f" guest {seen_ip[str(conf.ip)]}"))
+        seen_ip.setdefault(str(conf.ip), entry)
+        if conf.context in seen_context:
+            problems.append(Problem(conf.path, conf.line_of("CONTEXT") or WHOLE_FILE, 9,
+                                    f"context {conf.context} is already used by guest"
+                                    f" {seen_context[conf.context]}"))
+        seen_context.setdefault(conf.context, entry)
+    return problems

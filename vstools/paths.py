@@ -1,0 +1,66 @@
+"""Where everything lives. The defaults below are the only place host paths are spelled out;
+``vs-tools.conf`` and the ``VS_*`` environment variables override them (environment first), so
+tests and unusual hosts never touch the real ``/etc``."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from vstools.config.settings import Settings
+from vstools.names import check_guest_name
+
+DEFAULT_DIRS: Mapping[str, str] = {
+    "etc_dir": "/etc/vs-tools",
+    "guests_conf_dir": "/etc/vservers",
+    "root_dir": "/var/lib/vservers",
+    "state_dir": "/var/lib/vs-tools",
+    "run_dir": "/run/vs-tools",
+}
+
+ENV_VARS: Mapping[str, str] = {attr: "VS_" + attr.upper() for attr in DEFAULT_DIRS}
+
+
+@dataclass(frozen=True, slots=True)
+class Paths:
+    etc_dir: Path
+    guests_conf_dir: Path
+    root_dir: Path
+    state_dir: Path
+    run_dir: Path
+
+    @property
+    def settings_file(self) -> Path:
+        return self.etc_dir / "vs-tools.conf"
+
+    def etc_file(self, name: str) -> Path:
+        """A file of the host's configuration directory (networks.conf, create.conf, ...)."""
+        return self.etc_dir / name
+
+    def guest_dir(self, name: str) -> Path:
+        """The guest's configuration directory; the name is validated first (D15)."""
+        return self.guests_conf_dir / check_guest_name(name)
+
+    def guest_root(self, name: str) -> Path:
+        return self.root_dir / check_guest_name(name)
+
+    def guest_run_dir(self, name: str) -> Path:
+        return self.run_dir / "guests" / check_guest_name(name)
+
+    def as_dict(self) -> dict[str, str]:
+        return {attr: str(getattr(self, attr)) for attr in DEFAULT_DIRS}
+
+
+def etc_dir_from(env: Mapping[str, str]) -> Path:
+    """The configuration directory: ``VS_ETC_DIR`` or the default."""
+    return Path(env.get(ENV_VARS["etc_dir"]) or DEFAULT_DIRS["etc_dir"])
+
+
+def resolve_paths(env: Mapping[str, str], settings: Settings | None = None) -> Paths:
+    """Paths from the environment, then ``vs-tools.conf``, then the defaults."""
+    chosen: dict[str, Path] = {}
+    for attr, default in DEFAULT_DIRS.items():
+        from_conf = getattr(settings, attr, None) if settings is not None else None
+        chosen[attr] = Path(env.get(ENV_VARS[attr]) or from_conf or default)
+    return Paths(**chosen)
