@@ -18,14 +18,20 @@ def _lines(argv: list[str]) -> list[str]:
 
 def find_leaks(prefix: str) -> list[str]:
     found: list[str] = []
-    found += [f"netns {line.split()[0]}" for line in _lines(["ip", "netns", "list"])
-              if line.startswith(prefix)]
+    found += [
+        f"netns {line.split()[0]}"
+        for line in _lines(["ip", "netns", "list"])
+        if line.startswith(prefix)
+    ]
     for line in _lines(["ip", "-o", "link", "show"]):
         name = line.split(": ")[1].split("@")[0] if ": " in line else ""
         if name.startswith(prefix):
             found.append(f"link {name}")
-    found += [f"cgroup {path}" for pattern in ("/sys/fs/cgroup/*/", "/sys/fs/cgroup/*/*/")
-              for path in glob.glob(pattern + prefix + "*")]
+    found += [
+        f"cgroup {path}"
+        for pattern in ("/sys/fs/cgroup/*/", "/sys/fs/cgroup/*/*/")
+        for path in glob.glob(pattern + prefix + "*")
+    ]
     with open("/proc/self/mounts") as mounts:
         found += [f"mount {line.split()[1]}" for line in mounts if prefix in line.split()[1]]
     found += [f"nft {line}" for line in _lines(["nft", "list", "tables"]) if prefix in line]

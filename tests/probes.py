@@ -20,8 +20,12 @@ def probe_namespaces() -> str | None:
         return probe_root()
     if shutil.which("unshare") is None:
         return "unshare(1) not installed"
-    proc = subprocess.run(["unshare", "--mount", "--net", "--pid", "--fork", "--uts", "--ipc",
-                           "true"], capture_output=True, text=True, check=False)
+    proc = subprocess.run(
+        ["unshare", "--mount", "--net", "--pid", "--fork", "--uts", "--ipc", "true"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     return None if proc.returncode == 0 else f"unshare failed: {proc.stderr.strip()}"
 
 

@@ -33,13 +33,64 @@ PARSERS: dict[str, Any] = {
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 # Fragments that reach deep into the grammars, mixed with arbitrary characters.
-FRAGMENTS = st.sampled_from([
-    "allow", "deny", "from", "to", "enable", "log", "tcp/", "udp/", "icmp", "all", "0/0", ",",
-    ":", "/", "=", '"', "'", "\\", "#", " ", "\t", "\n", "198.51.100.", "203.0.113.0/24", "80",
-    "65535", "0", "٨", "８", "_", "+", "-", "$(", "`", "NAME", "IP", "CONTEXT", "MTU",
-    "DEFAULT_CPU_LIMIT", "RSS_THRESHOLD", "SOCKETS_FILTER", "hot", "cold", "noselect",
-    "bwlimit=", "10m", "1/4", "yes", "no", "\r", "\x00", "é", "vsh-01", "web",
-])
+FRAGMENTS = st.sampled_from(
+    [
+        "allow",
+        "deny",
+        "from",
+        "to",
+        "enable",
+        "log",
+        "tcp/",
+        "udp/",
+        "icmp",
+        "all",
+        "0/0",
+        ",",
+        ":",
+        "/",
+        "=",
+        '"',
+        "'",
+        "\\",
+        "#",
+        " ",
+        "\t",
+        "\n",
+        "198.51.100.",
+        "203.0.113.0/24",
+        "80",
+        "65535",
+        "0",
+        "٨",
+        "８",
+        "_",
+        "+",
+        "-",
+        "$(",
+        "`",
+        "NAME",
+        "IP",
+        "CONTEXT",
+        "MTU",
+        "DEFAULT_CPU_LIMIT",
+        "RSS_THRESHOLD",
+        "SOCKETS_FILTER",
+        "hot",
+        "cold",
+        "noselect",
+        "bwlimit=",
+        "10m",
+        "1/4",
+        "yes",
+        "no",
+        "\r",
+        "\x00",
+        "é",
+        "vsh-01",
+        "web",
+    ]
+)
 TEXTS = st.one_of(
     st.text(max_size=200),
     st.lists(st.one_of(FRAGMENTS, st.text(max_size=3)), max_size=40).map("".join),
@@ -92,8 +143,13 @@ def services(draw: st.DrawFn) -> str:
         low = draw(PORT)
         high = draw(st.integers(low, 65535))
         form = draw(st.sampled_from(["one", "range", "open-high", "open-low", "none"]))
-        port = {"one": str(low), "range": f"{low}:{high}", "open-high": f"{low}:",
-                "open-low": f":{high}", "none": ""}[form]
+        port = {
+            "one": str(low),
+            "range": f"{low}:{high}",
+            "open-high": f"{low}:",
+            "open-low": f":{high}",
+            "none": "",
+        }[form]
         return f"{proto}/{port}" if port else proto
     if proto == "icmp" and draw(st.booleans()):
         return f"icmp/{draw(OCTET)}"
@@ -139,17 +195,26 @@ def networks_texts(draw: st.DrawFn) -> str:
 def slaves_texts(draw: st.DrawFn) -> str:
     lines = []
     for index in range(draw(st.integers(0, 6))):
-        options = draw(st.lists(st.sampled_from(["noselect", "compress", "bwlimit=10m",
-                                                 "bwlimit=512k", "bwlimit=300"]),
-                                unique_by=lambda o: o.split("=")[0], max_size=3))
+        options = draw(
+            st.lists(
+                st.sampled_from(
+                    ["noselect", "compress", "bwlimit=10m", "bwlimit=512k", "bwlimit=300"]
+                ),
+                unique_by=lambda o: o.split("=")[0],
+                max_size=3,
+            )
+        )
         lines.append(f"vsh-{index:02d}" + (":" + ",".join(options) if options else ""))
     return "\n".join(lines) + "\n"
 
 
 @st.composite
 def backup_texts(draw: st.DrawFn) -> str:
-    names = draw(st.lists(st.from_regex(r"[a-z][a-z0-9-]{0,10}[a-z0-9]", fullmatch=True),
-                          unique=True, max_size=6))
+    names = draw(
+        st.lists(
+            st.from_regex(r"[a-z][a-z0-9-]{0,10}[a-z0-9]", fullmatch=True), unique=True, max_size=6
+        )
+    )
     return "".join(f"{n}:{draw(st.sampled_from(['hot', 'cold']))}\n" for n in names)
 
 
@@ -197,8 +262,11 @@ VALUES: dict[str, st.SearchStrategy[str]] = {
 KV_VALUES: dict[str, st.SearchStrategy[str]] = {
     "NAME": st.from_regex(r"[a-z][a-z0-9-]{0,20}[a-z0-9]", fullmatch=True),
     "CONTEXT": st.integers(1, 65535).map(str),
-    "IP": VALUES["ip"], "HOSTNAME": VALUES["host"], "DOMAIN": VALUES["host"],
-    "DEFAULT_DOMAIN": VALUES["host"], "SMTP_HOST": VALUES["host"],
+    "IP": VALUES["ip"],
+    "HOSTNAME": VALUES["host"],
+    "DOMAIN": VALUES["host"],
+    "DEFAULT_DOMAIN": VALUES["host"],
+    "SMTP_HOST": VALUES["host"],
     "NAMESERVER": st.lists(VALUES["ip"], max_size=3).map(" ".join),
     "DEFAULT_NAMESERVER": st.lists(VALUES["ip"], max_size=3).map(" ".join),
     "MONITOR_MAILTO": st.sampled_from(["root", "admin@example.org,ops@example.org"]),
@@ -212,11 +280,15 @@ KV_VALUES: dict[str, st.SearchStrategy[str]] = {
     "CONTEXT_METHOD": st.sampled_from(["dec", "hex", "cnt"]),
     "DEFAULT_METHOD": st.sampled_from(["template", "debootstrap"]),
     "STORAGE": st.sampled_from(["dir", "btrfs"]),
-    "DEFAULT_DISTRO": st.sampled_from(["bookworm", "trixie"]), "FAKE_OS": st.just("2.6.8"),
-    "LVM_VG": st.just("vg0"), "LVM_FS": st.sampled_from(["ext4", "xfs"]),
+    "DEFAULT_DISTRO": st.sampled_from(["bookworm", "trixie"]),
+    "FAKE_OS": st.just("2.6.8"),
+    "LVM_VG": st.just("vg0"),
+    "LVM_FS": st.sampled_from(["ext4", "xfs"]),
     "FIREWALL_BACKEND": st.sampled_from(["nftables", "iptables-restore", "iptc"]),
-    "SMTP_PORT": st.integers(1, 65535).map(str), "MAIL_FROM": st.just("vs-tools@example.org"),
-    "MONITOR_POOLING": st.integers(1, 3600).map(str), "MONITOR_REPEAT": VALUES["count"],
+    "SMTP_PORT": st.integers(1, 65535).map(str),
+    "MAIL_FROM": st.just("vs-tools@example.org"),
+    "MONITOR_POOLING": st.integers(1, 3600).map(str),
+    "MONITOR_REPEAT": VALUES["count"],
     "STOP_TIMEOUT": st.integers(1, 600).map(str),
     "LOADAVG_1_THRESHOLD": st.sampled_from(["2", "1.5", "0.25"]),
     "LOADAVG_5_THRESHOLD": st.sampled_from(["2", "1.5"]),
@@ -242,8 +314,20 @@ def _value_for(key: str) -> st.SearchStrategy[str]:
 
 @st.composite
 def kv_texts(draw: st.DrawFn, cls: type[KeyValueFile]) -> str:
-    required = {"NAME", "CONTEXT", "IP", "RSS_LIMIT", "DISK_LIMIT", "TMPFS_LIMIT", "PROC_LIMIT",
-                "CPU_LIMIT"} if cls is GuestConf else set()
+    required = (
+        {
+            "NAME",
+            "CONTEXT",
+            "IP",
+            "RSS_LIMIT",
+            "DISK_LIMIT",
+            "TMPFS_LIMIT",
+            "PROC_LIMIT",
+            "CPU_LIMIT",
+        }
+        if cls is GuestConf
+        else set()
+    )
     lines = []
     for spec in cls.SCHEMA:
         if spec.key in required or draw(st.booleans()):

@@ -4,6 +4,7 @@ config is ever executed."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -37,8 +38,10 @@ GOOD = {
     "backup.conf": "web:hot\n",
     "create.conf": "DEFAULT_VLAN=0\n",
     "monitor.conf": "MONITOR_RSS_HITS=yes\n",
-    "guest.conf": ("NAME=web\nCONTEXT=10001\nIP=198.51.100.10\nRSS_LIMIT=128\nDISK_LIMIT=1024\n"
-                   "TMPFS_LIMIT=16\nPROC_LIMIT=150\nCPU_LIMIT=1/4\n"),
+    "guest.conf": (
+        "NAME=web\nCONTEXT=10001\nIP=198.51.100.10\nRSS_LIMIT=128\nDISK_LIMIT=1024\n"
+        "TMPFS_LIMIT=16\nPROC_LIMIT=150\nCPU_LIMIT=1/4\n"
+    ),
     "vs-tools.conf": "SYSLOG=yes\n",
 }
 
@@ -117,10 +120,12 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize(("kind", "broken", "col", "words"), CASES,
-                         ids=[f"{c[0]}:{c[1]}" for c in CASES])
+@pytest.mark.parametrize(
+    ("kind", "broken", "col", "words"), CASES, ids=[f"{c[0]}:{c[1]}" for c in CASES]
+)
 def test_broken_line_is_reported_at_its_place_and_rejects_the_file(
-        kind: str, broken: str, col: int, words: str) -> None:
+    kind: str, broken: str, col: int, words: str
+) -> None:
     good = GOOD[kind]
     text = good + broken + "\n" + AFTER.get(kind, "")
     line = len(good.splitlines()) + 1
@@ -181,10 +186,8 @@ def test_p6_command_substitution_is_text_never_run(kind: str, tmp_path: Path) ->
     payloads = [f"$(touch {marker})", f"`touch {marker}`", f"; touch {marker}"]
     for payload in payloads:
         for text in _inject(kind, payload):
-            try:
+            with contextlib.suppress(ConfigError):
                 PARSERS[kind](kind, text)
-            except ConfigError:
-                pass
     assert not marker.exists()
     assert not os.path.exists("/tmp/x")
 
@@ -195,8 +198,11 @@ def _inject(kind: str, payload: str) -> list[str]:
         keys = [spec.key for spec in PARSERS_SCHEMAS[kind]]
         texts = [f'{key}="{payload}"\n' for key in keys]
         return texts + [f"{key}={payload}\n" for key in keys]
-    return [payload + "\n", GOOD[kind].replace("203.0.113", payload, 1),
-            GOOD[kind].rstrip("\n") + payload + "\n"]
+    return [
+        payload + "\n",
+        GOOD[kind].replace("203.0.113", payload, 1),
+        GOOD[kind].rstrip("\n") + payload + "\n",
+    ]
 
 
 PARSERS_SCHEMAS = {

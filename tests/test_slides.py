@@ -22,11 +22,21 @@ def test_networks_conf_of_the_slides() -> None:
     conf = parse_file(SLIDES / "networks.conf")
     assert isinstance(conf, NetworksConf)
     assert [(n.vlan, n.network, n.gateway, n.domain, n.nameservers) for n in conf.networks] == [
-        (1, IPv4Network("10.0.1.0/24"), IPv4Address("10.0.1.1"), "foo.bar",
-         (IPv4Address("10.0.3.6"),)),
+        (
+            1,
+            IPv4Network("10.0.1.0/24"),
+            IPv4Address("10.0.1.1"),
+            "foo.bar",
+            (IPv4Address("10.0.3.6"),),
+        ),
         (2, IPv4Network("10.0.2.0/24"), IPv4Address("10.0.2.1"), None, ()),
-        (3, IPv4Network("10.0.3.0/24"), IPv4Address("10.0.3.1"), "foo.bar",
-         (IPv4Address("10.0.3.5"), IPv4Address("10.0.3.6"))),
+        (
+            3,
+            IPv4Network("10.0.3.0/24"),
+            IPv4Address("10.0.3.1"),
+            "foo.bar",
+            (IPv4Address("10.0.3.5"), IPv4Address("10.0.3.6")),
+        ),
     ]
     assert [n.source.line for n in conf.networks] == [3, 4, 5]
     assert conf.network_for(IPv4Address("10.0.2.77")) is conf.networks[1]
@@ -41,7 +51,11 @@ def test_create_conf_of_the_slides() -> None:
     assert conf.domain == "univ-reims.fr"
     assert conf.nameservers == (IPv4Address("193.50.208.4"),)
     assert (conf.disk_limit_mb, conf.rss_limit_mb, conf.tmpfs_limit_mb, conf.proc_limit) == (
-        1024, 128, 16, 150)
+        1024,
+        128,
+        16,
+        150,
+    )
     assert conf.cpu_limit == CpuRatio(9, 10)
     assert conf.context_method is ContextMethod.CNT
     assert conf.method is CreateMethod.TEMPLATE
@@ -84,8 +98,11 @@ def test_firewall_conf_of_the_slides() -> None:
         "allow from 0/0 to tcp/80",
     ]
     dns = conf.rules[0]
-    assert (dns.action, dns.direction, dns.port_side) == (Action.ALLOW, Direction.TO,
-                                                           PortSide.DESTINATION)
+    assert (dns.action, dns.direction, dns.port_side) == (
+        Action.ALLOW,
+        Direction.TO,
+        PortSide.DESTINATION,
+    )
     assert dns.services[0].proto is Proto.UDP and dns.services[0].ports == PortRange(53, 53)
     assert [rule.source.line for rule in conf.rules] == [3, 4, 5, 6, 7]
     assert conf.warnings == ()
@@ -95,8 +112,14 @@ def test_slaves_conf_of_the_slides() -> None:
     conf = parse_file(SLIDES / "slaves.conf")
     assert isinstance(conf, SlavesConf)
     assert [str(s) for s in conf.slaves] == [
-        "vsh-00:noselect", "vsh-01", "vsh-02", "vsh-04:bwlimit=10m",
-        "vsh-05:compress,bwlimit=512k", "vsh-06", "vsh-07"]
+        "vsh-00:noselect",
+        "vsh-01",
+        "vsh-02",
+        "vsh-04:bwlimit=10m",
+        "vsh-05:compress,bwlimit=512k",
+        "vsh-06",
+        "vsh-07",
+    ]
     assert conf.slaves[3].bwlimit_kib == 10240
     assert conf.slaves[4].bwlimit_kib == 512 and conf.slaves[4].compress
 
@@ -105,7 +128,10 @@ def test_backup_conf_of_the_slides() -> None:
     conf = parse_file(SLIDES / "backup.conf")
     assert isinstance(conf, BackupConf)
     assert [(e.name, e.mode) for e in conf.entries][:3] == [
-        ("etch1", BackupMode.COLD), ("lamp", BackupMode.COLD), ("nagios", BackupMode.HOT)]
+        ("etch1", BackupMode.COLD),
+        ("lamp", BackupMode.COLD),
+        ("nagios", BackupMode.HOT),
+    ]
     assert len(conf.entries) == 7
 
 

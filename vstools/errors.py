@@ -18,7 +18,9 @@ class ExitCode(IntEnum):
     STATE = 4  # the guest or host is not in a state that allows this (running, locked, in use)
     HOST = 5  # the host refused an operation; what was done has been rolled back
     ROLLBACK = 6  # an operation failed AND its rollback was incomplete: look at the host
-    NOT_IMPLEMENTED = 69  # sysexits EX_UNAVAILABLE: the command exists but its work is not built yet
+    NOT_IMPLEMENTED = (
+        69  # sysexits EX_UNAVAILABLE: the command exists but its work is not built yet
+    )
     INTERNAL = 70  # sysexits EX_SOFTWARE: a bug; the traceback is in the log
     INTERRUPTED = 130  # SIGINT, after rolling back
 

@@ -5,6 +5,7 @@ These are for the host's own files (configs, state). Files inside a guest's root
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
@@ -31,7 +32,7 @@ def atomic_write(path: str | os.PathLike[str], data: bytes | str, *, mode: int =
             os.fsync(handle.fileno())
         os.replace(tmp, target)
     except BaseException:
-        with _ignore_missing():
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
     dir_fd = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -39,14 +40,6 @@ def atomic_write(path: str | os.PathLike[str], data: bytes | str, *, mode: int =
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
-
-
-@contextmanager
-def _ignore_missing() -> Iterator[None]:
-    try:
-        yield
-    except FileNotFoundError:
-        pass
 
 
 @contextmanager

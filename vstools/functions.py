@@ -110,17 +110,33 @@ REGISTRY: dict[str, Function] = {
         Function("version", _version, (), "the toolkit's version"),
         Function("paths", _paths, (), "the directories in force (vs-tools.conf, VS_* variables)"),
         Function("settings", _settings, (), "vs-tools.conf as parsed, defaults included"),
-        Function("check", _check, (Param("file", variadic=True),),
-                 "problems in the whole configuration, or in the FILEs named"),
+        Function(
+            "check",
+            _check,
+            (Param("file", variadic=True),),
+            "problems in the whole configuration, or in the FILEs named",
+        ),
         Function("parse", _parse, (Param("file"),), "one file parsed, recognised by its name"),
-        Function("valid_name", _valid_name, (_name_param(),),
-                 "the name if it is a valid guest name, else an error"),
+        Function(
+            "valid_name",
+            _valid_name,
+            (_name_param(),),
+            "the name if it is a valid guest name, else an error",
+        ),
         Function("networks", _networks, (), "the networks of networks.conf"),
-        Function("network_for", _network_for, (Param("ip", parse_ipv4),),
-                 "the network of networks.conf that contains IP"),
+        Function(
+            "network_for",
+            _network_for,
+            (Param("ip", parse_ipv4),),
+            "the network of networks.conf that contains IP",
+        ),
         Function("guests", _guests, (), "the guests defined on this host"),
-        Function("guest_config", _guest_config, (_name_param(),),
-                 "a guest's guest.conf, firewall.conf and monitor.conf, parsed"),
+        Function(
+            "guest_config",
+            _guest_config,
+            (_name_param(),),
+            "a guest's guest.conf, firewall.conf and monitor.conf, parsed",
+        ),
     )
 }
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TypeVar
 
@@ -65,7 +66,8 @@ def list_guests(paths: Paths) -> list[str]:
     except FileNotFoundError:
         return []
     return sorted(
-        name for name in entries
+        name
+        for name in entries
         if guest_name_problem(name) is None
         and (paths.guests_conf_dir / name / GuestConf.FILE_NAME).is_file()
     )
@@ -79,17 +81,22 @@ def load_guest(paths: Paths, name: str) -> GuestFiles:
         raise NotFoundError(f"no guest named {name} on this host ({conf_file} does not exist)")
     problems: list[Problem] = []
     conf = _collect(lambda: load_optional(conf_file, GuestConf.parse, None), problems)
-    firewall = _collect(lambda: load_optional(directory / "firewall.conf", parse_firewall,
-                                              FirewallConf()), problems)
-    monitor = _collect(lambda: load_optional(directory / "monitor.conf", MonitorConf.parse,
-                                             MonitorConf()), problems)
+    firewall = _collect(
+        lambda: load_optional(directory / "firewall.conf", parse_firewall, FirewallConf()), problems
+    )
+    monitor = _collect(
+        lambda: load_optional(directory / "monitor.conf", MonitorConf.parse, MonitorConf()),
+        problems,
+    )
     if problems:
         raise ConfigError(problems)
-    assert conf is not None and firewall is not None and monitor is not None
+    if conf is None or firewall is None or monitor is None:  # pragma: no cover - typing
+        raise NotFoundError(f"guest {name}: configuration vanished while reading it")
     if conf.name != name:
         line = conf.line_of("NAME") or WHOLE_FILE
-        raise ConfigError([Problem(conf.path, line, 6, f"NAME={conf.name} but the guest's"
-                                   f" directory is {name}")])
+        raise ConfigError(
+            [Problem(conf.path, line, 6, f"NAME={conf.name} but the guest's directory is {name}")]
+        )
     return GuestFiles(conf, firewall, monitor)
 
 
@@ -116,8 +123,9 @@ def check_tree(env: Mapping[str, str] | None = None) -> list[Problem]:
     for name, kind in FILE_KINDS.items():
         if name in ("vs-tools.conf", "guest.conf"):
             continue
-        model = _collect(lambda kind=kind: load_optional(paths.etc_file(kind.name), kind.parse,
-                                                          None), problems)
+        model = _collect(
+            partial(load_optional, paths.etc_file(kind.name), kind.parse, None), problems
+        )
         if model is not None:
             models[name] = model
             problems.extend(getattr(model, "warnings", ()))
@@ -143,8 +151,14 @@ def _check_guests(paths: Paths, networks: NetworksConf | None) -> list[Problem]:
             problems.append(Problem(str(directory), WHOLE_FILE, WHOLE_FILE, problem))
             continue
         if not (directory / GuestConf.FILE_NAME).is_file():
-            problems.append(Problem(str(directory / GuestConf.FILE_NAME), WHOLE_FILE, WHOLE_FILE,
-                                    "missing: every guest directory needs its guest.conf"))
+            problems.append(
+                Problem(
+                    str(directory / GuestConf.FILE_NAME),
+                    WHOLE_FILE,
+                    WHOLE_FILE,
+                    "missing: every guest directory needs its guest.conf",
+                )
+            )
             continue
         try:
             files = load_guest(paths, entry)
@@ -156,15 +170,27 @@ def _check_guests(paths: Paths, networks: NetworksConf | None) -> list[Problem]:
             problems.extend(model.warnings)
         ip_line = conf.line_of("IP") or WHOLE_FILE
         if networks is not None and networks.network_for(conf.ip) is None:
-            problems.append(Problem(conf.path, ip_line, 4, f"{conf.ip} is in no network of"
-                                    f" {networks.path}"))
+            problems.append(
+                Problem(conf.path, ip_line, 4, f"{conf.ip} is in no network of {networks.path}")
+            )
         if str(conf.ip) in seen_ip:
-            problems.append(Problem(conf.path, ip_line, 4, f"{conf.ip} is already the address of"
-                                    f" guest {seen_ip[str(conf.ip)]}"))
+            problems.append(
+                Problem(
+                    conf.path,
+                    ip_line,
+                    4,
+                    f"{conf.ip} is already the address of guest {seen_ip[str(conf.ip)]}",
+                )
+            )
         seen_ip.setdefault(str(conf.ip), entry)
         if conf.context in seen_context:
-            problems.append(Problem(conf.path, conf.line_of("CONTEXT") or WHOLE_FILE, 9,
-                                    f"context {conf.context} is already used by guest"
-                                    f" {seen_context[conf.context]}"))
+            problems.append(
+                Problem(
+                    conf.path,
+                    conf.line_of("CONTEXT") or WHOLE_FILE,
+                    9,
+                    f"context {conf.context} is already used by guest {seen_context[conf.context]}",
+                )
+            )
         seen_context.setdefault(conf.context, entry)
     return problems

@@ -87,4 +87,3 @@ def _summary(step: Step, exc: BaseException, outcome: Outcome, failures: list[st
     if failures:
         text += "; ROLLBACK FAILED: " + "; ".join(failures)
     return text
-

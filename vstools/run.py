@@ -33,7 +33,7 @@ def run(
     argv: Sequence[str],
     *,
     check: bool = True,
-    input: str | None = None,  # noqa: A002 - the subprocess name, kept for familiarity
+    input: str | None = None,
     env: Mapping[str, str] | None = None,
     cwd: str | None = None,
     timeout_s: float | None = None,

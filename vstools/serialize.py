@@ -19,22 +19,28 @@ def to_jsonable(value: Any) -> Any:
     """Dataclasses become objects (bookkeeping fields left out, a rule keeps its line), enums
     their value, addresses and ratios their text, tuples lists."""
     if isinstance(value, Problem):
-        return {"path": value.path, "line": value.line, "col": value.col,
-                "severity": value.severity.value, "message": value.message}
+        return {
+            "path": value.path,
+            "line": value.line,
+            "col": value.col,
+            "severity": value.severity.value,
+            "message": value.message,
+        }
     if isinstance(value, enum.Enum):
         return value.value
-    if isinstance(value, CpuRatio | PurePath) or isinstance(
-        value, ipaddress.IPv4Address | ipaddress.IPv4Network | ipaddress.IPv6Address
-    ):
+    if isinstance(value, CpuRatio | PurePath | ipaddress.IPv4Address | ipaddress.IPv4Network):
         return str(value)
-    if getattr(type(value), "JSON_AS_TEXT", False):
+    if getattr(type(value), "JSON_AS_TEXT", None):
         return str(value)
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        result = {f.name: to_jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)
-                  if f.name not in _SKIPPED}
-        source = getattr(value, "source", None)
-        if source is not None and getattr(source, "line", 0):
-            result["line"] = source.line
+        result: dict[str, Any] = {
+            f.name: to_jsonable(getattr(value, f.name))
+            for f in dataclasses.fields(value)
+            if f.name not in _SKIPPED
+        }
+        line: int | None = getattr(getattr(value, "source", None), "line", None)
+        if line:
+            result["line"] = line
         return result
     if isinstance(value, dict):
         return {str(k): to_jsonable(v) for k, v in value.items()}

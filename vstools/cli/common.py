@@ -102,23 +102,32 @@ def new_parser(prog: str, description: str, *, mutating: bool) -> argparse.Argum
     """A parser with the options every command has: --json, -v, --version, and for commands that
     change the host --dry-run and --yes."""
     parser = argparse.ArgumentParser(
-        prog=prog, description=description, epilog=EXIT_CODES_EPILOG,
+        prog=prog,
+        description=description,
+        epilog=EXIT_CODES_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--json", action="store_true", help="machine-readable JSON output")
-    parser.add_argument("-v", "--verbose", action="store_true",
-                        help="log every step and command line on stderr")
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="log every step and command line on stderr"
+    )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     if mutating:
-        parser.add_argument("--dry-run", action="store_true",
-                            help="print what would be done and change nothing")
-        parser.add_argument("-y", "--yes", action="store_true",
-                            help="do not ask for confirmation (prompts only appear on a terminal)")
+        parser.add_argument(
+            "--dry-run", action="store_true", help="print what would be done and change nothing"
+        )
+        parser.add_argument(
+            "-y",
+            "--yes",
+            action="store_true",
+            help="do not ask for confirmation (prompts only appear on a terminal)",
+        )
     return parser
 
 
-def add_guest_selection(parser: argparse.ArgumentParser, *, required: bool = True,
-                        allow_all: bool = True) -> None:
+def add_guest_selection(
+    parser: argparse.ArgumentParser, *, required: bool = True, allow_all: bool = True
+) -> None:
     """``--name NAME`` or ``--all``."""
     group = parser.add_mutually_exclusive_group(required=required)
     group.add_argument("--name", metavar="NAME", help="the guest to act on")
@@ -135,9 +144,15 @@ def not_implemented(what: str) -> Handler:
     return handler
 
 
-def run_command(parser: argparse.ArgumentParser, handler: Handler,
-                argv: Sequence[str] | None = None, *, env: Mapping[str, str] | None = None,
-                stdout: TextIO | None = None, stderr: TextIO | None = None) -> int:
+def run_command(
+    parser: argparse.ArgumentParser,
+    handler: Handler,
+    argv: Sequence[str] | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    stdout: TextIO | None = None,
+    stderr: TextIO | None = None,
+) -> int:
     """Parse ``argv``, run ``handler``, and turn what it raised into an exit code."""
     out = stdout or sys.stdout
     err = stderr or sys.stderr
@@ -148,8 +163,9 @@ def run_command(parser: argparse.ArgumentParser, handler: Handler,
     ctx = Context(parser.prog, args, os.environ if env is None else env, out, err)
     try:
         syslog_socket = ctx.settings.syslog_socket if ctx.settings.syslog else None
-        problem = setup_logging(verbose=bool(getattr(args, "verbose", False)),
-                                syslog_socket=syslog_socket)
+        problem = setup_logging(
+            verbose=bool(getattr(args, "verbose", False)), syslog_socket=syslog_socket
+        )
         if problem and hasattr(args, "dry_run") and not args.dry_run:
             log.debug("%s: changes are not journalled (%s)", parser.prog, problem)
         return handler(ctx)
@@ -163,8 +179,9 @@ def run_command(parser: argparse.ArgumentParser, handler: Handler,
         return ExitCode.OK
     except Exception as exc:  # a bug: say so plainly, with the traceback in the log
         log.exception("internal error")
-        return _report(ctx, ExitCode.INTERNAL, [f"internal error: {type(exc).__name__}: {exc}"],
-                       None)
+        return _report(
+            ctx, ExitCode.INTERNAL, [f"internal error: {type(exc).__name__}: {exc}"], None
+        )
 
 
 def _report(ctx: Context, code: ExitCode, lines: list[str], exc: VSError | None) -> int:

@@ -19,8 +19,12 @@ path:line:col: message and the exit status is 1. Warnings are printed but do not
 
 def build_parser() -> argparse.ArgumentParser:
     parser = new_parser("vs-check", DESCRIPTION, mutating=False)
-    parser.add_argument("files", nargs="*", metavar="FILE",
-                        help="files to check (networks.conf, firewall.conf, guest.conf, ...)")
+    parser.add_argument(
+        "files",
+        nargs="*",
+        metavar="FILE",
+        help="files to check (networks.conf, firewall.conf, guest.conf, ...)",
+    )
     return parser
 
 
@@ -34,8 +38,9 @@ def check_files(files: Sequence[str]) -> list[Problem]:
         except ConfigError as exc:
             problems.extend(exc.problems)
         except NotFoundError as exc:
-            problems.append(Problem(path, WHOLE_FILE, WHOLE_FILE, str(exc).removeprefix(
-                f"{path}: ")))
+            problems.append(
+                Problem(path, WHOLE_FILE, WHOLE_FILE, str(exc).removeprefix(f"{path}: "))
+            )
     return problems
 
 

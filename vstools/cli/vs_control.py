@@ -14,11 +14,15 @@ Show or change the state of guests. Output: host:vserver:enabled|disabled:runnin
 def build_parser() -> argparse.ArgumentParser:
     parser = new_parser("vs-control", DESCRIPTION, mutating=True)
     add_guest_selection(parser)
-    for flag, text in (("start", "start the guest"), ("stop", "stop the guest"),
-                       ("restart", "stop then start"), ("enable", "start with the host"),
-                       ("disable", "do not start with the host"),
-                       ("freeze", "suspend every process (cgroup freezer)"),
-                       ("thaw", "resume a frozen guest")):
+    for flag, text in (
+        ("start", "start the guest"),
+        ("stop", "stop the guest"),
+        ("restart", "stop then start"),
+        ("enable", "start with the host"),
+        ("disable", "do not start with the host"),
+        ("freeze", "suspend every process (cgroup freezer)"),
+        ("thaw", "resume a frozen guest"),
+    ):
         parser.add_argument(f"--{flag}", action="store_true", help=text)
     return parser
 

@@ -16,8 +16,9 @@ descriptor reaches it. Usage: vs-exec NAME -- CMD [ARGS...]"""
 def build_parser() -> argparse.ArgumentParser:
     parser = new_parser("vs-exec", DESCRIPTION, mutating=False)
     parser.add_argument("name", metavar="NAME", type=arg_type(parse_guest_name, "name"))
-    parser.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD",
-                        help="the command and its arguments")
+    parser.add_argument(
+        "command", nargs=argparse.REMAINDER, metavar="-- CMD", help="the command and its arguments"
+    )
     return parser
 
 

@@ -51,8 +51,12 @@ def handle(ctx: Context) -> int:
 
     if ctx.args.list:
         if ctx.json:
-            ctx.emit_json([{"name": f.name, "signature": f.signature, "doc": f.doc}
-                           for f in REGISTRY.values()])
+            ctx.emit_json(
+                [
+                    {"name": f.name, "signature": f.signature, "doc": f.doc}
+                    for f in REGISTRY.values()
+                ]
+            )
         else:
             width = max(len(f.signature) for f in REGISTRY.values())
             ctx.emit_lines(f"{f.signature:<{width}}  {f.doc}" for f in REGISTRY.values())

@@ -27,8 +27,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--disk", metavar="MB", type=arg_type(mb), help="disk limit")
     parser.add_argument("--tmpfs", metavar="MB", type=arg_type(mb), help="size of /tmp")
     parser.add_argument("--proc", metavar="N", type=arg_type(count), help="process limit")
-    parser.add_argument("--cpu", metavar="A/B", type=arg_type(parse_cpu_ratio),
-                        help="share of the host's whole CPU capacity")
+    parser.add_argument(
+        "--cpu",
+        metavar="A/B",
+        type=arg_type(parse_cpu_ratio),
+        help="share of the host's whole CPU capacity",
+    )
     return parser
 
 

@@ -17,8 +17,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--name", required=True, help="the guest")
     parser.add_argument("--dst_host", required=True, help="the destination slave")
     parser.add_argument("--src_host", help="the source slave (default: where it runs)")
-    parser.add_argument("--1step", dest="one_step", action="store_true",
-                        help="stop first and copy once (no live first pass)")
+    parser.add_argument(
+        "--1step",
+        dest="one_step",
+        action="store_true",
+        help="stop first and copy once (no live first pass)",
+    )
     return parser
 
 

@@ -17,10 +17,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser = new_parser("vs-net", DESCRIPTION, mutating=True)
     add_guest_selection(parser)
     for layer in ("vlan", "route", "fw"):
-        parser.add_argument(f"--{layer}", choices=("up", "down"), help=f"bring the {layer} layer"
-                            " up or down")
-    parser.add_argument("--plan", action="store_true",
-                        help="print the compiled firewall and its diff with what is loaded")
+        parser.add_argument(
+            f"--{layer}", choices=("up", "down"), help=f"bring the {layer} layer up or down"
+        )
+    parser.add_argument(
+        "--plan",
+        action="store_true",
+        help="print the compiled firewall and its diff with what is loaded",
+    )
     return parser
 
 

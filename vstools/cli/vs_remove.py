@@ -16,7 +16,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = new_parser("vs-remove", DESCRIPTION, mutating=True)
     parser.add_argument("--name", required=True, help="the guest")
     parser.add_argument("--host", required=True, help="the host to delete it from")
-    parser.add_argument("--force", action="store_true", help="even the last copy or a running guest")
+    parser.add_argument(
+        "--force", action="store_true", help="even the last copy or a running guest"
+    )
     return parser
 
 

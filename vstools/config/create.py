@@ -98,7 +98,7 @@ class CreateConf(KeyValueFile):
     rss_limit_mb: int = 128
     tmpfs_limit_mb: int = 16
     proc_limit: int = 150
-    cpu_limit: CpuRatio = CpuRatio(9, 10)
+    cpu_limit: CpuRatio = CpuRatio(9, 10)  # noqa: RUF009 - frozen, so sharing it is safe
     fake_os: str | None = None
     context_method: ContextMethod = ContextMethod.CNT
     context_start: int = 10000
@@ -129,8 +129,12 @@ class CreateConf(KeyValueFile):
         Field("DEFAULT_TMPFS_LIMIT", "tmpfs_limit_mb", mb),
         Field("DEFAULT_PROC_LIMIT", "proc_limit", count),
         Field("DEFAULT_CPU_LIMIT", "cpu_limit", parse_cpu_ratio),
-        Field("FAKE_OS", "fake_os", parse_word,
-              warning="ignored: namespaces cannot show a guest another kernel version"),
+        Field(
+            "FAKE_OS",
+            "fake_os",
+            parse_word,
+            warning="ignored: namespaces cannot show a guest another kernel version",
+        ),
         Field("CONTEXT_METHOD", "context_method", _enum(ContextMethod)),
         Field("CONTEXT_START", "context_start", count),
         Field("DEFAULT_METHOD", "method", _enum(CreateMethod)),
@@ -150,5 +154,8 @@ class CreateConf(KeyValueFile):
         if self.storage is StorageKind.LVM and self.lvm_vg is None:
             out.error(self.line_of("STORAGE") or 0, 1, "STORAGE=lvm needs LVM_VG")
         if self.method is CreateMethod.CLONE:
-            out.error(self.line_of("DEFAULT_METHOD") or 0, 1,
-                      "DEFAULT_METHOD=clone cannot be a default: --clone names its source guest")
+            out.error(
+                self.line_of("DEFAULT_METHOD") or 0,
+                1,
+                "DEFAULT_METHOD=clone cannot be a default: --clone names its source guest",
+            )

@@ -15,8 +15,7 @@ from vstools.config.monitor import MonitorConf
 from vstools.config.networks import parse_networks
 from vstools.config.pool import parse_backup, parse_slaves
 from vstools.config.settings import Settings
-from vstools.errors import NotFoundError
-from vstools.errors import Problem
+from vstools.errors import NotFoundError, Problem
 
 
 @dataclass(frozen=True, slots=True)

@@ -82,7 +82,7 @@ class PortRange:
 
 @dataclass(frozen=True, slots=True)
 class Service:
-    """``tcp/80``, ``udp/1000:2000``, ``tcp`` (all ports), ``icmp``, ``icmp/8`` (a type), ``all``."""
+    """``tcp/80``, ``udp/1000:2000``, ``tcp`` (every port), ``icmp``, ``icmp/8``, ``all``."""
 
     JSON_AS_TEXT: ClassVar[bool] = True
 
@@ -163,8 +163,11 @@ def parse_port(text: str) -> PortRange:
         raise ValueProblem("a port range needs at least one end (N:M, N: or :M)")
     low = parse_uint(low_text, minimum=1, maximum=_MAX_PORT, what="port") if low_text else 1
     try:
-        high = (parse_uint(high_text, minimum=1, maximum=_MAX_PORT, what="port")
-                if high_text else _MAX_PORT)
+        high = (
+            parse_uint(high_text, minimum=1, maximum=_MAX_PORT, what="port")
+            if high_text
+            else _MAX_PORT
+        )
     except ValueProblem as exc:
         raise ValueProblem(exc.message, len(low_text) + 1 + exc.offset) from None
     if low > high:
@@ -178,8 +181,9 @@ def parse_service(text: str) -> Service:
         proto = Proto(proto_text)
     except ValueError:
         hint = _suggest(proto_text, tuple(p.value for p in Proto))
-        raise ValueProblem(f"unknown protocol {proto_text!r}: tcp, udp, icmp or all{hint}"
-                           ) from None
+        raise ValueProblem(
+            f"unknown protocol {proto_text!r}: tcp, udp, icmp or all{hint}"
+        ) from None
     if not slash:
         return Service(proto)
     offset = len(proto_text) + 1
@@ -210,8 +214,9 @@ def _parse_rule(words: list[Token], number: int, out: Collector) -> Rule | None:
         return None
     direction = Direction(words[1].text)
     if len(words) < 3:
-        out.error(number, words[1].col + len(words[1].text),
-                  f"expected addresses after '{direction}'")
+        out.error(
+            number, words[1].col + len(words[1].text), f"expected addresses after '{direction}'"
+        )
         return None
     rest = words[3:]
     side = PortSide.EITHER
@@ -220,26 +225,44 @@ def _parse_rule(words: list[Token], number: int, out: Collector) -> Rule | None:
         rest = rest[1:]
     if not rest:
         last = words[-1]
-        out.error(number, last.col + len(last.text),
-                  "expected services such as tcp/22 or udp/53,tcp/53 at the end of the rule")
+        out.error(
+            number,
+            last.col + len(last.text),
+            "expected services such as tcp/22 or udp/53,tcp/53 at the end of the rule",
+        )
         return None
     if len(rest) > 1:
-        out.error(number, rest[1].col, f"unexpected {rest[1].text!r} after the services"
-                  " (separate several with commas, no spaces)")
+        out.error(
+            number,
+            rest[1].col,
+            f"unexpected {rest[1].text!r} after the services"
+            " (separate several with commas, no spaces)",
+        )
         return None
     before = len(out.problems)
-    addresses = [parse_token(piece, parse_address, number, out)
-                 for piece in split_on(words[2], ",")]
+    addresses = [
+        parse_token(piece, parse_address, number, out) for piece in split_on(words[2], ",")
+    ]
     services = [parse_token(piece, parse_service, number, out) for piece in split_on(rest[0], ",")]
     if len(out.problems) != before:
         return None
     found_services = tuple(s for s in services if s is not None)
     has_ports = any(s.ports is not None for s in found_services)
     if side is PortSide.EITHER and has_ports:
-        out.warn(number, rest[0].col, "no 'from' or 'to' before the ports: the port matches as"
-                 " source OR destination, as the original did; write 'to' for a destination port")
-    return Rule(action, direction, tuple(a for a in addresses if a is not None), side,
-                found_services, SourceRef(out.path, number))
+        out.warn(
+            number,
+            rest[0].col,
+            "no 'from' or 'to' before the ports: the port matches as"
+            " source OR destination, as the original did; write 'to' for a destination port",
+        )
+    return Rule(
+        action,
+        direction,
+        tuple(a for a in addresses if a is not None),
+        side,
+        found_services,
+        SourceRef(out.path, number),
+    )
 
 
 def parse_firewall(path: str, text: str) -> FirewallConf:
@@ -256,16 +279,23 @@ def parse_firewall(path: str, text: str) -> FirewallConf:
             continue
         keyword = words[0].text
         if keyword not in _KEYWORDS:
-            out.error(number, words[0].col, f"unknown keyword {keyword!r}: expected allow, deny,"
-                      f" enable or log{_suggest(keyword, _KEYWORDS)}")
+            out.error(
+                number,
+                words[0].col,
+                f"unknown keyword {keyword!r}: expected allow, deny,"
+                f" enable or log{_suggest(keyword, _KEYWORDS)}",
+            )
             continue
         if keyword in ("enable", "log"):
             if len(words) > 1:
                 out.error(number, words[1].col, f"unexpected {words[1].text!r} after {keyword}")
                 continue
             if keyword in seen_flags:
-                out.warn(number, words[0].col,
-                         f"{keyword} repeated (already on line {seen_flags[keyword]})")
+                out.warn(
+                    number,
+                    words[0].col,
+                    f"{keyword} repeated (already on line {seen_flags[keyword]})",
+                )
             seen_flags[keyword] = number
             enabled = enabled or keyword == "enable"
             log = log or keyword == "log"

@@ -71,4 +71,3 @@ class GuestConf(KeyValueFile):
         Field("INIT", "init", parse_abs_path),
         Field("USERNS", "userns", parse_bool),
     )
-

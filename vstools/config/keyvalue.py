@@ -86,8 +86,9 @@ class KeyValueFile:
                 out.error(item.line, item.key_col, f"unknown key {item.key}{hint}")
                 continue
             if item.key in lines:
-                out.error(item.line, item.key_col,
-                          f"{item.key} is already set on line {lines[item.key]}")
+                out.error(
+                    item.line, item.key_col, f"{item.key} is already set on line {lines[item.key]}"
+                )
                 continue
             lines[item.key] = item.line
             try:
@@ -98,7 +99,8 @@ class KeyValueFile:
             if spec.warning:
                 out.warn(item.line, item.key_col, f"{item.key}: {spec.warning}")
         missing = [
-            f.key for f in cls.SCHEMA
+            f.key
+            for f in cls.SCHEMA
             if f.attr not in values and f.key not in lines and _is_required(cls, f.attr)
         ]
         for key in missing:
@@ -125,6 +127,7 @@ class KeyValueFile:
 def _is_required(cls: type, attr: str) -> bool:
     for item in dataclasses.fields(cls):
         if item.name == attr:
-            return (item.default is dataclasses.MISSING
-                    and item.default_factory is dataclasses.MISSING)
+            return (
+                item.default is dataclasses.MISSING and item.default_factory is dataclasses.MISSING
+            )
     return False

@@ -111,8 +111,8 @@ def read_config(path: str | Path) -> tuple[str, str]:
         out.raise_if_errors()
         raise  # unreachable: raise_if_errors raised
     text = decode(name, data, out)
-    out.raise_if_errors()
-    assert text is not None
+    if text is None:
+        raise ConfigError(out.problems)
     return name, text
 
 
@@ -207,8 +207,11 @@ def _scan_value(line: str, start: int, number: int, out: Collector) -> tuple[str
                 i += 1
         elif char == "\\":
             if i + 1 >= len(line):
-                out.error(number, i + 1, "backslash at the end of the line (continuation lines"
-                          " are not supported)")
+                out.error(
+                    number,
+                    i + 1,
+                    "backslash at the end of the line (continuation lines are not supported)",
+                )
                 return None
             value.append(line[i + 1])
             i += 2

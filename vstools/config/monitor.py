@@ -74,6 +74,10 @@ class MonitorConf(KeyValueFile):
         Field("MONITOR_SOCKETS", "sockets", parse_bool),
         Field("SOCKETS_FILTER", "sockets_filter", parse_regex),
         Field("MONITOR_REPEAT", "repeat_s", _repeat, doc="seconds between reminders, 0: never"),
-        Field("MONITOR_HYSTERESIS", "hysteresis_pct", percent,
-              doc="a threshold alert ends only this many points below the threshold"),
+        Field(
+            "MONITOR_HYSTERESIS",
+            "hysteresis_pct",
+            percent,
+            doc="a threshold alert ends only this many points below the threshold",
+        ),
     )

@@ -86,15 +86,24 @@ def _parse_line(line: str, number: int, out: Collector) -> Network | None:
         form, parts = NetworkForm.COLON, [_strip(t) for t in split_on(whole, ":")]
     else:
         first = _strip(whole)
-        out.error(number, first.col, "expected vlan_id,network/prefix,gateway[,domain[,nameserver"
-                  " ...]] (or the colon form vlan_id:network/prefix:gateway[:nameserver:domain])")
+        out.error(
+            number,
+            first.col,
+            "expected vlan_id,network/prefix,gateway[,domain[,nameserver"
+            " ...]] (or the colon form vlan_id:network/prefix:gateway[:nameserver:domain])",
+        )
         return None
     if not 3 <= len(parts) <= 5:
-        out.error(number, parts[min(len(parts), 5) - 1].col if len(parts) > 5 else 1,
-                  f"expected 3 to 5 fields, found {len(parts)}")
+        out.error(
+            number,
+            parts[min(len(parts), 5) - 1].col if len(parts) > 5 else 1,
+            f"expected 3 to 5 fields, found {len(parts)}",
+        )
         return None
     errors_before = len(out.problems)
-    vlan = parse_token(parts[0], lambda t: parse_uint(t, maximum=MAX_VLAN, what="VLAN id"), number, out)
+    vlan = parse_token(
+        parts[0], lambda t: parse_uint(t, maximum=MAX_VLAN, what="VLAN id"), number, out
+    )
     net = parse_token(parts[1], lambda t: parse_ipv4_network(t, allow_bare=False), number, out)
     gateway = parse_token(parts[2], parse_ipv4, number, out)
     domain_token: Token | None
@@ -113,9 +122,11 @@ def _parse_line(line: str, number: int, out: Collector) -> Network | None:
         nameservers = parse_token(ns_token, parse_ipv4_list, number, out)
     if len(out.problems) != errors_before:
         return None
-    assert vlan is not None and net is not None and gateway is not None and nameservers is not None
-    if gateway not in net or (net.prefixlen < 31 and gateway in (net.network_address,
-                                                               net.broadcast_address)):
+    if vlan is None or net is None or gateway is None or nameservers is None:
+        return None
+    if gateway not in net or (
+        net.prefixlen < 31 and gateway in (net.network_address, net.broadcast_address)
+    ):
         out.error(number, parts[2].col, f"gateway {gateway} is not a host address of {net}")
         return None
     return Network(vlan, net, gateway, domain, nameservers, SourceRef(out.path, number), form)
@@ -136,14 +147,21 @@ def parse_networks(path: str, text: str) -> NetworksConf:
         for other in networks:
             if net.network.overlaps(other.network):
                 col = line.find(str(net.network.network_address)) + 1
-                out.error(number, max(col, 1), f"{net.network} overlaps {other.network} "
-                          f"(line {other.source.line}): a guest's network must be unambiguous")
+                out.error(
+                    number,
+                    max(col, 1),
+                    f"{net.network} overlaps {other.network} "
+                    f"(line {other.source.line}): a guest's network must be unambiguous",
+                )
                 break
             if net.vlan == other.vlan:
-                out.error(number, len(line) - len(line.lstrip()) + 1,
-                          f"VLAN {net.vlan} is already used by {other.network} (line "
-                          f"{other.source.line}): one network per VLAN, each VLAN has one routing"
-                          " table and one gateway")
+                out.error(
+                    number,
+                    len(line) - len(line.lstrip()) + 1,
+                    f"VLAN {net.vlan} is already used by {other.network} (line "
+                    f"{other.source.line}): one network per VLAN, each VLAN has one routing"
+                    " table and one gateway",
+                )
                 break
         else:
             networks.append(net)

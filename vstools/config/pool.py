@@ -32,8 +32,9 @@ class Slave:
     source: SourceRef = field(default=SourceRef("", 0), compare=False)
 
     def __str__(self) -> str:
-        options = [name for name, on in (("noselect", self.noselect),
-                                         ("compress", self.compress)) if on]
+        options = [
+            name for name, on in (("noselect", self.noselect), ("compress", self.compress)) if on
+        ]
         if self.bwlimit_kib is not None:
             options.append(f"bwlimit={_render_bw(self.bwlimit_kib)}")
         return self.host + (":" + ",".join(options) if options else "")
@@ -89,8 +90,9 @@ def _single_token(line: str, number: int, out: Collector) -> Token | None:
     if not words:
         return None
     if len(words) > 1:
-        out.error(number, words[1].col, f"unexpected {words[1].text!r}: one entry per line,"
-                  " no spaces")
+        out.error(
+            number, words[1].col, f"unexpected {words[1].text!r}: one entry per line, no spaces"
+        )
         return None
     return words[0]
 
@@ -99,8 +101,9 @@ def _parse_slave(token: Token, number: int, out: Collector) -> Slave | None:
     before = len(out.problems)
     host_token, *option_tokens = split_on(token, ":")
     if len(option_tokens) > 1:
-        out.error(number, option_tokens[1].col - 1,
-                  "expected host[:option,option...] with a single ':'")
+        out.error(
+            number, option_tokens[1].col - 1, "expected host[:option,option...] with a single ':'"
+        )
         return None
     host = parse_token(host_token, parse_host, number, out)
     flags: dict[str, bool] = {"noselect": False, "compress": False}
@@ -110,11 +113,15 @@ def _parse_slave(token: Token, number: int, out: Collector) -> Slave | None:
         if name in flags and not equals:
             flags[name] = True
         elif name == "bwlimit" and equals:
-            bwlimit = parse_token(Token(value, option.col + len(name) + 1), parse_bwlimit,
-                                  number, out)
+            bwlimit = parse_token(
+                Token(value, option.col + len(name) + 1), parse_bwlimit, number, out
+            )
         else:
-            out.error(number, option.col, f"unknown option {option.text!r}: noselect, compress"
-                      " or bwlimit=<n>[k|m]")
+            out.error(
+                number,
+                option.col,
+                f"unknown option {option.text!r}: noselect, compress or bwlimit=<n>[k|m]",
+            )
     if host is None or len(out.problems) != before:
         return None
     return Slave(host, flags["noselect"], flags["compress"], bwlimit, SourceRef(out.path, number))
@@ -135,8 +142,11 @@ def parse_slaves(path: str, text: str) -> SlavesConf:
         if slave is None:
             continue
         if slave.host in first_line:
-            out.error(number, token.col, f"{slave.host} is already listed on line"
-                      f" {first_line[slave.host]}")
+            out.error(
+                number,
+                token.col,
+                f"{slave.host} is already listed on line {first_line[slave.host]}",
+            )
             continue
         first_line[slave.host] = number
         slaves.append(slave)
@@ -157,8 +167,9 @@ def parse_backup(path: str, text: str) -> BackupConf:
             continue
         parts = split_on(token, ":")
         if len(parts) != 2:
-            out.error(number, token.col, f"expected vserver:hot or vserver:cold, got"
-                      f" {token.text!r}")
+            out.error(
+                number, token.col, f"expected vserver:hot or vserver:cold, got {token.text!r}"
+            )
             continue
         name = parse_token(parts[0], parse_guest_name, number, out)
         mode = parse_token(parts[1], _backup_mode, number, out)

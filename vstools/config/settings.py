@@ -54,8 +54,12 @@ class Settings(KeyValueFile):
     warnings: tuple[Problem, ...] = _PROBLEMS
 
     SCHEMA: ClassVar[tuple[Field, ...]] = (
-        Field("GUESTS_CONF_DIR", "guests_conf_dir", parse_abs_path,
-              doc="one directory per guest: guest.conf, firewall.conf, monitor.conf"),
+        Field(
+            "GUESTS_CONF_DIR",
+            "guests_conf_dir",
+            parse_abs_path,
+            doc="one directory per guest: guest.conf, firewall.conf, monitor.conf",
+        ),
         Field("ROOT_DIR", "root_dir", parse_abs_path, doc="the guests' root filesystems"),
         Field("STATE_DIR", "state_dir", parse_abs_path, doc="monitor state, mail spool, inventory"),
         Field("RUN_DIR", "run_dir", parse_abs_path, doc="runtime state: supervisors, locks"),

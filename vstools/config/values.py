@@ -28,8 +28,9 @@ def _first_bad(text: str, allowed: str) -> int:
     return 0
 
 
-def parse_uint(text: str, *, minimum: int = 0, maximum: int | None = None, what: str = "number"
-               ) -> int:
+def parse_uint(
+    text: str, *, minimum: int = 0, maximum: int | None = None, what: str = "number"
+) -> int:
     """A non-negative decimal integer written with ASCII digits only."""
     if not text:
         raise ValueProblem(f"expected a {what}, got nothing")
@@ -46,8 +47,9 @@ def parse_uint(text: str, *, minimum: int = 0, maximum: int | None = None, what:
 def parse_decimal(text: str, *, what: str = "number") -> float:
     """A non-negative decimal like ``2`` or ``1.5`` (ASCII digits, one optional point)."""
     if not _DECIMAL.fullmatch(text):
-        raise ValueProblem(f"{what} {text!r} must be a decimal like 2 or 1.5",
-                           _first_bad(text, "0123456789."))
+        raise ValueProblem(
+            f"{what} {text!r} must be a decimal like 2 or 1.5", _first_bad(text, "0123456789.")
+        )
     return float(text)
 
 
