@@ -98,12 +98,6 @@ def _guest_config(env: Env, name: str) -> object:
     return load_guest(load_settings(env)[1], name)
 
 
-def _name_param(name: str = "name") -> Param:
-    from vstools.cli.common import arg_type
-
-    return Param(name, arg_type(parse_guest_name, name))
-
-
 REGISTRY: dict[str, Function] = {
     f.name: f
     for f in (
@@ -120,7 +114,7 @@ REGISTRY: dict[str, Function] = {
         Function(
             "valid_name",
             _valid_name,
-            (_name_param(),),
+            (Param("name", parse_guest_name),),
             "the name if it is a valid guest name, else an error",
         ),
         Function("networks", _networks, (), "the networks of networks.conf"),
@@ -134,7 +128,7 @@ REGISTRY: dict[str, Function] = {
         Function(
             "guest_config",
             _guest_config,
-            (_name_param(),),
+            (Param("name", parse_guest_name),),
             "a guest's guest.conf, firewall.conf and monitor.conf, parsed",
         ),
     )

@@ -18,7 +18,7 @@ from vstools.config.lexer import WHOLE_FILE, read_config
 from vstools.config.monitor import MonitorConf
 from vstools.config.networks import NetworksConf, parse_networks
 from vstools.config.settings import Settings
-from vstools.errors import ConfigError, NotFoundError, Problem
+from vstools.errors import ConfigError, NotFoundError, Problem, Severity
 from vstools.names import check_guest_name, guest_name_problem
 from vstools.paths import Paths, etc_dir_from, resolve_paths
 
@@ -76,28 +76,44 @@ def list_guests(paths: Paths) -> list[str]:
 def load_guest(paths: Paths, name: str) -> GuestFiles:
     """Parse the guest's files; NotFoundError when it is not defined, ConfigError when invalid."""
     directory = paths.guest_dir(check_guest_name(name))
-    conf_file = directory / GuestConf.FILE_NAME
-    if not conf_file.is_file():
-        raise NotFoundError(f"no guest named {name} on this host ({conf_file} does not exist)")
+    if not (directory / GuestConf.FILE_NAME).is_file():
+        raise NotFoundError(
+            f"no guest named {name} on this host ({directory / GuestConf.FILE_NAME} does not exist)"
+        )
+    conf, firewall, monitor, problems = read_guest_files(directory, name)
+    errors = [p for p in problems if p.severity is Severity.ERROR]
+    if errors or conf is None or firewall is None or monitor is None:
+        raise ConfigError(errors)
+    return GuestFiles(conf, firewall, monitor)
+
+
+def read_guest_files(
+    directory: Path, name: str
+) -> tuple[GuestConf | None, FirewallConf | None, MonitorConf | None, list[Problem]]:
+    """Each of the guest's three files parsed on its own, so one broken file does not hide the
+    others' problems; plus every problem (errors and warnings) found."""
     problems: list[Problem] = []
-    conf = _collect(lambda: load_optional(conf_file, GuestConf.parse, None), problems)
-    firewall = _collect(
-        lambda: load_optional(directory / "firewall.conf", parse_firewall, FirewallConf()), problems
+    conf = _collect(
+        partial(load_optional, directory / GuestConf.FILE_NAME, GuestConf.parse, None), problems
     )
-    monitor = _collect(
-        lambda: load_optional(directory / "monitor.conf", MonitorConf.parse, MonitorConf()),
+    firewall = _collect(
+        partial(load_optional, directory / "firewall.conf", parse_firewall, FirewallConf()),
         problems,
     )
-    if problems:
-        raise ConfigError(problems)
-    if conf is None or firewall is None or monitor is None:  # pragma: no cover - typing
-        raise NotFoundError(f"guest {name}: configuration vanished while reading it")
-    if conf.name != name:
+    monitor = _collect(
+        partial(load_optional, directory / "monitor.conf", MonitorConf.parse, MonitorConf()),
+        problems,
+    )
+    for model in (conf, firewall, monitor):
+        if model is not None:
+            problems.extend(model.warnings)
+    if conf is not None and conf.name != name:
         line = conf.line_of("NAME") or WHOLE_FILE
-        raise ConfigError(
-            [Problem(conf.path, line, 6, f"NAME={conf.name} but the guest's directory is {name}")]
+        problems.append(
+            Problem(conf.path, line, 6, f"NAME={conf.name} but the guest's directory is {name}")
         )
-    return GuestFiles(conf, firewall, monitor)
+        conf = None
+    return conf, firewall, monitor, problems
 
 
 def _collect(load: Callable[[], T], problems: list[Problem]) -> T | None:
@@ -160,14 +176,10 @@ def _check_guests(paths: Paths, networks: NetworksConf | None) -> list[Problem]:
                 )
             )
             continue
-        try:
-            files = load_guest(paths, entry)
-        except ConfigError as exc:
-            problems.extend(exc.problems)
+        conf, _, _, found = read_guest_files(directory, entry)
+        problems.extend(found)
+        if conf is None:
             continue
-        conf = files.conf
-        for model in (conf, files.firewall, files.monitor):
-            problems.extend(model.warnings)
         ip_line = conf.line_of("IP") or WHOLE_FILE
         if networks is not None and networks.network_for(conf.ip) is None:
             problems.append(

@@ -41,6 +41,12 @@ def setup_logging(*, verbose: bool = False, syslog_socket: str | None = "/dev/lo
         )
     except OSError as exc:
         return f"syslog socket {syslog_socket} unavailable: {exc.strerror or exc}"
+    # The handler swallows a failed connect and would then print a traceback for every record;
+    # without a listening syslog we journal nothing and tell the caller why.
+    sock = getattr(handler, "socket", None)
+    if sock is None or sock.fileno() < 0:
+        handler.close()
+        return f"syslog socket {syslog_socket} unavailable (no syslog daemon listening)"
     handler.setLevel(logging.INFO)
     handler.setFormatter(_SyslogFormatter())
     log.addHandler(handler)

@@ -19,6 +19,9 @@ DEFAULT_DIRS: Mapping[str, str] = {
     "run_dir": "/run/vs-tools",
 }
 
+# Where vs-setup installs the systemd units (override with --unit-dir).
+DEFAULT_UNIT_DIR = "/etc/systemd/system"
+
 ENV_VARS: Mapping[str, str] = {attr: "VS_" + attr.upper() for attr in DEFAULT_DIRS}
 
 

@@ -4,6 +4,7 @@ in the original colon format or JSON, and the single place errors become exit co
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import socket
@@ -157,7 +158,8 @@ def run_command(
     out = stdout or sys.stdout
     err = stderr or sys.stderr
     try:
-        args = parser.parse_args(argv)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse: --help/--version exit 0, usage errors exit 2
         return int(exc.code or 0)
     ctx = Context(parser.prog, args, os.environ if env is None else env, out, err)
