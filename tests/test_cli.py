@@ -228,3 +228,12 @@ def test_installed_scripts_run(etc_tree: dict[str, str]) -> None:
         check=False,
     )
     assert result.returncode == 69 and result.stdout == ""
+
+
+def test_bin_launchers_run_every_command_from_the_checkout(etc_tree: dict[str, str]) -> None:
+    for command in COMMANDS:
+        launcher = ROOT / "bin" / command
+        assert launcher.is_symlink(), f"bin/{command} missing"
+    result = subprocess.run([str(ROOT / "bin" / "vs-fonctions"), "valid_name", "db"],
+                            env=etc_tree, capture_output=True, text=True, check=False)
+    assert (result.returncode, result.stdout) == (0, "db\n")
