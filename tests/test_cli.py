@@ -234,6 +234,11 @@ def test_bin_launchers_run_every_command_from_the_checkout(etc_tree: dict[str, s
     for command in COMMANDS:
         launcher = ROOT / "bin" / command
         assert launcher.is_symlink(), f"bin/{command} missing"
-    result = subprocess.run([str(ROOT / "bin" / "vs-fonctions"), "valid_name", "db"],
-                            env=etc_tree, capture_output=True, text=True, check=False)
+    result = subprocess.run(
+        [str(ROOT / "bin" / "vs-fonctions"), "valid_name", "db"],
+        env=etc_tree,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert (result.returncode, result.stdout) == (0, "db\n")

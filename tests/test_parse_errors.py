@@ -84,6 +84,13 @@ CASES = [
     ("firewall.conf", "deny from 203.0.113.5 to icmp/300", 31, "ICMP type"),
     ("firewall.conf", "deny from bad_name to tcp/22", 11, "invalid host name"),
     ("slaves.conf", "vsh-02:fast", 8, "unknown option"),
+    ("slaves.conf", "vsh-02:noselect,noselect", 17, "given twice"),
+    ("slaves.conf", "vsh-02:bwlimit=2097152m", 16, "too large"),
+    ("firewall.conf", "allow from to tcp/80", 12, "found the keyword 'to'"),
+    ("networks.conf", "2,203.0.113.0/24,203.0.113.1,ex.org,203.0.113.5,x", 49, "found 6"),
+    ("vs-tools.conf", "MAIL_FROM=a b@c", 13, "unexpected text"),
+    ("vs-tools.conf", 'MAIL_FROM="x;y"', 12, "not a mail address"),
+    ("create.conf", "default_device=eth0", 1, "did you mean DEFAULT_DEVICE"),
     ("slaves.conf", "vsh-02:bwlimit=10g", 18, "ASCII digits"),
     ("slaves.conf", "vsh-02:bwlimit=", 16, "expected a bandwidth"),
     ("slaves.conf", "vsh 02", 5, "one entry per line"),
@@ -231,3 +238,13 @@ def test_control_characters_are_rejected() -> None:
     with pytest.raises(ConfigError) as caught:
         parse_firewall("f", "allow from 0/0 to tcp/22\x1b[2K\n")
     assert caught.value.problems[0].col == 25
+
+
+def test_colon_form_with_comma_separated_nameservers() -> None:
+    conf = parse_networks("n", "4:198.51.100.0/24:198.51.100.1:203.0.113.5,203.0.113.6:ex.org\n")
+    assert [str(ns) for ns in conf.networks[0].nameservers] == ["203.0.113.5", "203.0.113.6"]
+    assert conf.networks[0].domain == "ex.org"
+
+
+def test_smtp_host_may_be_an_address() -> None:
+    assert Settings.parse("s", "SMTP_HOST=198.51.100.25\n").smtp_host == "198.51.100.25"

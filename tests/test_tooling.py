@@ -39,6 +39,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "vstools.cgroup",
             "vstools.netlink",
             "vstools.syscalls",
+            "vstools.sandbox",
+            "vstools.templates",
             "vstools.namespaces",
             "vstools.storage",
             "vstools.ssh",

@@ -108,9 +108,9 @@ def read_guest_files(
         if model is not None:
             problems.extend(model.warnings)
     if conf is not None and conf.name != name:
-        line = conf.line_of("NAME") or WHOLE_FILE
+        line, col = conf.place_of("NAME")
         problems.append(
-            Problem(conf.path, line, 6, f"NAME={conf.name} but the guest's directory is {name}")
+            Problem(conf.path, line, col, f"NAME={conf.name} but the guest's directory is {name}")
         )
         conf = None
     return conf, firewall, monitor, problems
@@ -146,6 +146,16 @@ def check_tree(env: Mapping[str, str] | None = None) -> list[Problem]:
             models[name] = model
             problems.extend(getattr(model, "warnings", ()))
     networks = models.get("networks.conf")
+    if networks is None and not paths.etc_file("networks.conf").exists() and list_guests(paths):
+        problems.append(
+            Problem(
+                str(paths.etc_file("networks.conf")),
+                WHOLE_FILE,
+                WHOLE_FILE,
+                "missing: guests are defined but no network is; their addresses cannot be checked",
+                Severity.WARNING,
+            )
+        )
     problems.extend(_check_guests(paths, networks if isinstance(networks, NetworksConf) else None))
     return problems
 
@@ -180,17 +190,19 @@ def _check_guests(paths: Paths, networks: NetworksConf | None) -> list[Problem]:
         problems.extend(found)
         if conf is None:
             continue
-        ip_line = conf.line_of("IP") or WHOLE_FILE
+        ip_line, ip_col = conf.place_of("IP")
         if networks is not None and networks.network_for(conf.ip) is None:
             problems.append(
-                Problem(conf.path, ip_line, 4, f"{conf.ip} is in no network of {networks.path}")
+                Problem(
+                    conf.path, ip_line, ip_col, f"{conf.ip} is in no network of {networks.path}"
+                )
             )
         if str(conf.ip) in seen_ip:
             problems.append(
                 Problem(
                     conf.path,
                     ip_line,
-                    4,
+                    ip_col,
                     f"{conf.ip} is already the address of guest {seen_ip[str(conf.ip)]}",
                 )
             )
@@ -199,8 +211,7 @@ def _check_guests(paths: Paths, networks: NetworksConf | None) -> list[Problem]:
             problems.append(
                 Problem(
                     conf.path,
-                    conf.line_of("CONTEXT") or WHOLE_FILE,
-                    9,
+                    *conf.place_of("CONTEXT"),
                     f"context {conf.context} is already used by guest {seen_context[conf.context]}",
                 )
             )

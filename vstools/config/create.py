@@ -63,6 +63,10 @@ def count(text: str) -> int:
     return parse_uint(text, minimum=1, what="count")
 
 
+def _context_start(text: str) -> int:
+    return parse_uint(text, minimum=1, maximum=2**31 - 1, what="context number")
+
+
 def _mtu(text: str) -> int:
     return parse_uint(text, minimum=68, maximum=65535, what="MTU")
 
@@ -114,7 +118,7 @@ class CreateConf(KeyValueFile):
     userns: bool = False
     init: str = "/sbin/init"
     path: str = _PATH
-    key_lines: tuple[tuple[str, int], ...] = _LINES
+    key_lines: tuple[tuple[str, int, int], ...] = _LINES
     warnings: tuple[Problem, ...] = _PROBLEMS
 
     SCHEMA: ClassVar[tuple[Field, ...]] = (
@@ -136,7 +140,7 @@ class CreateConf(KeyValueFile):
             warning="ignored: namespaces cannot show a guest another kernel version",
         ),
         Field("CONTEXT_METHOD", "context_method", _enum(ContextMethod)),
-        Field("CONTEXT_START", "context_start", count),
+        Field("CONTEXT_START", "context_start", _context_start),
         Field("DEFAULT_METHOD", "method", _enum(CreateMethod)),
         Field("DEFAULT_TEMPLATE", "template", parse_abs_path),
         Field("DEFAULT_DISTRO", "distro", parse_word),

@@ -145,6 +145,8 @@ class FirewallConf:
 
 
 _KEYWORDS = ("allow", "deny", "enable", "log")
+# Words of the grammar: a rule that has one where an address should be is missing its address.
+_RESERVED = frozenset({*_KEYWORDS, "from", "to", "tcp", "udp", "icmp", "all"})
 _MAX_PORT = 65535
 
 
@@ -200,6 +202,8 @@ def parse_service(text: str) -> Service:
 def parse_address(text: str) -> Address:
     if not text:
         raise ValueProblem("empty address")
+    if text in _RESERVED:
+        raise ValueProblem(f"expected addresses, found the keyword {text!r}")
     if looks_like_ipv4(text):
         return Address(network=parse_ipv4_network(text))
     return Address(hostname=parse_hostname(text))

@@ -21,11 +21,13 @@ from vstools.config.values import (
 )
 from vstools.errors import Problem
 
+MAX_CONTEXT = 2**31 - 1
+
 
 def _context(text: str) -> int:
-    # Context numbers name host objects and, with user namespaces, are the id-map base
-    # (context * 65536 must stay below 2**32).
-    return parse_uint(text, minimum=1, maximum=65535, what="context number")
+    # Context numbers name host objects; `dec` gives up to 1000 * 4094 + 255. The user-namespace
+    # id map is allocated from it by the runtime, not by multiplying it.
+    return parse_uint(text, minimum=1, maximum=MAX_CONTEXT, what="context number")
 
 
 _PATH, _LINES, _PROBLEMS = meta_fields()
@@ -51,7 +53,7 @@ class GuestConf(KeyValueFile):
     init: str = "/sbin/init"
     userns: bool = False
     path: str = _PATH
-    key_lines: tuple[tuple[str, int], ...] = _LINES
+    key_lines: tuple[tuple[str, int, int], ...] = _LINES
     warnings: tuple[Problem, ...] = _PROBLEMS
 
     SCHEMA: ClassVar[tuple[Field, ...]] = (

@@ -55,18 +55,28 @@ class KeyValueFile:
     """Mixin for frozen dataclasses read from KEY=VALUE text.
 
     Subclasses declare ``SCHEMA`` and dataclass fields named by ``Field.attr``, plus ``path``
-    (where it was read) and ``key_lines`` (``(KEY, line)`` pairs) and ``warnings``."""
+    (where it was read) and ``key_lines`` (``(KEY, line, value column)``) and ``warnings``."""
 
     SCHEMA: ClassVar[tuple[Field, ...]]
     FILE_NAME: ClassVar[str]
 
     path: str
-    key_lines: tuple[tuple[str, int], ...]
+    key_lines: tuple[tuple[str, int, int], ...]  # (KEY, line, column of the value)
     warnings: tuple[Problem, ...]
 
     def line_of(self, key: str) -> int | None:
         """The line that set ``key``, or None when it took its default."""
-        return dict(self.key_lines).get(key)
+        for name, line, _ in self.key_lines:
+            if name == key:
+                return line
+        return None
+
+    def place_of(self, key: str) -> tuple[int, int]:
+        """``(line, column)`` of ``key``'s value, or the whole file's place when defaulted."""
+        for name, line, col in self.key_lines:
+            if name == key:
+                return line, col
+        return WHOLE_FILE, WHOLE_FILE
 
     def cross_check(self, out: Collector) -> None:
         """Checks that involve several keys; report to ``out`` (line from ``line_of``)."""
@@ -78,10 +88,11 @@ class KeyValueFile:
         by_key = {f.key: f for f in cls.SCHEMA}
         values: dict[str, Any] = {}
         lines: dict[str, int] = {}
+        places: list[tuple[str, int, int]] = []
         for item in parse_assignments(path, text, out):
             spec = by_key.get(item.key)
             if spec is None:
-                close = difflib.get_close_matches(item.key, list(by_key), n=1)
+                close = difflib.get_close_matches(item.key.upper(), list(by_key), n=1)
                 hint = f" (did you mean {close[0]}?)" if close else ""
                 out.error(item.line, item.key_col, f"unknown key {item.key}{hint}")
                 continue
@@ -91,6 +102,7 @@ class KeyValueFile:
                 )
                 continue
             lines[item.key] = item.line
+            places.append((item.key, item.line, item.value_col))
             try:
                 values[spec.attr] = spec.parse(item.value)
             except ValueProblem as exc:
@@ -106,7 +118,7 @@ class KeyValueFile:
         for key in missing:
             out.error(WHOLE_FILE, WHOLE_FILE, f"missing required key {key}")
         out.raise_if_errors()
-        model = cls(**values, path=path, key_lines=tuple(lines.items()))  # type: ignore[call-arg]
+        model = cls(**values, path=path, key_lines=tuple(places))  # type: ignore[call-arg]
         model.cross_check(out)
         out.raise_if_errors()
         object.__setattr__(model, "warnings", tuple(out.warnings))

@@ -56,7 +56,7 @@ class MonitorConf(KeyValueFile):
     repeat_s: int = 3600
     hysteresis_pct: int = 5
     path: str = _PATH
-    key_lines: tuple[tuple[str, int], ...] = _LINES
+    key_lines: tuple[tuple[str, int, int], ...] = _LINES
     warnings: tuple[Problem, ...] = _PROBLEMS
 
     SCHEMA: ClassVar[tuple[Field, ...]] = (

@@ -80,9 +80,12 @@ def _strip(token: Token) -> Token:
 def _parse_line(line: str, number: int, out: Collector) -> Network | None:
     body = strip_comment(line)
     whole = Token(body, 1)
-    if "," in body:
+    comma, colon = body.find(","), body.find(":")
+    # The form is the one whose separator comes first: the colon form's nameserver field may
+    # itself hold commas.
+    if comma >= 0 and (colon < 0 or comma < colon):
         form, parts = NetworkForm.COMMA, [_strip(t) for t in split_on(whole, ",")]
-    elif ":" in body:
+    elif colon >= 0:
         form, parts = NetworkForm.COLON, [_strip(t) for t in split_on(whole, ":")]
     else:
         first = _strip(whole)
@@ -96,7 +99,7 @@ def _parse_line(line: str, number: int, out: Collector) -> Network | None:
     if not 3 <= len(parts) <= 5:
         out.error(
             number,
-            parts[min(len(parts), 5) - 1].col if len(parts) > 5 else 1,
+            parts[5].col if len(parts) > 5 else 1,
             f"expected 3 to 5 fields, found {len(parts)}",
         )
         return None

@@ -18,7 +18,7 @@ from vstools.config.lexer import (
     split_words,
     strip_comment,
 )
-from vstools.config.values import looks_like_ipv4, parse_guest_name, parse_hostname, parse_ipv4
+from vstools.config.values import parse_guest_name, parse_host
 from vstools.config.values import parse_uint as _uint
 from vstools.errors import Problem
 
@@ -77,12 +77,10 @@ def _render_bw(kib: int) -> str:
 def parse_bwlimit(text: str) -> int:
     """``<n>[k|m]`` in KiB/s (rsync's unit): ``512k`` = 512, ``10m`` = 10240, ``300`` = 300."""
     digits, unit = (text[:-1], text[-1].lower()) if text[-1:].lower() in ("k", "m") else (text, "k")
-    value = _uint(digits, minimum=1, maximum=2**31 // 1024, what="bandwidth")
-    return value * (1024 if unit == "m" else 1)
-
-
-def parse_host(text: str) -> str:
-    return str(parse_ipv4(text)) if looks_like_ipv4(text) else parse_hostname(text)
+    value = _uint(digits, minimum=1, what="bandwidth") * (1024 if unit == "m" else 1)
+    if value > 2**31 - 1:  # rsync keeps --bwlimit in a signed 32-bit count of KiB/s
+        raise ValueProblem(f"bandwidth {text} is too large")
+    return value
 
 
 def _single_token(line: str, number: int, out: Collector) -> Token | None:
@@ -108,8 +106,13 @@ def _parse_slave(token: Token, number: int, out: Collector) -> Slave | None:
     host = parse_token(host_token, parse_host, number, out)
     flags: dict[str, bool] = {"noselect": False, "compress": False}
     bwlimit: int | None = None
+    seen: set[str] = set()
     for option in split_on(option_tokens[0], ",") if option_tokens else []:
         name, equals, value = option.text.partition("=")
+        if name in seen:
+            out.error(number, option.col, f"option {name} given twice")
+            continue
+        seen.add(name)
         if name in flags and not equals:
             flags[name] = True
         elif name == "bwlimit" and equals:

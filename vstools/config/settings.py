@@ -8,7 +8,14 @@ from typing import ClassVar
 
 from vstools.config.create import _enum, count
 from vstools.config.keyvalue import Field, KeyValueFile, meta_fields
-from vstools.config.values import parse_abs_path, parse_bool, parse_hostname, parse_uint
+from vstools.config.values import (
+    parse_abs_path,
+    parse_bool,
+    parse_host,
+    parse_hostname,
+    parse_mail,
+    parse_uint,
+)
 from vstools.errors import Problem
 
 
@@ -50,7 +57,7 @@ class Settings(KeyValueFile):
     backup_dir: str | None = None
     backup_keep: int = 7
     path: str = _PATH
-    key_lines: tuple[tuple[str, int], ...] = _LINES
+    key_lines: tuple[tuple[str, int, int], ...] = _LINES
     warnings: tuple[Problem, ...] = _PROBLEMS
 
     SCHEMA: ClassVar[tuple[Field, ...]] = (
@@ -65,9 +72,9 @@ class Settings(KeyValueFile):
         Field("RUN_DIR", "run_dir", parse_abs_path, doc="runtime state: supervisors, locks"),
         Field("HOSTNAME", "hostname", parse_hostname, doc="this host's name in outputs"),
         Field("FIREWALL_BACKEND", "firewall_backend", _enum(FirewallBackend)),
-        Field("SMTP_HOST", "smtp_host", parse_hostname),
+        Field("SMTP_HOST", "smtp_host", parse_host),
         Field("SMTP_PORT", "smtp_port", _port),
-        Field("MAIL_FROM", "mail_from", str),
+        Field("MAIL_FROM", "mail_from", parse_mail),
         Field("SYSLOG", "syslog", parse_bool),
         Field("SYSLOG_SOCKET", "syslog_socket", parse_abs_path),
         Field("STOP_TIMEOUT", "stop_timeout_s", _seconds),

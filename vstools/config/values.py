@@ -109,6 +109,11 @@ def parse_hostname(text: str) -> str:
     return text.rstrip(".").lower()
 
 
+def parse_host(text: str) -> str:
+    """A host given by name or by IPv4 address."""
+    return str(parse_ipv4(text)) if looks_like_ipv4(text) else parse_hostname(text)
+
+
 def parse_guest_name(text: str) -> str:
     problem = guest_name_problem(text)
     if problem is not None:
@@ -199,6 +204,13 @@ def parse_ipv4_list(text: str) -> tuple[ipaddress.IPv4Address, ...]:
 
 
 _MAIL = re.compile(r"[A-Za-z0-9._%+-]+(?:@[A-Za-z0-9.-]+)?", re.ASCII)
+
+
+def parse_mail(text: str) -> str:
+    """One mail address (``user@domain``) or a bare local name (``root``)."""
+    if not _MAIL.fullmatch(text):
+        raise ValueProblem(f"{text!r} is not a mail address")
+    return text
 
 
 def parse_mail_list(text: str) -> tuple[str, ...]:

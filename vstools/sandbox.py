@@ -1,0 +1,371 @@
+"""What a guest's first process does between fork and exec: enter the guest's root with the old
+root detached, build /proc, /sys, /dev and /tmp, set the hostname and loopback, install the
+seccomp denylist, drop capabilities and exec the guest's init (DESIGN §5).
+
+Mounts are a list of operations that can describe themselves (for --dry-run and logs) before
+they run. After pivot_root no host path is reachable, so every later mount target is resolved
+inside the guest's own tree: a guest symlink can only point back into the guest.
+
+Everything this module needs is imported at the top: after pivot_root the host's Python library
+is gone, so a lazy import there would fail."""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import socket
+import struct
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import pyseccomp
+
+from vstools.syscalls import (
+    CLONE_NEWCGROUP,
+    MNT_DETACH,
+    MS_BIND,
+    MS_NODEV,
+    MS_NOEXEC,
+    MS_NOSUID,
+    MS_PRIVATE,
+    MS_RDONLY,
+    MS_REC,
+    MS_REMOUNT,
+    PR_CAP_AMBIENT,
+    PR_CAP_AMBIENT_CLEAR_ALL,
+    PR_CAPBSET_DROP,
+    PR_SET_NO_NEW_PRIVS,
+    Cap,
+    capset,
+    last_cap,
+    mount,
+    pivot_root,
+    prctl,
+    sethostname,
+    umount2,
+    unshare,
+)
+
+# Capabilities a guest's root never has (DESIGN §5, plus those that reach the host kernel or
+# other tenants): DAC_READ_SEARCH is the open_by_handle_at "shocker" escape, SYSLOG reads and
+# clears the host's kernel ring, BPF/PERFMON/SYS_RAWIO reach kernel memory.
+DROPPED_CAPS: frozenset[Cap] = frozenset(
+    {
+        Cap.SYS_MODULE,
+        Cap.SYS_RAWIO,
+        Cap.SYS_TIME,
+        Cap.NET_ADMIN,
+        Cap.SYS_BOOT,
+        Cap.MKNOD,
+        Cap.SYS_ADMIN,
+        Cap.DAC_READ_SEARCH,
+        Cap.SYSLOG,
+        Cap.MAC_ADMIN,
+        Cap.MAC_OVERRIDE,
+        Cap.AUDIT_CONTROL,
+        Cap.AUDIT_READ,
+        Cap.BPF,
+        Cap.PERFMON,
+        Cap.CHECKPOINT_RESTORE,
+        Cap.SYS_PACCT,
+        Cap.SYS_TTY_CONFIG,
+        Cap.WAKE_ALARM,
+        Cap.BLOCK_SUSPEND,
+    }
+)
+
+# The seccomp denylist (DESIGN §5): these fail with EPERM even for a process that somehow holds
+# the capability they need.
+DENIED_SYSCALLS = (
+    "init_module",
+    "finit_module",
+    "delete_module",
+    "kexec_load",
+    "kexec_file_load",
+    "open_by_handle_at",
+    "name_to_handle_at",
+    "keyctl",
+    "add_key",
+    "request_key",
+    "bpf",
+    "perf_event_open",
+    "lookup_dcookie",
+    "iopl",
+    "ioperm",
+    "swapon",
+    "swapoff",
+)
+# ioctl(fd, TIOCSTI) pushes characters into a terminal's input: a guest process must never be
+# able to type into a terminal it shares (catalogue S13). TIOCLINUX does the same on a VT.
+TIOCSTI = 0x5412
+TIOCLINUX = 0x541C
+
+# <linux/sockios.h> and <linux/if.h>, to bring "lo" up without netlink or a host binary.
+SIOCGIFFLAGS = 0x8913
+SIOCSIFFLAGS = 0x8914
+IFF_UP = 0x1
+
+
+@dataclass(frozen=True, slots=True)
+class MountOp:
+    """One step of building the guest's filesystem view, after pivot_root."""
+
+    kind: str  # mount | bind | remount-ro | node | symlink | mkdir
+    target: str
+    source: str | None = None
+    fstype: str | None = None
+    flags: int = 0
+    data: str | None = None
+    device: tuple[int, int] = (0, 0)
+    mode: int = 0o666
+    optional: bool = False  # skipped when the target does not exist (kernel-dependent files)
+
+    def describe(self) -> str:
+        if self.kind == "mount":
+            options = f" -o {self.data}" if self.data else ""
+            return f"mount -t {self.fstype} {self.source} {self.target}{options}"
+        if self.kind == "bind":
+            return f"mount --bind {self.source} {self.target}"
+        if self.kind == "remount-ro":
+            return f"mount -o remount,bind,ro {self.target}"
+        if self.kind == "node":
+            return f"mknod -m {self.mode:o} {self.target} c {self.device[0]} {self.device[1]}"
+        if self.kind == "symlink":
+            return f"ln -s {self.source} {self.target}"
+        return f"mkdir -p {self.target}"
+
+    def execute(self) -> None:
+        if self.optional and not os.path.lexists(self.target):
+            return
+        if self.kind == "mount":
+            os.makedirs(self.target, exist_ok=True)
+            mount(self.source, self.target, self.fstype, self.flags, self.data)
+        elif self.kind == "bind":
+            mount(self.source, self.target, None, MS_BIND | MS_REC)
+            if self.flags:
+                mount(None, self.target, None, MS_BIND | MS_REMOUNT | self.flags)
+        elif self.kind == "remount-ro":
+            mount(self.target, self.target, None, MS_BIND | MS_REC)
+            mount(
+                None,
+                self.target,
+                None,
+                MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC,
+            )
+        elif self.kind == "node":
+            os.mknod(self.target, 0o020000 | self.mode, os.makedev(*self.device))
+            os.chmod(self.target, self.mode)  # mknod's mode is filtered by the umask
+        elif self.kind == "symlink":
+            os.symlink(str(self.source), self.target)
+        else:
+            os.makedirs(self.target, mode=self.mode, exist_ok=True)
+
+
+PROC_MASKED_FILES = (
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/kallsyms",
+    "/proc/timer_list",
+    "/proc/sched_debug",
+    "/proc/latency_stats",
+    "/proc/timer_stats",
+)
+PROC_MASKED_DIRS = ("/proc/acpi", "/proc/scsi", "/proc/asound", "/sys/firmware")
+PROC_READ_ONLY = ("/proc/sys", "/proc/sysrq-trigger", "/proc/irq", "/proc/bus", "/proc/fs")
+DEVICES = (
+    ("null", 1, 3),
+    ("zero", 1, 5),
+    ("full", 1, 7),
+    ("random", 1, 8),
+    ("urandom", 1, 9),
+    ("tty", 5, 0),
+)
+
+
+def build_mounts(*, tmpfs_mb: int, console: str | None) -> list[MountOp]:
+    """The guest's /proc, /sys, /dev and /tmp, as operations run after pivot_root."""
+    nosuid_nodev_noexec = MS_NOSUID | MS_NODEV | MS_NOEXEC
+    ops = [
+        MountOp("mount", "/proc", "proc", "proc", nosuid_nodev_noexec),
+        MountOp("mount", "/dev", "tmpfs", "tmpfs", MS_NOSUID | MS_NOEXEC, "mode=755,size=1024k"),
+    ]
+    ops += [
+        MountOp("node", f"/dev/{name}", device=(major, minor)) for name, major, minor in DEVICES
+    ]
+    ops += [
+        MountOp(
+            "mount",
+            "/dev/pts",
+            "devpts",
+            "devpts",
+            MS_NOSUID | MS_NOEXEC,
+            "newinstance,ptmxmode=0666,mode=0620,gid=5",
+        ),
+        MountOp("symlink", "/dev/ptmx", "pts/ptmx"),
+        MountOp("symlink", "/dev/fd", "/proc/self/fd"),
+        MountOp("symlink", "/dev/stdin", "/proc/self/fd/0"),
+        MountOp("symlink", "/dev/stdout", "/proc/self/fd/1"),
+        MountOp("symlink", "/dev/stderr", "/proc/self/fd/2"),
+        MountOp(
+            "mount",
+            "/dev/shm",
+            "tmpfs",
+            "tmpfs",
+            MS_NOSUID | MS_NODEV,
+            f"mode=1777,size={tmpfs_mb}m",
+        ),
+    ]
+    if console is not None:
+        ops += [
+            MountOp("node", "/dev/console", device=(1, 3), mode=0o600),
+            MountOp("bind", "/dev/console", console),
+        ]
+    ops += [
+        MountOp(
+            "bind",
+            path,
+            "/dev/null",
+            flags=MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC,
+            optional=True,
+        )
+        for path in PROC_MASKED_FILES
+    ]
+    ops += [MountOp("remount-ro", path, optional=True) for path in PROC_READ_ONLY]
+    ops += [
+        MountOp("mount", "/sys", "sysfs", "sysfs", MS_RDONLY | nosuid_nodev_noexec),
+        *[
+            MountOp(
+                "mount",
+                path,
+                "tmpfs",
+                "tmpfs",
+                MS_RDONLY | nosuid_nodev_noexec,
+                "size=0,mode=0555",
+                optional=True,
+            )
+            for path in PROC_MASKED_DIRS
+        ],
+        MountOp(
+            "mount", "/tmp", "tmpfs", "tmpfs", MS_NOSUID | MS_NODEV, f"mode=1777,size={tmpfs_mb}m"
+        ),
+    ]
+    return ops
+
+
+@dataclass(frozen=True, slots=True)
+class SandboxSpec:
+    """Everything the guest's first process needs; built by the supervisor from guest.conf."""
+
+    rootfs: str
+    hostname: str
+    tmpfs_mb: int
+    argv: tuple[str, ...]
+    env: Mapping[str, str] = field(default_factory=dict)
+    dropped_caps: frozenset[Cap] = DROPPED_CAPS
+    no_new_privs: bool = False
+
+
+def enter_root(rootfs: str) -> None:
+    """Make the guest's rootfs the root of this (new, private) mount namespace, mounted nodev so
+    a device node planted in it opens nothing (S9), with the host's root detached (S2)."""
+    mount(None, "/", None, MS_REC | MS_PRIVATE)
+    mount(rootfs, rootfs, None, MS_BIND | MS_REC)
+    mount(None, rootfs, None, MS_BIND | MS_REMOUNT | MS_NODEV)
+    os.chdir(rootfs)
+    # pivot_root(".", ".") stacks the old root on top of the new one; detaching it leaves the
+    # guest's tree as "/" with nothing of the host reachable (the LXC/runc idiom).
+    pivot_root(".", ".")
+    umount2(".", MNT_DETACH)
+    os.chdir("/")
+
+
+def set_loopback_up() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        request = struct.pack("16sH14x", b"lo", 0)
+        flags = struct.unpack("16sH14x", fcntl.ioctl(sock, SIOCGIFFLAGS, request))[1]
+        fcntl.ioctl(sock, SIOCSIFFLAGS, struct.pack("16sH14x", b"lo", flags | IFF_UP))
+
+
+def install_seccomp(*, no_new_privs: bool) -> None:
+    """Load the denylist. Without no_new_privs the kernel wants CAP_SYS_ADMIN for this, so it
+    runs before the capabilities are dropped; the filter is inherited by everything after."""
+    rules = pyseccomp.SyscallFilter(pyseccomp.ALLOW)
+    # Apply the same rules to 32-bit x86 binaries; otherwise libseccomp kills any process of a
+    # foreign architecture, which would break an i386 guest rather than protect it.
+    if os.uname().machine == "x86_64":
+        rules.add_arch(pyseccomp.Arch.X86)
+    rules.set_attr(pyseccomp.Attr.CTL_NNP, 1 if no_new_privs else 0)
+    for name in DENIED_SYSCALLS:
+        try:
+            rules.add_rule(pyseccomp.ERRNO(errno.EPERM), name)
+        except (OSError, ValueError, RuntimeError):
+            continue  # a syscall this architecture does not have (iopl on aarch64)
+    for request in (TIOCSTI, TIOCLINUX):
+        rules.add_rule(
+            pyseccomp.ERRNO(errno.EPERM),
+            "ioctl",
+            pyseccomp.Arg(1, pyseccomp.MASKED_EQ, 0xFFFFFFFF, request),
+        )
+    rules.load()
+
+
+def drop_capabilities(dropped: frozenset[Cap]) -> None:
+    """Remove ``dropped`` from the bounding set (so no exec can regain them) and from the
+    effective and permitted sets; clear inheritable and ambient sets."""
+    top = last_cap()
+    keep = 0
+    for cap in range(top + 1):
+        if cap in dropped:
+            prctl(PR_CAPBSET_DROP, cap)
+        else:
+            keep |= 1 << cap
+    prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL)
+    capset(keep, keep, 0)
+
+
+def set_console(console_fd: int | None) -> None:
+    """Make the console the controlling terminal and stdio of the guest's init."""
+    os.setsid()
+    if console_fd is None:
+        return
+    fcntl.ioctl(console_fd, 0x540E)  # TIOCSCTTY
+    for target in (0, 1, 2):
+        os.dup2(console_fd, target)
+
+
+def close_fds(keep: Sequence[int]) -> None:
+    """Close every descriptor but ``keep`` so no host file reaches the guest (S3)."""
+    keep_sorted = sorted(set(keep))
+    low = 0
+    for fd in keep_sorted:
+        if fd > low:
+            os.closerange(low, fd)
+        low = fd + 1
+    os.closerange(low, 1 << 20)
+
+
+def setup_and_exec(spec: SandboxSpec, *, console_fd: int | None, report_fd: int) -> None:
+    """In the guest's first process (PID 1 of its new PID namespace, already in the guest's
+    cgroup): build the guest and exec its init. Never returns; errors reach the caller as
+    exceptions before exec, and report_fd (close-on-exec) tells the supervisor exec happened."""
+    unshare(CLONE_NEWCGROUP)  # the guest sees its own cgroup as the root of the hierarchy
+    # The console (a pty of the host) is bound onto /dev/console through our own descriptor:
+    # after pivot_root its host path is out of reach, /proc/self/fd/N is not.
+    console = f"/proc/self/fd/{console_fd}" if console_fd is not None else None
+    ops = build_mounts(tmpfs_mb=spec.tmpfs_mb, console=console)
+    enter_root(spec.rootfs)
+    for op in ops:
+        try:
+            op.execute()
+        except OSError as exc:
+            raise OSError(exc.errno, f"{op.describe()}: {exc.strerror}") from None
+    sethostname(spec.hostname)
+    set_loopback_up()
+    set_console(console_fd)
+    install_seccomp(no_new_privs=spec.no_new_privs)
+    if spec.no_new_privs:
+        prctl(PR_SET_NO_NEW_PRIVS, 1)
+    drop_capabilities(spec.dropped_caps)
+    close_fds([0, 1, 2, report_fd])
+    os.execve(spec.argv[0], list(spec.argv), dict(spec.env))  # noqa: S606 - the guest's init
