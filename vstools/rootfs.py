@@ -233,6 +233,25 @@ class GuestRoot:
         os.close(fd)
         return True
 
+    def readlink(self, path: str) -> str | None:
+        """The target of the symlink at ``path`` (its parent resolved inside the root), or None
+        when ``path`` is not a symlink or does not exist. The target is only read, never
+        followed."""
+        with self._named(path):
+            parent, name = _split_final(path)
+            try:
+                dir_fd = self._lookup(parent, os.O_PATH | os.O_DIRECTORY)
+            except (FileNotFoundError, NotADirectoryError):
+                return None
+            try:
+                return os.readlink(name, dir_fd=dir_fd)
+            except (FileNotFoundError, OSError) as exc:
+                if isinstance(exc, FileNotFoundError) or exc.errno == errno.EINVAL:
+                    return None
+                raise
+            finally:
+                os.close(dir_fd)
+
     def unlink(self, path: str, *, missing_ok: bool = False) -> None:
         """Remove the final name of ``path`` itself (a symlink is removed, never followed)."""
         try:

@@ -37,6 +37,7 @@ from vstools.syscalls import (
     PR_CAPBSET_DROP,
     PR_SET_NO_NEW_PRIVS,
     Cap,
+    capget,
     capset,
     last_cap,
     mount,
@@ -183,7 +184,7 @@ DEVICES = (
 )
 
 
-def build_mounts(*, tmpfs_mb: int, console: str | None) -> list[MountOp]:
+def build_mounts(*, tmpfs_mb: int) -> list[MountOp]:
     """The guest's /proc, /sys, /dev and /tmp, as operations run after pivot_root."""
     nosuid_nodev_noexec = MS_NOSUID | MS_NODEV | MS_NOEXEC
     ops = [
@@ -216,11 +217,6 @@ def build_mounts(*, tmpfs_mb: int, console: str | None) -> list[MountOp]:
             f"mode=1777,size={tmpfs_mb}m",
         ),
     ]
-    if console is not None:
-        ops += [
-            MountOp("node", "/dev/console", device=(1, 3), mode=0o600),
-            MountOp("bind", "/dev/console", console),
-        ]
     ops += [
         MountOp(
             "bind",
@@ -312,23 +308,34 @@ def install_seccomp(*, no_new_privs: bool) -> None:
 
 def drop_capabilities(dropped: frozenset[Cap]) -> None:
     """Remove ``dropped`` from the bounding set (so no exec can regain them) and from the
-    effective and permitted sets; clear inheritable and ambient sets."""
-    top = last_cap()
-    keep = 0
-    for cap in range(top + 1):
+    effective and permitted sets; clear inheritable and ambient sets. What the host's root
+    itself lacks stays lacking: the kept set is what we hold minus ``dropped``."""
+    _, permitted, _ = capget()
+    for cap in range(last_cap() + 1):
         if cap in dropped:
             prctl(PR_CAPBSET_DROP, cap)
-        else:
-            keep |= 1 << cap
+    keep = permitted & ~sum(1 << cap for cap in dropped)
     prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL)
     capset(keep, keep, 0)
 
 
-def set_console(console_fd: int | None) -> None:
-    """Make the console the controlling terminal and stdio of the guest's init."""
+def make_console(channel: socket.socket) -> int:
+    """Open a pty of the guest's own devpts, hand its master to the supervisor over ``channel``
+    and bind its slave onto /dev/console; return the slave, the init's terminal. (A pty of the
+    host's devpts cannot be bound here: its mount is not in this namespace.)"""
+    master, slave = os.openpty()
+    socket.send_fds(channel, [b"console"], [master])
+    os.close(master)
+    channel.close()
+    with open("/dev/console", "a"):
+        pass  # a mount point for the bind
+    mount(os.ttyname(slave), "/dev/console", None, MS_BIND)
+    return slave
+
+
+def set_console(console_fd: int) -> None:
+    """Make the console the controlling terminal and the stdio of the guest's init."""
     os.setsid()
-    if console_fd is None:
-        return
     fcntl.ioctl(console_fd, 0x540E)  # TIOCSCTTY
     for target in (0, 1, 2):
         os.dup2(console_fd, target)
@@ -345,21 +352,19 @@ def close_fds(keep: Sequence[int]) -> None:
     os.closerange(low, 1 << 20)
 
 
-def setup_and_exec(spec: SandboxSpec, *, console_fd: int | None, report_fd: int) -> None:
+def setup_and_exec(spec: SandboxSpec, *, console: socket.socket, report_fd: int) -> None:
     """In the guest's first process (PID 1 of its new PID namespace, already in the guest's
     cgroup): build the guest and exec its init. Never returns; errors reach the caller as
     exceptions before exec, and report_fd (close-on-exec) tells the supervisor exec happened."""
     unshare(CLONE_NEWCGROUP)  # the guest sees its own cgroup as the root of the hierarchy
-    # The console (a pty of the host) is bound onto /dev/console through our own descriptor:
-    # after pivot_root its host path is out of reach, /proc/self/fd/N is not.
-    console = f"/proc/self/fd/{console_fd}" if console_fd is not None else None
-    ops = build_mounts(tmpfs_mb=spec.tmpfs_mb, console=console)
+    ops = build_mounts(tmpfs_mb=spec.tmpfs_mb)
     enter_root(spec.rootfs)
     for op in ops:
         try:
             op.execute()
         except OSError as exc:
             raise OSError(exc.errno, f"{op.describe()}: {exc.strerror}") from None
+    console_fd = make_console(console)
     sethostname(spec.hostname)
     set_loopback_up()
     set_console(console_fd)

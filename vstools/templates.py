@@ -11,7 +11,7 @@ from vstools.errors import NotFoundError
 
 INITTAB = """\
 # busybox init: nothing to respawn; the guest idles until it is told to stop.
-::sysinit:/bin/hostname -F /etc/hostname
+# (The hostname is set by the host before init runs: the guest cannot set it itself.)
 ::shutdown:/bin/sync
 """
 PASSWD = "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n"  # noqa: S105 - an /etc/passwd, no password in it

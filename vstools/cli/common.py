@@ -15,7 +15,7 @@ from typing import Any, TextIO
 
 from vstools import __version__
 from vstools.config.settings import Settings
-from vstools.errors import ExitCode, NotImplementedYet, VSError
+from vstools.errors import ConfigError, ExitCode, NotImplementedYet, VSError
 from vstools.journal import log, setup_logging
 from vstools.paths import Paths
 from vstools.serialize import to_jsonable
@@ -130,8 +130,15 @@ def add_guest_selection(
     parser: argparse.ArgumentParser, *, required: bool = True, allow_all: bool = True
 ) -> None:
     """``--name NAME`` or ``--all``."""
+    from vstools.config.values import parse_guest_name
+
     group = parser.add_mutually_exclusive_group(required=required)
-    group.add_argument("--name", metavar="NAME", help="the guest to act on")
+    group.add_argument(
+        "--name",
+        metavar="NAME",
+        type=arg_type(parse_guest_name, "name"),
+        help="the guest to act on",
+    )
     if allow_all:
         group.add_argument("--all", action="store_true", help="every guest of this host")
 
@@ -164,7 +171,12 @@ def run_command(
         return int(exc.code or 0)
     ctx = Context(parser.prog, args, os.environ if env is None else env, out, err)
     try:
-        syslog_socket = ctx.settings.syslog_socket if ctx.settings.syslog else None
+        try:
+            syslog_socket = ctx.settings.syslog_socket if ctx.settings.syslog else None
+        except ConfigError:
+            # Commands that need the settings will fail on them with every problem listed;
+            # vs-check reports them itself. Journal to the default socket meanwhile.
+            syslog_socket = Settings().syslog_socket
         problem = setup_logging(
             verbose=bool(getattr(args, "verbose", False)), syslog_socket=syslog_socket
         )

@@ -5,7 +5,11 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from vstools.cli.common import new_parser, not_implemented, run_command
+from vstools.cli.common import arg_type, new_parser, not_implemented, run_command
+from vstools.config.values import parse_guest_name, parse_host
+
+GUEST = arg_type(parse_guest_name, "name")
+HOST = arg_type(parse_host, "host")
 
 DESCRIPTION = """\
 Master only: back up the guests listed in backup.conf (hot: from a snapshot; cold: stop,
@@ -14,8 +18,8 @@ copy, start), as versioned generations."""
 
 def build_parser() -> argparse.ArgumentParser:
     parser = new_parser("vs-backup", DESCRIPTION, mutating=True)
-    parser.add_argument("--host", help="only the guests on this slave")
-    parser.add_argument("--name", help="only this guest")
+    parser.add_argument("--host", type=HOST, help="only the guests on this slave")
+    parser.add_argument("--name", type=GUEST, help="only this guest")
     return parser
 
 

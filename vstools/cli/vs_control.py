@@ -1,33 +1,117 @@
-"""vs-control: start, stop, enable, disable, freeze and thaw guests."""
+"""vs-control: show or change the state of guests."""
 
 from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
 
-from vstools.cli.common import add_guest_selection, new_parser, not_implemented, run_command
+from vstools.cli.common import Context, add_guest_selection, new_parser, run_command
+from vstools.errors import VSError
 
 DESCRIPTION = """\
-Show or change the state of guests. Output: host:vserver:enabled|disabled:running|stopped"""
+Show or change the state of guests: enabled or disabled (started with the host), running or
+stopped, frozen. Without an action, shows the state. Several guests (--all) are handled one after
+the other; a failure on one is reported and the others are still handled.
+Output: host:vserver:enabled|disabled:running|stopped"""
+
+FIELDS = ("host", "vserver", "enabled", "running")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = new_parser("vs-control", DESCRIPTION, mutating=True)
     add_guest_selection(parser)
+    run = parser.add_mutually_exclusive_group()
     for flag, text in (
         ("start", "start the guest"),
         ("stop", "stop the guest"),
         ("restart", "stop then start"),
-        ("enable", "start with the host"),
-        ("disable", "do not start with the host"),
         ("freeze", "suspend every process (cgroup freezer)"),
         ("thaw", "resume a frozen guest"),
     ):
-        parser.add_argument(f"--{flag}", action="store_true", help=text)
+        run.add_argument(f"--{flag}", action="store_true", help=text)
+    boot = parser.add_mutually_exclusive_group()
+    boot.add_argument("--enable", action="store_true", help="start with the host")
+    boot.add_argument("--disable", action="store_true", help="do not start with the host")
+    parser.add_argument(
+        "--foreground",
+        action="store_true",
+        help="with --start: run the guest's supervisor in the foreground until"
+        " the guest stops (what vs-guest@.service runs)",
+    )
     return parser
 
 
-handle = not_implemented("guest lifecycle")
+def _act(ctx: Context, name: str) -> None:
+    from vstools import guest
+    from vstools.journal import operation
+
+    args = ctx.args
+    paths, settings = ctx.paths, ctx.settings
+    actions = [
+        flag
+        for flag in ("enable", "disable", "stop", "restart", "start", "freeze", "thaw")
+        if getattr(args, flag)
+    ]
+    for action in actions:
+        what = f"vs-control --{action} {name}"
+        if ctx.dry_run:
+            print(f"would: {what}", file=ctx.stderr)
+            continue
+        with operation(what):
+            if action in ("enable", "disable"):
+                guest.set_enabled(paths, name, action == "enable")
+            elif action == "stop" or (action == "restart" and _running(ctx, name)):
+                guest.stop_guest(paths, settings, name)
+            if action in ("start", "restart"):
+                guest.start_guest(paths, settings, name, foreground=args.foreground)
+            elif action in ("freeze", "thaw"):
+                guest.freeze_guest(paths, name, thaw=action == "thaw")
+
+
+def _running(ctx: Context, name: str) -> bool:
+    from vstools.supervisor import read_state
+
+    return read_state(ctx.paths.guest_run_dir(name)) is not None
+
+
+def handle(ctx: Context) -> int:
+    from vstools import guest
+    from vstools.hostconfig import list_guests
+
+    names = list_guests(ctx.paths) if ctx.args.all else [ctx.args.name]
+    failures: list[VSError] = []
+    rows = []
+    for name in names:
+        try:
+            _act(ctx, name)
+        except VSError as exc:
+            failures.append(exc)
+            print(f"vs-control: {name}: {exc}", file=ctx.stderr)
+        try:
+            status = guest.guest_status(ctx.paths, ctx.settings, name)
+        except VSError as exc:
+            if not failures or failures[-1] is not exc:
+                failures.append(exc)
+            if ctx.args.name:
+                raise
+            continue
+        rows.append(
+            {
+                "host": ctx.hostname,
+                "vserver": name,
+                "enabled": "enabled" if status.enabled else "disabled",
+                "running": ("running" if status.running else "stopped"),
+                "frozen": status.frozen,
+                "init_pid": status.init_pid,
+            }
+        )
+    if ctx.json:
+        ctx.emit_json(rows)
+    else:
+        ctx.emit_rows(rows, FIELDS)
+    if failures:
+        return int(max(f.exit_code for f in failures))
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 from vstools.cli.common import arg_type, new_parser, not_implemented, run_command
 from vstools.config.create import count, mb
+from vstools.config.guest import parse_context
 from vstools.config.values import (
     parse_cpu_ratio,
     parse_guest_name,
@@ -58,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--context",
-        type=arg_type(count),
+        type=arg_type(parse_context, "context"),
         metavar="N",
         help="context number (default: CONTEXT_METHOD)",
     )

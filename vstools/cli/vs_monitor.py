@@ -13,7 +13,7 @@ hit, the load or the listening sockets change, or a guest stops. Runs under syst
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = new_parser("vs-monitor", DESCRIPTION, mutating=False)
+    parser = new_parser("vs-monitor", DESCRIPTION, mutating=True)
     add_guest_selection(parser, required=False)
     parser.add_argument("--once", action="store_true", help="check once and exit")
     return parser

@@ -5,7 +5,11 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from vstools.cli.common import new_parser, not_implemented, run_command
+from vstools.cli.common import arg_type, new_parser, not_implemented, run_command
+from vstools.config.values import parse_guest_name, parse_host
+
+GUEST = arg_type(parse_guest_name, "name")
+HOST = arg_type(parse_host, "host")
 
 DESCRIPTION = """\
 Master only: copy a guest from the master's store to a slave."""
@@ -13,8 +17,8 @@ Master only: copy a guest from the master's store to a slave."""
 
 def build_parser() -> argparse.ArgumentParser:
     parser = new_parser("vs-put", DESCRIPTION, mutating=True)
-    parser.add_argument("--name", required=True, help="the guest")
-    parser.add_argument("--host", required=True, help="the destination slave")
+    parser.add_argument("--name", required=True, type=GUEST, help="the guest")
+    parser.add_argument("--host", type=HOST, required=True, help="the destination slave")
     return parser
 
 

@@ -24,7 +24,7 @@ from vstools.errors import Problem
 MAX_CONTEXT = 2**31 - 1
 
 
-def _context(text: str) -> int:
+def parse_context(text: str) -> int:
     # Context numbers name host objects; `dec` gives up to 1000 * 4094 + 255. The user-namespace
     # id map is allocated from it by the runtime, not by multiplying it.
     return parse_uint(text, minimum=1, maximum=MAX_CONTEXT, what="context number")
@@ -58,7 +58,7 @@ class GuestConf(KeyValueFile):
 
     SCHEMA: ClassVar[tuple[Field, ...]] = (
         Field("NAME", "name", parse_guest_name),
-        Field("CONTEXT", "context", _context),
+        Field("CONTEXT", "context", parse_context),
         Field("IP", "ip", parse_ipv4),
         Field("HOSTNAME", "hostname", parse_hostname),
         Field("DOMAIN", "domain", parse_hostname),

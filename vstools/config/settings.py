@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import ClassVar
 
 from vstools.config.create import _enum, count
 from vstools.config.keyvalue import Field, KeyValueFile, meta_fields
+from vstools.config.lexer import ValueProblem
 from vstools.config.values import (
     parse_abs_path,
     parse_bool,
@@ -33,6 +35,12 @@ def _seconds(text: str) -> int:
     return parse_uint(text, minimum=1, what="number of seconds")
 
 
+def _cgroup_parent(text: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9._@-]+(/[A-Za-z0-9._@-]+)*", text, re.ASCII) or ".." in text:
+        raise ValueProblem(f"{text!r} must be a relative cgroup path of letters, digits and ._@-")
+    return text
+
+
 _PATH, _LINES, _PROBLEMS = meta_fields()
 
 
@@ -56,6 +64,7 @@ class Settings(KeyValueFile):
     ssh_known_hosts: str | None = None
     backup_dir: str | None = None
     backup_keep: int = 7
+    cgroup_parent: str = "vs-tools"
     path: str = _PATH
     key_lines: tuple[tuple[str, int, int], ...] = _LINES
     warnings: tuple[Problem, ...] = _PROBLEMS
@@ -82,4 +91,10 @@ class Settings(KeyValueFile):
         Field("SSH_KNOWN_HOSTS", "ssh_known_hosts", parse_abs_path),
         Field("BACKUP_DIR", "backup_dir", parse_abs_path),
         Field("BACKUP_KEEP", "backup_keep", count),
+        Field(
+            "CGROUP_PARENT",
+            "cgroup_parent",
+            _cgroup_parent,
+            doc="the cgroup under which every guest's cgroup is made",
+        ),
     )

@@ -1,0 +1,634 @@
+"""The one module that touches cgroup files: a guest's limits, counters, freezer and kill switch.
+
+Operations are named by meaning and mapped to cgroup v1 or v2 files. Every file goes through
+``Cgroup._read`` and ``Cgroup._write`` (the seam: tests fake it, errors name the file, the value
+and the errno). Every host path comes from a ``CgroupLayout``, so tests point it at a temporary
+tree laid out like ``/sys/fs/cgroup``.
+
+v1 file mapping (``<controller root>/<relpath>/``) and v2 (``<cgroup2 root>/<relpath>/``):
+
+    operation             v1                                        v2
+    memory limit          memory.limit_in_bytes (-1 = unlimited)    memory.max (max)
+    memory usage          memory.usage_in_bytes                     memory.current
+    memory hits           memory.failcnt                            memory.events: max
+    oom kills             memory.oom_control: oom_kill              memory.events: oom_kill
+    pids limit/current    pids.max / pids.current                   pids.max / pids.current
+    pids hits             pids.events: max                          pids.events: max
+    cpu limit             cpu.cfs_period_us + cpu.cfs_quota_us      cpu.max "QUOTA PERIOD"
+    cpu usage             cpuacct.usage (ns)                        cpu.stat: usage_usec * 1000
+    freeze / thaw         freezer.state FROZEN / THAWED             cgroup.freeze 1 / 0,
+                                                                    cgroup.events: frozen
+    kill                  cgroup.kill on the cgroup2 mirror, else   cgroup.kill
+                          freeze + SIGKILL each pid + thaw
+
+On a v1 host that also mounts cgroup2 (a "hybrid" host such as the development machine, where
+``/sys/fs/cgroup/unified`` has no controllers), the group is mirrored under that mount: create,
+add_pid and destroy include it, and kill() uses its ``cgroup.kill``, which reaches every process
+atomically, including ones forked during the kill. Freezing stays on the v1 freezer controller.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import re
+import signal
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from fractions import Fraction
+from pathlib import Path
+
+from vstools.config.values import CpuRatio
+from vstools.errors import HostError, InvalidName, RollbackError, StateError
+
+
+class CgroupVersion(StrEnum):
+    V1 = "v1"
+    V2 = "v2"
+
+
+class Controller(StrEnum):
+    """Where a file lives: a v1 hierarchy, or CGROUP2 (the cgroup2 mount). On v2 all are one."""
+
+    MEMORY = "memory"
+    PIDS = "pids"
+    CPU = "cpu"
+    CPUACCT = "cpuacct"
+    FREEZER = "freezer"
+    CGROUP2 = "cgroup2"
+
+
+# The v1 hierarchies a guest needs; on v2 the same needs are the controllers below.
+V1_CONTROLLERS = (
+    Controller.MEMORY,
+    Controller.PIDS,
+    Controller.CPU,
+    Controller.CPUACCT,
+    Controller.FREEZER,
+)
+V2_CONTROLLERS = ("memory", "pids", "cpu")
+# Controller names that may appear in a v1 mount's options (the rest are rw, relatime, name=...).
+_V1_KNOWN = frozenset(
+    {"cpu", "cpuacct", "cpuset", "memory", "devices", "freezer", "net_cls", "net_prio", "blkio"}
+    | {"perf_event", "hugetlb", "pids", "rdma", "misc", "debug"}
+)
+
+CFS_PERIOD_US = 100_000  # the kernel's default CFS period (100 ms)
+MIN_CFS_QUOTA_US = 1_000  # the kernel refuses quotas below 1 ms with EINVAL
+# v1 reports "unlimited" as PAGE_COUNTER_MAX pages in bytes: 2**63 - 4096 with 4 KiB pages, less
+# with larger pages. No real limit comes near 2**62 bytes (4 EiB), so anything above is unlimited.
+_V1_UNLIMITED_FROM = 2**62
+_POLL_INTERVAL_S = 0.01
+_COMPONENT = re.compile(r"[A-Za-z0-9._@-]+")
+_OCTAL_ESCAPE = re.compile(r"\\([0-7]{3})")
+
+
+@dataclass(frozen=True, slots=True)
+class CgroupLayout:
+    """Where the cgroup hierarchies are mounted.
+
+    ``cgroup2_root``: on V2 the hierarchy itself; on V1 an optional controller-less cgroup2
+    mount used for ``cgroup.kill``. ``v1_roots``: controller name -> mount point (V1 only).
+    """
+
+    version: CgroupVersion
+    cgroup2_root: Path | None = None
+    v1_roots: Mapping[str, Path] = field(default_factory=dict, hash=False)
+
+    def __post_init__(self) -> None:
+        if self.version is CgroupVersion.V2 and self.cgroup2_root is None:
+            raise ValueError("a cgroup v2 layout needs its cgroup2 root")
+        if self.version is CgroupVersion.V1:
+            missing = [c.value for c in V1_CONTROLLERS if c not in self.v1_roots]
+            if missing:
+                raise ValueError(f"a cgroup v1 layout needs mounts for {', '.join(missing)}")
+
+    @classmethod
+    def v2(cls, root: str | Path) -> CgroupLayout:
+        """A pure cgroup v2 layout rooted at ``root``."""
+        return cls(CgroupVersion.V2, cgroup2_root=Path(root))
+
+    @classmethod
+    def v1(
+        cls, roots: Mapping[str, str | Path], cgroup2_root: str | Path | None = None
+    ) -> CgroupLayout:
+        """A cgroup v1 layout, optionally with a cgroup2 mount used for ``cgroup.kill``."""
+        return cls(
+            CgroupVersion.V1,
+            cgroup2_root=None if cgroup2_root is None else Path(cgroup2_root),
+            v1_roots={name: Path(path) for name, path in roots.items()},
+        )
+
+
+def probe_layout(
+    mounts_file: str | Path = "/proc/self/mounts", *, fs_root: str | Path = "/"
+) -> CgroupLayout:
+    """Find the cgroup layout from a mounts table: v2 if a cgroup2 mount offers memory, pids
+    and cpu, else v1. Mount points are taken relative to ``fs_root`` (tests pass a fake tree)."""
+    with open(mounts_file, encoding="utf-8", errors="replace") as handle:
+        lines = handle.read().splitlines()
+    cgroup2_mounts: list[Path] = []
+    v1_roots: dict[str, Path] = {}
+    for line in lines:
+        fields = line.split()
+        if len(fields) < 4:
+            continue
+        # /proc/*/mounts escapes space, tab, newline and backslash as \ooo octal.
+        point = _OCTAL_ESCAPE.sub(lambda m: chr(int(m.group(1), 8)), fields[1])
+        mount_point = Path(fs_root) / point.lstrip("/")
+        if fields[2] == "cgroup2":
+            cgroup2_mounts.append(mount_point)
+        elif fields[2] == "cgroup":
+            # A hierarchy may carry several controllers ("cpu,cpuacct"); the first mount of a
+            # controller wins, later ones are bind mounts of the same hierarchy.
+            for option in fields[3].split(","):
+                if option in _V1_KNOWN:
+                    v1_roots.setdefault(option, mount_point)
+    for mount_point in cgroup2_mounts:
+        if set(V2_CONTROLLERS) <= _listed_controllers(mount_point):
+            return CgroupLayout.v2(mount_point)
+    # Controllers split between v1 and v2 are not supported: without all three on v2, v1 must
+    # provide everything.
+    missing = [c.value for c in V1_CONTROLLERS if c not in v1_roots]
+    if missing:
+        raise HostError(
+            f"no usable cgroup hierarchy in {mounts_file}: no cgroup2 mount offers "
+            f"{', '.join(V2_CONTROLLERS)}, and cgroup v1 lacks {', '.join(missing)}"
+        )
+    return CgroupLayout.v1(v1_roots, cgroup2_mounts[0] if cgroup2_mounts else None)
+
+
+def _listed_controllers(cgroup2_dir: Path) -> set[str]:
+    try:
+        return set(_read_file(cgroup2_dir / "cgroup.controllers").split())
+    except OSError:
+        return set()  # an unreadable cgroup2 mount is not one we can use
+
+
+def host_cpu_count() -> int:
+    """CPUs this process may run on (its affinity mask), falling back to all online CPUs."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def cfs_quota_us(ratio: CpuRatio, cpu_count: int, period_us: int = CFS_PERIOD_US) -> int:
+    """CFS quota for ``ratio`` of ``cpu_count`` CPUs: 1/4 of 2 CPUs at 100 ms -> 50000 µs."""
+    if cpu_count < 1:
+        raise ValueError(f"cpu_count must be at least 1, not {cpu_count}")
+    exact = ratio.fraction * cpu_count * period_us
+    # Round half up on the exact fraction (no float error), then honour the kernel's minimum.
+    return max(MIN_CFS_QUOTA_US, int(exact + Fraction(1, 2)))
+
+
+def _read_file(path: Path) -> str:
+    with open(path, encoding="utf-8", errors="replace") as handle:
+        return handle.read()
+
+
+def _write_file(path: Path, value: str) -> None:
+    # One unbuffered write(): the kernel parses each write as a whole value, and a buffered
+    # file would report the kernel's answer (EBUSY, EINVAL) only at close, where a dropped
+    # file object swallows it. No O_CREAT: a missing file means a missing controller.
+    fd = os.open(path, os.O_WRONLY | os.O_TRUNC | os.O_CLOEXEC)
+    try:
+        os.write(fd, value.encode())
+    finally:
+        os.close(fd)
+
+
+def _errno_text(exc: OSError) -> str:
+    name = errno.errorcode.get(exc.errno or 0, "")
+    text = exc.strerror or str(exc)
+    return f"{text} ({name})" if name else text
+
+
+def _keyed(text: str) -> dict[str, str]:
+    """Parse "key value" lines (memory.events, cpu.stat, cgroup.events, oom_control)."""
+    pairs = (line.split(None, 1) for line in text.splitlines() if line.strip())
+    return {pair[0]: pair[1].strip() if len(pair) > 1 else "" for pair in pairs}
+
+
+class Cgroup:
+    """One guest's cgroup at ``relpath`` (such as ``vs-tools/web``) under every hierarchy."""
+
+    def __init__(
+        self,
+        layout: CgroupLayout,
+        relpath: str,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+        send_signal: Callable[[int, int], None] = os.kill,
+    ) -> None:
+        parts = relpath.split("/")
+        for part in parts:
+            # An empty part catches a leading "/", "//" and a trailing "/".
+            if part in ("", ".", "..") or not _COMPONENT.fullmatch(part):
+                raise InvalidName(
+                    f"cgroup path {relpath!r}: components must be made of A-Z a-z 0-9 . _ @ - "
+                    "and must not be empty, '.' or '..'"
+                )
+        self.layout = layout
+        self.relpath = relpath
+        self._parts = parts
+        self._v2 = layout.version is CgroupVersion.V2
+        self._clock = clock
+        self._sleep = sleep
+        self._send_signal = send_signal
+
+    def __repr__(self) -> str:
+        return f"Cgroup({self.relpath!r}, {self.layout.version})"
+
+    # -- paths and the seam ------------------------------------------------------------------
+
+    def _root(self, controller: Controller) -> Path:
+        if self._v2 or controller is Controller.CGROUP2:
+            if self.layout.cgroup2_root is None:
+                raise HostError(f"cgroup {self.relpath}: this host has no cgroup2 mount")
+            return self.layout.cgroup2_root
+        return self.layout.v1_roots[controller]
+
+    def _path(self, controller: Controller, name: str = "", depth: int | None = None) -> Path:
+        """The group's directory (or an ancestor's: ``depth`` parts of relpath) or a file in it."""
+        parts = self._parts if depth is None else self._parts[:depth]
+        directory = self._root(controller).joinpath(*parts)
+        return directory / name if name else directory
+
+    def _controllers(self) -> list[Controller]:
+        """The hierarchies this group lives in, one controller per distinct directory."""
+        if self._v2:
+            return [Controller.CGROUP2]
+        wanted = list(V1_CONTROLLERS)
+        if self.layout.cgroup2_root is not None:
+            wanted.append(Controller.CGROUP2)
+        seen: dict[Path, Controller] = {}
+        for controller in wanted:
+            # cpu and cpuacct are often co-mounted ("cpu,cpuacct"): one directory, once.
+            seen.setdefault(self._root(controller), controller)
+        return list(seen.values())
+
+    def directories(self) -> list[Path]:
+        """The group's directory in every hierarchy it uses."""
+        return [self._path(c) for c in self._controllers()]
+
+    def _read(self, controller: Controller, name: str, *, depth: int | None = None) -> str:
+        path = self._path(controller, name, depth)
+        try:
+            return _read_file(path).rstrip("\n")
+        except OSError as exc:
+            raise HostError(f"cannot read {path}: {_errno_text(exc)}") from exc
+
+    def _write(
+        self,
+        controller: Controller,
+        name: str,
+        value: str,
+        *,
+        depth: int | None = None,
+        why: Mapping[int, str] | None = None,
+    ) -> None:
+        path = self._path(controller, name, depth)
+        try:
+            _write_file(path, value)
+        except OSError as exc:
+            hint = (why or {}).get(exc.errno or 0)
+            message = f"cannot write {value!r} to {path}: {_errno_text(exc)}"
+            raise HostError(f"{message}: {hint}" if hint else message) from exc
+
+    def _exists(self, controller: Controller, name: str = "") -> bool:
+        path = self._path(controller, name)
+        return path.exists() if name else path.is_dir()
+
+    def _make_dir(self, path: Path) -> bool:
+        """mkdir; False when it already is a directory."""
+        try:
+            path.mkdir()
+        except FileExistsError:
+            if path.is_dir():
+                return False
+            raise
+        return True
+
+    def _int(self, controller: Controller, name: str, key: str | None = None) -> int:
+        text = self._read(controller, name)
+        value = _keyed(text).get(key) if key is not None else text.strip()
+        try:
+            return int(value or "")
+        except ValueError:
+            what = f"field {key!r} in " if key is not None else ""
+            raise HostError(
+                f"unexpected content in {what}{self._path(controller, name)}: {text!r}"
+            ) from None
+
+    def _limit(self, controller: Controller, name: str) -> int | None:
+        """A v2-style limit: "max" is None, else an integer."""
+        if self._read(controller, name).strip() == "max":
+            return None
+        return self._int(controller, name)
+
+    # -- life cycle --------------------------------------------------------------------------
+
+    def exists(self) -> bool:
+        """True when the group's directory exists in every hierarchy it uses."""
+        return all(self._exists(c) for c in self._controllers())
+
+    def create(self) -> None:
+        """Create the group in every hierarchy (idempotent); on v2 first enable memory, pids and
+        cpu for the children of each ancestor. Directories made here are removed on failure."""
+        created: list[Path] = []
+        try:
+            for controller in self._controllers():
+                directory = self._root(controller)
+                for index, part in enumerate(self._parts):
+                    if self._v2:
+                        self._enable_subtree_controllers(depth=index)
+                    directory = directory / part
+                    try:
+                        if self._make_dir(directory):
+                            created.append(directory)
+                    except OSError as exc:
+                        raise HostError(
+                            f"cannot create cgroup directory {directory}: {_errno_text(exc)}"
+                        ) from exc
+        except HostError as exc:
+            left = self._remove_dirs(reversed(created))
+            if left:
+                raise RollbackError(f"{exc}; rollback left {', '.join(left)}") from exc
+            undone = f"; removed {len(created)} directories made here" if created else ""
+            raise HostError(f"{exc}{undone}") from exc
+
+    def _enable_subtree_controllers(self, depth: int) -> None:
+        # v2's subtree_control of every ancestor must list a controller before a child group can
+        # use it. Only controllers that are offered and not already on are written, so a
+        # delegated tree whose upper levels we may not write keeps working. Enabling is not
+        # undone on failure: siblings may rely on it, and it is harmless.
+        cg2 = Controller.CGROUP2
+        offered = set(self._read(cg2, "cgroup.controllers", depth=depth).split())
+        subtree = self._read(cg2, "cgroup.subtree_control", depth=depth)
+        enabled = {token.lstrip("+") for token in subtree.split()}
+        wanted = [c for c in V2_CONTROLLERS if c in offered and c not in enabled]
+        if wanted:
+            self._write(
+                cg2,
+                "cgroup.subtree_control",
+                " ".join("+" + c for c in wanted),
+                depth=depth,
+                why={
+                    errno.EBUSY: f"{self._path(cg2, depth=depth)} holds processes itself, and v2 "
+                    "allows controllers only in groups without processes of their own",
+                },
+            )
+
+    def _remove_dirs(self, directories: Iterable[Path]) -> list[str]:
+        left = []
+        for directory in directories:
+            try:
+                directory.rmdir()
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                left.append(f"{directory} ({_errno_text(exc)})")
+        return left
+
+    def destroy(self) -> None:
+        """Remove the group's leaf directories (idempotent); StateError if processes remain."""
+        remaining = self.pids()
+        if remaining:
+            raise StateError(
+                f"cgroup {self.relpath} is not empty: pids {', '.join(map(str, remaining))} "
+                "still run in it; stop or kill them first"
+            )
+        left = self._remove_dirs(self._path(c) for c in reversed(self._controllers()))
+        if left:
+            raise HostError(
+                f"cannot remove cgroup {self.relpath}: {'; '.join(left)} "
+                "(EBUSY: it has child groups or processes appeared)"
+            )
+
+    def add_pid(self, pid: int) -> None:
+        """Move process ``pid`` (all its threads) into the group in every hierarchy."""
+        for controller in self._controllers():
+            # cgroup.procs moves the whole thread group; "tasks" (v1) would move one thread.
+            self._write(
+                controller,
+                "cgroup.procs",
+                str(pid),
+                why={
+                    errno.ESRCH: f"no process {pid}",
+                    errno.EBUSY: "v2 forbids processes in a group whose subtree_control is set",
+                },
+            )
+
+    def pids(self) -> list[int]:
+        """Processes in the group (the union over its hierarchies), sorted; [] if it is gone."""
+        return sorted({pid for c in self._controllers() for pid in self._pids_in(c)})
+
+    # -- limits ------------------------------------------------------------------------------
+
+    def set_memory_limit(self, limit_bytes: int | None) -> None:
+        """Cap the group's memory at ``limit_bytes`` (None: unlimited)."""
+        if limit_bytes is not None and limit_bytes < 0:
+            raise ValueError(f"memory limit must not be negative: {limit_bytes}")
+        if self._v2:
+            self._write(Controller.CGROUP2, "memory.max", _or_max(limit_bytes))
+            return
+        # v1 reclaims down to a lowered limit and answers EBUSY when it cannot (anonymous memory
+        # without swap); v2 would OOM-kill instead. memory.memsw.* is left alone: with swap, a
+        # v1 guest may swap beyond this limit.
+        self._write(
+            Controller.MEMORY,
+            "memory.limit_in_bytes",
+            "-1" if limit_bytes is None else str(limit_bytes),
+            why={
+                errno.EBUSY: "the kernel (cgroup v1) will not lower the limit below the group's "
+                "current usage and could not reclaim enough; free memory in the guest first",
+                errno.EINVAL: "v1 needs memory.memsw.limit_in_bytes >= memory.limit_in_bytes",
+            },
+        )
+
+    def set_pids_limit(self, max_pids: int | None) -> None:
+        """Cap the number of processes and threads in the group (None: unlimited)."""
+        if max_pids is not None and max_pids < 0:
+            raise ValueError(f"pids limit must not be negative: {max_pids}")
+        self._write(Controller.PIDS, "pids.max", _or_max(max_pids))
+
+    def set_cpu_limit(self, ratio: CpuRatio | None, cpu_count: int) -> None:
+        """Give the group ``ratio`` of ``cpu_count`` CPUs as a CFS quota (None: unlimited)."""
+        quota = None if ratio is None else cfs_quota_us(ratio, cpu_count)
+        if self._v2:
+            self._write(Controller.CPU, "cpu.max", f"{_or_max(quota)} {CFS_PERIOD_US}")
+            return
+        # Period first: the kernel checks each write's quota/period pair against the parent, so
+        # with the period already ours only the quota write changes the group's bandwidth.
+        self._write(Controller.CPU, "cpu.cfs_period_us", str(CFS_PERIOD_US))
+        self._write(
+            Controller.CPU,
+            "cpu.cfs_quota_us",
+            "-1" if quota is None else str(quota),
+            why={errno.EINVAL: "v1 refuses a quota above the parent group's CPU bandwidth"},
+        )
+
+    # -- readers -----------------------------------------------------------------------------
+
+    def memory_usage_bytes(self) -> int:
+        """Memory charged to the group now (v1 memory.usage_in_bytes, v2 memory.current)."""
+        if self._v2:
+            return self._int(Controller.CGROUP2, "memory.current")
+        return self._int(Controller.MEMORY, "memory.usage_in_bytes")
+
+    def memory_limit_bytes(self) -> int | None:
+        """The memory limit in bytes, or None when unlimited."""
+        if self._v2:
+            return self._limit(Controller.CGROUP2, "memory.max")
+        value = self._int(Controller.MEMORY, "memory.limit_in_bytes")
+        return None if value >= _V1_UNLIMITED_FROM else value
+
+    def memory_hits(self) -> int:
+        """How often usage ran into the limit and had to reclaim: v1 memory.failcnt (failed
+        charges), v2 the ``max`` field of memory.events. Not a count of OOM kills."""
+        if self._v2:
+            return self._int(Controller.CGROUP2, "memory.events", "max")
+        return self._int(Controller.MEMORY, "memory.failcnt")
+
+    def oom_kills(self) -> int:
+        """Processes the OOM killer killed in the group (the ``oom_kill`` field)."""
+        if self._v2:
+            return self._int(Controller.CGROUP2, "memory.events", "oom_kill")
+        return self._int(Controller.MEMORY, "memory.oom_control", "oom_kill")
+
+    def pids_current(self) -> int:
+        """Processes and threads in the group now."""
+        return self._int(Controller.PIDS, "pids.current")
+
+    def pids_limit(self) -> int | None:
+        """The pids limit, or None when unlimited."""
+        return self._limit(Controller.PIDS, "pids.max")
+
+    def pids_hits(self) -> int:
+        """Forks refused because of the pids limit (pids.events ``max``)."""
+        return self._int(Controller.PIDS, "pids.events", "max")
+
+    def cpu_usage_ns(self) -> int:
+        """CPU time used by the group in nanoseconds."""
+        if self._v2:
+            # cpu.stat exists without the cpu controller, but only in microseconds.
+            return self._int(Controller.CGROUP2, "cpu.stat", "usage_usec") * 1000
+        return self._int(Controller.CPUACCT, "cpuacct.usage")
+
+    def cpu_limit(self) -> tuple[int, int] | None:
+        """The CFS (quota, period) in microseconds, or None when unlimited."""
+        if self._v2:
+            text = self._read(Controller.CGROUP2, "cpu.max")
+            match = re.fullmatch(r"\s*(max|\d+)\s+(\d+)\s*", text)
+            if match is None:
+                raise HostError(f"unexpected content in {self._path(Controller.CPU, 'cpu.max')}")
+            return None if match[1] == "max" else (int(match[1]), int(match[2]))
+        quota = self._int(Controller.CPU, "cpu.cfs_quota_us")
+        return None if quota < 0 else (quota, self._int(Controller.CPU, "cpu.cfs_period_us"))
+
+    # -- freezer and kill --------------------------------------------------------------------
+
+    def _freezer_state(self) -> str:
+        """FROZEN, FREEZING or THAWED (v2's cgroup.events knows only frozen or not)."""
+        if self._v2:
+            frozen = _keyed(self._read(Controller.CGROUP2, "cgroup.events")).get("frozen")
+            return "FROZEN" if frozen == "1" else "THAWED"
+        # A v1 group also reads FROZEN/FREEZING when an ancestor is frozen.
+        return self._read(Controller.FREEZER, "freezer.state").strip()
+
+    def _request_frozen(self, frozen: bool) -> None:
+        if self._v2:
+            self._write(Controller.CGROUP2, "cgroup.freeze", "1" if frozen else "0")
+        else:
+            self._write(Controller.FREEZER, "freezer.state", "FROZEN" if frozen else "THAWED")
+
+    def _wait_until(self, done: Callable[[], bool], deadline: float) -> bool:
+        while True:
+            if done():
+                return True
+            if self._clock() >= deadline:
+                return False
+            self._sleep(_POLL_INTERVAL_S)
+
+    def is_frozen(self) -> bool:
+        """True once every process in the group is frozen (FREEZING is not frozen)."""
+        return self._freezer_state() == "FROZEN"
+
+    def freeze(self, timeout_s: float = 5.0) -> None:
+        """Freeze every process in the group and wait until the kernel reports it frozen."""
+        # Freezing is asynchronous on both versions: each task stops at its next return to
+        # user space, and one in uninterruptible sleep keeps v1 in FREEZING.
+        self._request_frozen(True)
+        if not self._wait_until(self.is_frozen, self._clock() + timeout_s):
+            state = self._freezer_state()
+            self._request_frozen(False)
+            raise HostError(
+                f"cgroup {self.relpath} did not freeze within {timeout_s} s (state {state}); "
+                "thawed it again"
+            )
+
+    def thaw(self, timeout_s: float = 5.0) -> None:
+        """Let the group's processes run again."""
+        self._request_frozen(False)
+        if not self._wait_until(
+            lambda: self._freezer_state() == "THAWED", self._clock() + timeout_s
+        ):
+            raise HostError(f"cgroup {self.relpath} did not thaw within {timeout_s} s")
+
+    def _is_empty(self) -> bool:
+        if self._v2:
+            # "populated" covers nested groups too, which the group's cgroup.procs does not.
+            events = _keyed(self._read(Controller.CGROUP2, "cgroup.events"))
+            return events.get("populated") == "0"
+        return not self.pids()
+
+    def kill(self, timeout_s: float = 5.0) -> None:
+        """SIGKILL every process in the group and wait until it is empty (StateError if not)."""
+        deadline = self._clock() + timeout_s
+        cg2 = Controller.CGROUP2
+        if self.layout.cgroup2_root is not None and self._exists(cg2, "cgroup.kill"):
+            # cgroup.kill (Linux 5.14+) reaches every task atomically, forks in flight included.
+            self._write(cg2, "cgroup.kill", "1")
+            if self._v2:
+                self._wait_until(self._is_empty, deadline)
+            else:
+                self._wait_until(lambda: not self._pids_in(cg2), deadline)
+        # Without cgroup.kill, and on v1 for processes that never joined the cgroup2 mirror.
+        self._kill_with_freezer(deadline)
+        self._raise_if_not_empty(timeout_s)
+
+    def _pids_in(self, controller: Controller) -> list[int]:
+        if not self._exists(controller):
+            return []
+        return [int(t) for t in self._read(controller, "cgroup.procs").split()]
+
+    def _kill_with_freezer(self, deadline: float) -> None:
+        # Freeze so nothing forks or exits while we read cgroup.procs (the pids stay valid: a
+        # frozen task cannot exit, so no pid is reused), SIGKILL each, then thaw, because a
+        # frozen v1 task only dies once thawed (v2 lets SIGKILL through; thawing is harmless).
+        # Repeat for tasks that a timed-out freeze let slip through.
+        while not self._is_empty() and self._clock() < deadline:
+            self._request_frozen(True)
+            self._wait_until(self.is_frozen, deadline)  # best effort: kill what we can see
+            for pid in self.pids():
+                with contextlib.suppress(ProcessLookupError):  # it exited meanwhile
+                    self._send_signal(pid, signal.SIGKILL)
+            self._request_frozen(False)
+            self._wait_until(self._is_empty, min(deadline, self._clock() + 0.2))
+
+    def _raise_if_not_empty(self, timeout_s: float) -> None:
+        if not self._is_empty():
+            remaining = ", ".join(map(str, self.pids())) or "in child groups"
+            raise StateError(
+                f"cgroup {self.relpath}: processes still running {timeout_s} s after "
+                f"SIGKILL: pids {remaining}"
+            )
+
+
+def _or_max(value: int | None) -> str:
+    return "max" if value is None else str(value)

@@ -1,0 +1,248 @@
+"""Guest lifecycle: status, start, stop, freeze, thaw, enable and disable, built on the
+supervisor (one process per running guest) and the cgroup door."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from vstools.config.guest import GuestConf
+from vstools.config.settings import Settings
+from vstools.errors import HostError, NotFoundError, StateError
+from vstools.hostconfig import load_guest
+from vstools.paths import Paths
+from vstools.supervisor import GuestPlan, GuestState, read_state, signal_supervisor
+
+if TYPE_CHECKING:
+    from vstools.supervisor import Supervisor
+
+# How a guest's init is told to shut down, by what /sbin/init is (LXC's choices): busybox init
+# powers off on SIGUSR2, systemd on SIGRTMIN+4, sysvinit on SIGPWR.
+STOP_SIGNALS = (("busybox", signal.SIGUSR2), ("systemd", signal.SIGRTMIN + 4))
+
+
+@dataclass(frozen=True, slots=True)
+class GuestStatus:
+    name: str
+    enabled: bool
+    running: bool
+    frozen: bool
+    init_pid: int | None
+
+
+def detect_stop_signal(rootfs: Path, init: str) -> int:
+    """The shutdown signal of the guest's init, read from where its symlink points (read inside
+    the rootfs, never followed out of it)."""
+    from vstools.rootfs import GuestRoot
+
+    try:
+        with GuestRoot(rootfs) as root:
+            target = init
+            for _ in range(8):  # init -> /lib/systemd/systemd, or sbin/init -> ../bin/busybox
+                link = root.readlink(target)
+                if link is None:
+                    break
+                target = (
+                    link if link.startswith("/") else os.path.join(os.path.dirname(target), link)
+                )
+    except OSError:
+        return signal.SIGPWR
+    for word, signum in STOP_SIGNALS:
+        if word in os.path.basename(target) or word in target:
+            return signum
+    return signal.SIGPWR
+
+
+def build_plan(paths: Paths, settings: Settings, conf: GuestConf) -> GuestPlan:
+    """Everything the supervisor needs, from the guest's configuration."""
+    rootfs = paths.guest_root(conf.name)
+    return GuestPlan(
+        name=conf.name,
+        rootfs=str(rootfs),
+        run_dir=paths.guest_run_dir(conf.name),
+        hostname=conf.hostname or conf.name,
+        init=(conf.init,),
+        rss_mb=conf.rss_limit_mb,
+        proc_limit=conf.proc_limit,
+        cpu_limit=conf.cpu_limit,
+        tmpfs_mb=conf.tmpfs_limit_mb,
+        stop_signal=detect_stop_signal(rootfs, conf.init),
+        stop_timeout_s=float(settings.stop_timeout_s),
+        cgroup_parent=settings.cgroup_parent,
+    )
+
+
+def guest_status(paths: Paths, settings: Settings, name: str) -> GuestStatus:
+    conf = load_guest(paths, name).conf
+    state = read_state(paths.guest_run_dir(name))
+    frozen = False
+    if state is not None:
+        from vstools.cgroup import Cgroup, probe_layout
+
+        with contextlib.suppress(HostError):
+            frozen = Cgroup(probe_layout(), state.cgroup).is_frozen()
+    return GuestStatus(
+        name, conf.enabled, state is not None, frozen, state.init_pid if state else None
+    )
+
+
+def running_state(paths: Paths, name: str) -> GuestState:
+    state = read_state(paths.guest_run_dir(name))
+    if state is None:
+        raise StateError(f"guest {name} is not running")
+    return state
+
+
+def start_guest(
+    paths: Paths, settings: Settings, name: str, *, foreground: bool = False, dry_run: bool = False
+) -> GuestPlan:
+    """Start the guest; returns once it runs (or, with ``foreground``, once it has stopped)."""
+    files = load_guest(paths, name)
+    plan = build_plan(paths, settings, files.conf)
+    if read_state(plan.run_dir) is not None:
+        raise StateError(f"guest {name} is already running")
+    if not Path(plan.rootfs).is_dir():
+        raise NotFoundError(f"guest {name}: its root filesystem {plan.rootfs} does not exist")
+    if not os.path.lexists(os.path.join(plan.rootfs, plan.init[0].lstrip("/"))):
+        raise NotFoundError(f"guest {name}: no {plan.init[0]} in {plan.rootfs}")
+    if dry_run:
+        return plan
+    from vstools.cgroup import probe_layout
+    from vstools.supervisor import Supervisor
+
+    layout = probe_layout()
+    if foreground:
+        Supervisor(plan, layout, on_ready=_notify_systemd).run()
+        return plan
+    if _under_systemd():
+        from vstools.run import run
+
+        run(["systemctl", "start", f"vs-guest@{name}.service"])
+        return plan
+    _detach(Supervisor(plan, layout))
+    return plan
+
+
+def _under_systemd() -> bool:
+    return os.path.isdir("/run/systemd/system") and not os.environ.get("VS_NO_SYSTEMD")
+
+
+def _notify_systemd(message: str) -> None:
+    """Tell systemd (Type=notify) the guest runs; a no-op outside a notify service."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address or message != "running":
+        return
+    import socket
+
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.sendto(b"READY=1\nSTATUS=guest running", address)
+
+
+def _detach(supervisor: Supervisor) -> None:
+    """Run the supervisor as a daemon (double fork, new session, stdio on /dev/null) and wait
+    until it says the guest runs, or why it does not."""
+    ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
+    first = os.fork()
+    if first == 0:  # pragma: no cover - the daemon's side
+        os.close(ready_r)
+        os.setsid()
+        if os.fork() != 0:
+            os._exit(0)
+        null = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(null, fd)
+        os.close(null)
+
+        def ready(message: str) -> None:
+            with contextlib.suppress(OSError):
+                os.write(ready_w, message.encode() + b"\n")
+                os.close(ready_w)
+
+        supervisor.on_ready = ready
+        code = 1
+        try:
+            code = supervisor.run()
+        finally:
+            os._exit(code)
+    os.close(ready_w)
+    os.waitpid(first, 0)
+    chunks = []
+    while chunk := os.read(ready_r, 4096):
+        chunks.append(chunk)
+    os.close(ready_r)
+    message = b"".join(chunks).decode(errors="replace").strip()
+    if message != "running":
+        raise HostError(
+            message.removeprefix("failed: ") or "the supervisor died before the guest ran"
+        )
+
+
+def stop_guest(
+    paths: Paths,
+    settings: Settings,
+    name: str,
+    *,
+    timeout_s: float | None = None,
+    dry_run: bool = False,
+) -> None:
+    """Ask the supervisor to stop the guest and wait until it has cleaned up."""
+    state = running_state(paths, name)
+    if dry_run:
+        return
+    signal_supervisor(state, signal.SIGTERM)
+    limit = (timeout_s if timeout_s is not None else settings.stop_timeout_s) + 10.0
+    deadline = time.monotonic() + limit
+    run_dir = paths.guest_run_dir(name)
+    while read_state(run_dir) is not None or _lock_held(run_dir):
+        if time.monotonic() > deadline:
+            raise StateError(f"guest {name} did not stop within {limit:.0f} s")
+        time.sleep(0.02)
+
+
+def _lock_held(run_dir: Path) -> bool:
+    from vstools.supervisor import is_running
+
+    return is_running(run_dir)
+
+
+def freeze_guest(paths: Paths, name: str, *, thaw: bool = False) -> None:
+    from vstools.cgroup import Cgroup, probe_layout
+
+    state = running_state(paths, name)
+    cgroup = Cgroup(probe_layout(), state.cgroup)
+    if thaw:
+        cgroup.thaw()
+    else:
+        cgroup.freeze()
+
+
+def set_enabled(paths: Paths, name: str, enabled: bool) -> bool:
+    """Persist ENABLED in guest.conf; returns whether it changed."""
+    from vstools.fsutil import atomic_write, locked
+
+    directory = paths.guest_dir(name)
+    with locked(
+        paths.run_dir / "locks" / f"{name}.conf.lock", what=f"guest.conf of {name}", timeout_s=5.0
+    ):
+        conf = load_guest(paths, name).conf
+        if conf.enabled == enabled:
+            return False
+        atomic_write(
+            directory / GuestConf.FILE_NAME,
+            replace(conf, enabled=enabled).render(header=HEADER),
+            mode=0o644,
+        )
+    return True
+
+
+HEADER = (
+    "Written by vs-tools (vs-create, vs-limit, vs-control --enable/--disable).\n"
+    "Edit with care: vs-check validates it."
+)

@@ -1,0 +1,410 @@
+"""The supervisor: one process per running guest, outside it. It holds the guest's lock for as
+long as the guest runs, creates its cgroup with the limits, starts the guest's first process in
+new mount, PID, UTS, IPC and network namespaces, logs its console, reaps it, and on a stop
+request sends init its shutdown signal, then after a timeout kills the whole cgroup.
+
+`vs-guest@NAME.service` runs it in the foreground; without systemd `vs-control --start`
+detaches it (double fork). Either way the caller learns "running" or why not through
+``on_ready``."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import selectors
+import signal
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+from vstools.cgroup import Cgroup, CgroupLayout, host_cpu_count
+from vstools.config.values import CpuRatio
+from vstools.errors import HostError, StateError
+from vstools.journal import log
+from vstools.sandbox import SandboxSpec, setup_and_exec
+from vstools.syscalls import (
+    CLONE_NEWIPC,
+    CLONE_NEWNET,
+    CLONE_NEWNS,
+    CLONE_NEWPID,
+    CLONE_NEWUTS,
+    prctl,
+    unshare,
+)
+
+PR_SET_CHILD_SUBREAPER = 36
+STATE_FILE = "state.json"
+LOCK_FILE = "lock"
+CONSOLE_LOG = "console.log"
+CONSOLE_LOG_MAX_BYTES = 1 << 20
+GUEST_ENV = {
+    "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    "TERM": "linux",
+    "HOME": "/root",
+    "container": "vs-tools",  # systemd and others read this to know they run in a container
+}
+
+
+@dataclass(frozen=True, slots=True)
+class GuestPlan:
+    """Everything needed to run one guest, resolved from its configuration."""
+
+    name: str
+    rootfs: str
+    run_dir: Path
+    hostname: str
+    init: tuple[str, ...]
+    rss_mb: int
+    proc_limit: int
+    cpu_limit: CpuRatio
+    tmpfs_mb: int
+    stop_signal: int = signal.SIGPWR
+    stop_timeout_s: float = 30.0
+    cgroup_parent: str = "vs-tools"
+    no_new_privs: bool = False
+    env: dict[str, str] = field(default_factory=lambda: dict(GUEST_ENV))
+
+    @property
+    def cgroup_path(self) -> str:
+        return f"{self.cgroup_parent}/{self.name}"
+
+
+@dataclass(frozen=True, slots=True)
+class GuestState:
+    """What ``state.json`` holds while the guest runs."""
+
+    name: str
+    supervisor_pid: int
+    supervisor_start: int  # /proc/PID/stat start time: protects against PID reuse
+    init_pid: int
+    started_at: float
+    cgroup: str
+
+
+def process_start_time(pid: int) -> int:
+    """The process's start time in clock ticks since boot (field 22 of /proc/PID/stat)."""
+    with open(f"/proc/{pid}/stat") as handle:
+        data = handle.read()
+    return int(data[data.rindex(")") + 2 :].split()[19])
+
+
+def is_running(run_dir: Path) -> bool:
+    """True while a supervisor holds the guest's lock (the kernel drops it when it dies)."""
+    try:
+        fd = os.open(run_dir / LOCK_FILE, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+def read_state(run_dir: Path) -> GuestState | None:
+    """The running guest's state, or None when it is not running."""
+    if not is_running(run_dir):
+        return None
+    try:
+        data = json.loads((run_dir / STATE_FILE).read_text())
+    except (FileNotFoundError, ValueError):
+        return None  # starting: the lock is taken before the state is written
+    return GuestState(**data)
+
+
+def signal_supervisor(state: GuestState, signum: int) -> None:
+    """Signal the guest's supervisor by its PID, after checking the PID still is that process."""
+    try:
+        if process_start_time(state.supervisor_pid) != state.supervisor_start:
+            raise StateError(f"guest {state.name}: supervisor {state.supervisor_pid} is gone")
+    except FileNotFoundError:
+        raise StateError(f"guest {state.name}: supervisor {state.supervisor_pid} is gone") from None
+    os.kill(state.supervisor_pid, signum)
+
+
+class Supervisor:
+    """Runs one guest until it stops. ``run()`` returns the exit status for the service."""
+
+    def __init__(
+        self,
+        plan: GuestPlan,
+        layout: CgroupLayout,
+        on_ready: Callable[[str], None] | None = None,
+        before_go: Callable[[int], None] | None = None,
+    ) -> None:
+        self.plan = plan
+        self.layout = layout
+        self.on_ready = on_ready or (lambda _: None)
+        self.before_go = before_go or (lambda _: None)
+        self.cgroup = Cgroup(layout, plan.cgroup_path)
+        self.init_pid = 0
+        self.stop_requested = False
+        self.stop_deadline: float | None = None
+        self.lock_fd = -1
+        self.console_master = -1
+
+    # -- start ---------------------------------------------------------------------------------
+
+    def run(self) -> int:
+        try:
+            self._take_lock()
+            self._start()
+        except BaseException as exc:
+            self.on_ready(f"failed: {exc}")
+            self._cleanup()
+            raise
+        self.on_ready("running")
+        try:
+            return self._loop()
+        finally:
+            self._cleanup()
+
+    def _take_lock(self) -> None:
+        self.plan.run_dir.mkdir(parents=True, exist_ok=True)
+        self.lock_fd = os.open(
+            self.plan.run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644
+        )
+        try:
+            fcntl.flock(self.lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self.lock_fd)
+            self.lock_fd = -1
+            raise StateError(f"guest {self.plan.name} is already running") from None
+        (self.plan.run_dir / STATE_FILE).unlink(missing_ok=True)
+
+    def _start(self) -> None:
+        plan = self.plan
+        self.cgroup.create()
+        self.cgroup.set_memory_limit(plan.rss_mb << 20)
+        self.cgroup.set_pids_limit(plan.proc_limit)
+        self.cgroup.set_cpu_limit(plan.cpu_limit, host_cpu_count())
+        log.info("step: cgroup %s created with the guest's limits", plan.cgroup_path)
+        console_parent, console_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        prctl(PR_SET_CHILD_SUBREAPER, 1)  # adopt the guest's init when its parent exits
+        report_r, report_w = os.pipe2(os.O_CLOEXEC)
+        go_r, go_w = os.pipe2(os.O_CLOEXEC)
+        spec = SandboxSpec(
+            rootfs=plan.rootfs,
+            hostname=plan.hostname,
+            tmpfs_mb=plan.tmpfs_mb,
+            argv=plan.init,
+            env=plan.env,
+            no_new_privs=plan.no_new_privs,
+        )
+        first = os.fork()
+        if first == 0:  # pragma: no cover - runs in the child, reported through the pipe
+            console_parent.close()
+            _first_child(spec, console_child, report_w, go_r, (report_r, go_w))
+        os.close(report_w)
+        os.close(go_r)
+        console_child.close()
+        try:
+            self._wait_first_child(first)
+            self.init_pid = int(_read_line(report_r).removeprefix("pid "))
+            self.cgroup.add_pid(self.init_pid)
+            self.before_go(self.init_pid)
+            os.write(go_w, b"go")
+            os.close(go_w)
+            go_w = -1
+            _, fds, _, _ = socket.recv_fds(console_parent, 16, 1)
+            if fds:
+                self.console_master = fds[0]
+                os.set_blocking(self.console_master, False)
+            outcome = _read_all(report_r)
+            if outcome:
+                raise HostError(f"guest {plan.name}: {outcome.removeprefix('error: ').strip()}")
+        except BaseException:
+            if go_w >= 0:
+                os.close(go_w)
+            if self.init_pid:
+                with contextlib.suppress(ChildProcessError):
+                    self.cgroup.kill()
+                    os.waitpid(self.init_pid, 0)
+            raise
+        finally:
+            os.close(report_r)
+            console_parent.close()
+        state = GuestState(
+            plan.name,
+            os.getpid(),
+            process_start_time(os.getpid()),
+            self.init_pid,
+            time.time(),
+            plan.cgroup_path,
+        )
+        from vstools.fsutil import atomic_write
+
+        atomic_write(plan.run_dir / STATE_FILE, json.dumps(asdict(state)) + "\n")
+        log.info("step: guest %s running, init pid %d", plan.name, self.init_pid)
+
+    @staticmethod
+    def _wait_first_child(pid: int) -> None:
+        _, status = os.waitpid(pid, 0)
+        if os.waitstatus_to_exitcode(status) != 0:
+            raise HostError(f"could not create the guest's namespaces (status {status})")
+
+    # -- run -----------------------------------------------------------------------------------
+
+    def _loop(self) -> int:
+        wake_r, wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(signum, self._on_stop_signal)
+        signal.signal(signal.SIGCHLD, lambda *_: None)
+        selector = selectors.DefaultSelector()
+        selector.register(wake_r, selectors.EVENT_READ)
+        if self.console_master >= 0:
+            selector.register(self.console_master, selectors.EVENT_READ)
+        console = open(self.plan.run_dir / CONSOLE_LOG, "ab")  # noqa: SIM115 - closed below
+        try:
+            while True:
+                status = self._reap()
+                if status is not None:
+                    log.info("step: guest %s init ended (%s)", self.plan.name, status)
+                    return 0
+                if self.stop_deadline is not None and time.monotonic() >= self.stop_deadline:
+                    log.info(
+                        "step: guest %s did not stop in %.0f s: killing its cgroup",
+                        self.plan.name,
+                        self.plan.stop_timeout_s,
+                    )
+                    self.stop_deadline = None
+                    self.cgroup.kill()
+                timeout = (
+                    None
+                    if self.stop_deadline is None
+                    else max(0.0, self.stop_deadline - time.monotonic())
+                )
+                for key, _ in selector.select(timeout):
+                    if key.fd == wake_r:
+                        with contextlib.suppress(BlockingIOError):
+                            os.read(wake_r, 4096)
+                    else:
+                        self._copy_console(console, selector)
+        finally:
+            signal.set_wakeup_fd(-1)
+            console.close()
+            selector.close()
+            os.close(wake_r)
+            os.close(wake_w)
+
+    def _on_stop_signal(self, signum: int, frame: object) -> None:
+        if self.stop_requested or not self.init_pid:
+            return
+        self.stop_requested = True
+        with contextlib.suppress(Exception):
+            if self.cgroup.is_frozen():
+                self.cgroup.thaw()  # a frozen init cannot handle its shutdown signal
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.init_pid, self.plan.stop_signal)
+        self.stop_deadline = time.monotonic() + self.plan.stop_timeout_s
+
+    def _reap(self) -> str | None:
+        """Reap every finished child; the guest's end when it is init that finished."""
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return "no child left"
+            if pid == 0:
+                return None
+            if pid == self.init_pid:
+                if os.WIFSIGNALED(status):
+                    return f"signal {signal.Signals(os.WTERMSIG(status)).name}"
+                return f"exit status {os.waitstatus_to_exitcode(status)}"
+
+    def _copy_console(self, console: BinaryIO, selector: selectors.BaseSelector) -> None:
+        try:
+            data = os.read(self.console_master, 65536)
+        except BlockingIOError:
+            return
+        except OSError:  # EIO: every writer of the console is gone
+            data = b""
+        if not data:
+            selector.unregister(self.console_master)
+            return
+        if console.tell() > CONSOLE_LOG_MAX_BYTES:  # keep the newest output, bounded
+            console.truncate(0)
+            console.seek(0)
+        console.write(data)
+        console.flush()
+
+    # -- end -----------------------------------------------------------------------------------
+
+    def _cleanup(self) -> None:
+        """Leave nothing behind: processes, cgroup, state; the lock goes with the process."""
+        with contextlib.suppress(Exception):
+            if self.cgroup.exists():
+                self.cgroup.kill()
+                self.cgroup.destroy()
+        if self.console_master >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self.console_master)
+            self.console_master = -1
+        with contextlib.suppress(FileNotFoundError):
+            (self.plan.run_dir / STATE_FILE).unlink()
+        if self.lock_fd >= 0:
+            os.close(self.lock_fd)
+            self.lock_fd = -1
+
+
+def _first_child(
+    spec: SandboxSpec, console: socket.socket, report_w: int, go_r: int, close: tuple[int, ...]
+) -> None:  # pragma: no cover - child process
+    """The intermediate child: new namespaces, then fork the guest's init (PID 1 of the new PID
+    namespace) and exit, so init is adopted by the supervisor (a child subreaper)."""
+    try:
+        for fd in close:
+            os.close(fd)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        unshare(CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWNET)
+        init = os.fork()
+        if init == 0:
+            _init_child(spec, console, report_w, go_r)
+        os.write(report_w, f"pid {init}\n".encode())
+        os._exit(0)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            os.write(report_w, f"error: {exc}\n".encode())
+        os._exit(1)
+
+
+def _init_child(
+    spec: SandboxSpec, console: socket.socket, report_w: int, go_r: int
+) -> None:  # pragma: no cover - child process
+    try:
+        if os.read(go_r, 16) != b"go":  # the supervisor died or gave up before the go
+            os._exit(1)
+        os.close(go_r)
+        setup_and_exec(spec, console=console, report_fd=report_w)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            os.write(report_w, f"error: {exc}\n".encode())
+    os._exit(127)
+
+
+def _read_line(fd: int) -> str:
+    data = b""
+    while not data.endswith(b"\n"):
+        chunk = os.read(fd, 1)
+        if not chunk:
+            break
+        data += chunk
+    text = data.decode(errors="replace").strip()
+    if text.startswith("error: ") or not text.startswith("pid "):
+        raise HostError(text.removeprefix("error: ") or "the guest's first process died")
+    return text
+
+
+def _read_all(fd: int) -> str:
+    chunks = []
+    while chunk := os.read(fd, 4096):
+        chunks.append(chunk)
+    return b"".join(chunks).decode(errors="replace")
