@@ -15,16 +15,13 @@ from vstools.errors import ExitCode
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMANDS = sorted(p.stem.replace("_", "-") for p in (ROOT / "vstools" / "cli").glob("vs_*.py"))
-IMPLEMENTED = {"vs-check", "vs-fonctions", "vs-setup"}
+IMPLEMENTED = {"vs-check", "vs-fonctions", "vs-setup", "vs-control", "vs-exec", "vs-enter"}
 NOT_YET = {
     "vs-create": ["--name", "web", "--interface", "198.51.100.10"],
-    "vs-control": ["--all"],
     "vs-limit": ["--name", "web"],
     "vs-net": ["--all"],
     "vs-stats": [],
     "vs-pkg": ["--name", "web", "--update_sources"],
-    "vs-enter": ["web"],
-    "vs-exec": ["web", "--", "ps"],
     "vs-monitor": ["--once"],
     "vs-scan": [],
     "vs-get": ["--name", "web"],
@@ -62,8 +59,8 @@ def test_commands_not_built_yet_say_so_and_print_nothing(
 
 
 def test_not_built_yet_in_json(etc_tree: dict[str, str]) -> None:
-    outcome = invoke("vs-control", ["--all", "--json"], etc_tree)
-    assert outcome.json() == {"error": "guest lifecycle is not implemented yet", "exit_code": 69}
+    outcome = invoke("vs-net", ["--all", "--json"], etc_tree)
+    assert outcome.json() == {"error": "guest networking is not implemented yet", "exit_code": 69}
 
 
 @pytest.mark.parametrize("argv", [["--name", "a", "--all"], ["--bogus"], []])
@@ -221,7 +218,7 @@ def test_installed_scripts_run(etc_tree: dict[str, str]) -> None:
     )
     assert (result.returncode, result.stdout) == (0, "web-1\n")
     result = subprocess.run(
-        [str(bindir / "vs-control"), "--all"],
+        [str(bindir / "vs-net"), "--all"],
         env=etc_tree,
         capture_output=True,
         text=True,

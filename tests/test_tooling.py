@@ -47,7 +47,16 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "vstools.mail",
         ),
     ),
-    ("guest", ("vstools.guest", "vstools.firewall", "vstools.network", "vstools.supervisor")),
+    (
+        "guest",
+        (
+            "vstools.guest",
+            "vstools.guestexec",
+            "vstools.firewall",
+            "vstools.network",
+            "vstools.supervisor",
+        ),
+    ),
     (
         "top",
         ("vstools.functions", "vstools.cli", "vstools.monitor", "vstools.munin", "vstools.pool"),

@@ -407,7 +407,7 @@ class Cgroup:
         if left:
             raise HostError(
                 f"cannot remove cgroup {self.relpath}: {'; '.join(left)} "
-                "(EBUSY: it has child groups or processes appeared)"
+                "(a group with child groups or live processes cannot be removed)"
             )
 
     def add_pid(self, pid: int) -> None:

@@ -5,21 +5,26 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from vstools.cli.common import arg_type, new_parser, not_implemented, run_command
+from vstools.cli.common import Context, arg_type, new_parser, run_command
 from vstools.config.values import parse_guest_name
 
 DESCRIPTION = """\
-Open a shell inside the guest's namespaces, cgroup, capabilities and seccomp filter, on a new
-pseudo-terminal; no host file descriptor reaches it."""
+Open a login shell inside the guest, on a new pseudo-terminal of the guest, with the guest's
+namespaces, cgroup, capabilities and seccomp filter; no file descriptor of the host reaches it.
+The exit status is the shell's."""
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = new_parser("vs-enter", DESCRIPTION, mutating=False)
     parser.add_argument("name", metavar="NAME", type=arg_type(parse_guest_name, "name"))
+    parser.add_argument("--shell", default="/bin/sh", help="the shell to run (default /bin/sh)")
     return parser
 
 
-handle = not_implemented("entering guests")
+def handle(ctx: Context) -> int:
+    from vstools.cli.vs_exec import run_in_guest
+
+    return run_in_guest(ctx, ctx.args.name, [ctx.args.shell, "-l"], use_tty=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,273 @@
+"""Running a command inside a running guest (vs-exec, vs-enter): in all of the guest's
+namespaces and its cgroup, with its capability set and seccomp filter, and with no descriptor
+of the host: the command gets a new pseudo-terminal of the guest's own devpts (interactive use)
+or fresh pipes, which this process relays to its own terminal or streams (catalogue S3, S13)."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import selectors
+import signal
+import socket
+import struct
+import sys
+import termios
+import tty
+from collections.abc import Iterator, Sequence
+
+from vstools.cgroup import Cgroup, CgroupLayout
+from vstools.errors import HostError, StateError
+from vstools.sandbox import DROPPED_CAPS, close_fds, drop_capabilities, install_seccomp
+from vstools.supervisor import GUEST_ENV, GuestState
+from vstools.syscalls import setns
+
+# Joined in this order: the mount namespace last, since after it the host's /proc is gone.
+NAMESPACES = ("cgroup", "ipc", "uts", "net", "pid", "mnt")
+TIOCSCTTY = 0x540E
+
+
+def _open_namespaces(state: GuestState) -> list[int]:
+    """Descriptors of the guest's namespaces, after checking the PID is still the guest's init
+    (a recycled PID would be another process's namespaces)."""
+    try:
+        with open(f"/proc/{state.init_pid}/cgroup") as handle:
+            membership = handle.read()
+    except FileNotFoundError:
+        raise StateError(
+            f"guest {state.name} is not running (init {state.init_pid} is gone)"
+        ) from None
+    if f":/{state.cgroup}\n" not in membership:
+        raise StateError(f"guest {state.name}: pid {state.init_pid} is no longer its init")
+    return [
+        os.open(f"/proc/{state.init_pid}/ns/{ns}", os.O_RDONLY | os.O_CLOEXEC) for ns in NAMESPACES
+    ]
+
+
+def exec_in_guest(
+    state: GuestState,
+    layout: CgroupLayout,
+    argv: Sequence[str],
+    *,
+    use_tty: bool,
+    env: dict[str, str] | None = None,
+) -> int:
+    """Run ``argv`` in the guest; relay its input and output; return its exit status."""
+    if not argv:
+        raise HostError("no command given")
+    ns_fds = _open_namespaces(state)
+    cgroup = Cgroup(layout, state.cgroup)
+    environment = dict(GUEST_ENV)
+    if use_tty:
+        environment["TERM"] = os.environ.get("TERM", "linux")
+    environment.update(env or {})
+    try:
+        if use_tty:
+            parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            child = os.fork()
+            if child == 0:  # pragma: no cover - child process
+                parent_sock.close()
+                _child(cgroup, ns_fds, argv, environment, tty_channel=child_sock, pipes=None)
+            child_sock.close()
+            _, fds, _, _ = socket.recv_fds(parent_sock, 16, 1)
+            parent_sock.close()
+            if not fds:
+                return _wait(child)
+            return _relay_tty(fds[0], child)
+        pipes = [os.pipe2(os.O_CLOEXEC) for _ in range(3)]
+        child = os.fork()
+        if child == 0:  # pragma: no cover - child process
+            _child(
+                cgroup,
+                ns_fds,
+                argv,
+                environment,
+                tty_channel=None,
+                pipes=(pipes[0][0], pipes[1][1], pipes[2][1]),
+            )
+        for fd in (pipes[0][0], pipes[1][1], pipes[2][1]):
+            os.close(fd)
+        return _relay_pipes(pipes[0][1], pipes[1][0], pipes[2][0], child)
+    finally:
+        for fd in ns_fds:
+            os.close(fd)
+
+
+def _child(
+    cgroup: Cgroup,
+    ns_fds: list[int],
+    argv: Sequence[str],
+    env: dict[str, str],
+    *,
+    tty_channel: socket.socket | None,
+    pipes: tuple[int, int, int] | None,
+) -> None:  # pragma: no cover - child process
+    """Join the guest, then fork the command (joining a PID namespace applies to children)."""
+    code = 127
+    try:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        cgroup.add_pid(os.getpid())
+        for fd in ns_fds:
+            setns(fd)
+        os.chdir("/")
+        command = os.fork()
+        if command == 0:
+            _command(argv, env, tty_channel, pipes)
+        if tty_channel is not None:
+            tty_channel.close()
+        if pipes is not None:
+            for fd in pipes:
+                os.close(fd)
+        code = _wait(command)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            os.write(2 if pipes is None else pipes[2], f"vs-exec: {exc}\n".encode())
+    os._exit(code)
+
+
+def _command(
+    argv: Sequence[str],
+    env: dict[str, str],
+    tty_channel: socket.socket | None,
+    pipes: tuple[int, int, int] | None,
+) -> None:  # pragma: no cover - child process
+    try:
+        if tty_channel is not None:
+            master, slave = os.openpty()  # /dev/ptmx of the guest's own devpts
+            socket.send_fds(tty_channel, [b"pty"], [master])
+            os.close(master)
+            tty_channel.close()
+            os.setsid()
+            fcntl.ioctl(slave, TIOCSCTTY)
+            stdio: tuple[int, int, int] = (slave, slave, slave)
+        elif pipes is not None:
+            stdio = pipes
+        else:
+            raise HostError("neither a terminal nor pipes for the command")
+        for target, fd in enumerate(stdio):
+            os.dup2(fd, target)
+        install_seccomp(no_new_privs=False)
+        drop_capabilities(DROPPED_CAPS)
+        close_fds([0, 1, 2])
+        os.execvpe(argv[0], list(argv), env)  # noqa: S606 - the guest's own program, inside it
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            os.write(2, f"vs-exec: {argv[0]}: {exc}\n".encode())
+    os._exit(127)
+
+
+def _wait(pid: int) -> int:
+    _, status = os.waitpid(pid, 0)
+    if os.WIFSIGNALED(status):
+        return 128 + os.WTERMSIG(status)
+    return os.waitstatus_to_exitcode(status)
+
+
+def _relay_pipes(stdin_w: int, stdout_r: int, stderr_r: int, child: int) -> int:
+    """Copy our stdin to the command and its output to ours until it has closed both."""
+    selector = selectors.DefaultSelector()
+    sources = {stdout_r: sys.stdout.fileno(), stderr_r: sys.stderr.fileno()}
+    for fd in sources:
+        selector.register(fd, selectors.EVENT_READ)
+    our_stdin = sys.stdin.fileno() if not sys.stdin.closed else -1
+    if our_stdin >= 0:
+        try:
+            selector.register(our_stdin, selectors.EVENT_READ)
+        except (ValueError, PermissionError):  # /dev/null and regular files cannot be polled
+            _copy_all(our_stdin, stdin_w)
+            os.close(stdin_w)
+            stdin_w = -1
+            our_stdin = -1
+    else:
+        os.close(stdin_w)
+        stdin_w = -1
+    while sources:
+        for key, _ in selector.select():
+            fd = int(key.fd)
+            data = _read(fd)
+            if fd == our_stdin:
+                if not data:
+                    selector.unregister(fd)
+                    os.close(stdin_w)
+                    stdin_w = -1
+                else:
+                    with contextlib.suppress(BrokenPipeError):
+                        _write_all(stdin_w, data)
+                continue
+            if not data:
+                selector.unregister(fd)
+                os.close(fd)
+                del sources[fd]
+            else:
+                _write_all(sources[fd], data)
+    if stdin_w >= 0:
+        os.close(stdin_w)
+    selector.close()
+    return _wait(child)
+
+
+def _relay_tty(master: int, child: int) -> int:
+    """Relay between our terminal (raw mode) and the command's pty until the command ends."""
+    stdin = sys.stdin.fileno()
+    interactive = os.isatty(stdin)
+    with _raw(stdin) if interactive else contextlib.nullcontext():
+        if interactive:
+            _copy_window_size(stdin, master)
+            signal.signal(signal.SIGWINCH, lambda *_: _copy_window_size(stdin, master))
+        selector = selectors.DefaultSelector()
+        selector.register(master, selectors.EVENT_READ)
+        with contextlib.suppress(ValueError, PermissionError):
+            selector.register(stdin, selectors.EVENT_READ)
+        open_master = True
+        while open_master:
+            for key, _ in selector.select():
+                data = _read(int(key.fd))
+                if key.fd == master:
+                    if not data:
+                        open_master = False
+                        break
+                    _write_all(sys.stdout.fileno(), data)
+                elif not data:
+                    selector.unregister(stdin)
+                    _write_all(master, b"\x04")  # end of input, as a terminal sends it
+                else:
+                    _write_all(master, data)
+        selector.close()
+    os.close(master)
+    return _wait(child)
+
+
+@contextlib.contextmanager
+def _raw(fd: int) -> Iterator[None]:
+    saved = termios.tcgetattr(fd)
+    tty.setraw(fd)
+    try:
+        yield
+    finally:
+        termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+
+
+def _copy_window_size(source: int, target: int) -> None:
+    with contextlib.suppress(OSError):
+        size = fcntl.ioctl(source, termios.TIOCGWINSZ, struct.pack("HHHH", 0, 0, 0, 0))
+        fcntl.ioctl(target, termios.TIOCSWINSZ, size)
+
+
+def _read(fd: int) -> bytes:
+    try:
+        return os.read(fd, 65536)
+    except OSError:  # EIO on a pty master once every slave is closed
+        return b""
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _copy_all(source: int, target: int) -> None:
+    while data := _read(source):
+        with contextlib.suppress(BrokenPipeError):
+            _write_all(target, data)
