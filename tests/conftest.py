@@ -16,6 +16,8 @@ import pytest
 from tests.leaks import find_leaks
 from tests.probes import tier_problem
 
+pytest_plugins = ("tests.guests",)
+
 # "vst" + 4 hex digits: 7 characters, leaving 8 for suffixes within IFNAMSIZ (15).
 RUN_PREFIX = "vst" + secrets.token_hex(2)
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")

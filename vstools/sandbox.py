@@ -222,7 +222,7 @@ def build_mounts(*, tmpfs_mb: int) -> list[MountOp]:
             "bind",
             path,
             "/dev/null",
-            flags=MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC,
+            flags=MS_RDONLY | MS_NOSUID | MS_NOEXEC,  # not nodev: /dev/null must open
             optional=True,
         )
         for path in PROC_MASKED_FILES
