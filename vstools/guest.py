@@ -193,14 +193,27 @@ def stop_guest(
     dry_run: bool = False,
 ) -> None:
     """Ask the supervisor to stop the guest and wait until it has cleaned up."""
+    if request_stop(paths, name, dry_run=dry_run):
+        wait_stopped(paths, settings, name, timeout_s=timeout_s)
+
+
+def request_stop(paths: Paths, name: str, *, dry_run: bool = False) -> bool:
+    """Send the guest's supervisor its stop request (SIGTERM, by PID); False on a dry run."""
     state = running_state(paths, name)
     if dry_run:
-        return
+        return False
     signal_supervisor(state, signal.SIGTERM)
+    return True
+
+
+def wait_stopped(
+    paths: Paths, settings: Settings, name: str, *, timeout_s: float | None = None
+) -> None:
+    """Wait until the supervisor has stopped the guest and released its lock."""
     limit = (timeout_s if timeout_s is not None else settings.stop_timeout_s) + 10.0
     deadline = time.monotonic() + limit
     run_dir = paths.guest_run_dir(name)
-    while read_state(run_dir) is not None or _lock_held(run_dir):
+    while _lock_held(run_dir):
         if time.monotonic() > deadline:
             raise StateError(f"guest {name} did not stop within {limit:.0f} s")
         time.sleep(0.02)

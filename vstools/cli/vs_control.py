@@ -60,12 +60,25 @@ def _act(ctx: Context, name: str) -> None:
         with operation(what):
             if action in ("enable", "disable"):
                 guest.set_enabled(paths, name, action == "enable")
+            elif action == "stop" and ctx.args.all and not _running(ctx, name):
+                continue  # already asked to stop (or stopped) by _request_all_stops
             elif action == "stop" or (action == "restart" and _running(ctx, name)):
                 guest.stop_guest(paths, settings, name)
             if action in ("start", "restart"):
                 guest.start_guest(paths, settings, name, foreground=args.foreground)
             elif action in ("freeze", "thaw"):
                 guest.freeze_guest(paths, name, thaw=action == "thaw")
+
+
+def _request_all_stops(ctx: Context, names: list[str]) -> None:
+    from vstools import guest
+
+    for name in names:
+        if _running(ctx, name):
+            try:
+                guest.request_stop(ctx.paths, name)
+            except VSError:
+                continue  # reported when this guest's turn comes
 
 
 def _running(ctx: Context, name: str) -> bool:
@@ -81,6 +94,8 @@ def handle(ctx: Context) -> int:
     names = list_guests(ctx.paths) if ctx.args.all else [ctx.args.name]
     failures: list[VSError] = []
     rows = []
+    if ctx.args.stop and len(names) > 1 and not ctx.dry_run:
+        _request_all_stops(ctx, names)  # every guest shuts down at once, not one by one
     for name in names:
         try:
             _act(ctx, name)

@@ -5,19 +5,19 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from vstools.cli.common import (
-    add_guest_selection,
-    arg_type,
-    new_parser,
-    not_implemented,
-    run_command,
-)
+from vstools.cli.common import Context, add_guest_selection, arg_type, new_parser, run_command
 from vstools.config.create import count, mb
 from vstools.config.values import parse_cpu_ratio
+from vstools.errors import VSError
 
 DESCRIPTION = """\
-Show or change limits, hot on a running guest and persisted in guest.conf.
-Output: host:vserver:rss:disk:tmpfs:proc:cpu, each used/limit."""
+Show or change limits, hot on a running guest and persisted in guest.conf. A change is one
+operation: if a step fails (the kernel refuses to lower the memory limit below what the guest
+uses, say), the steps already done are undone and the error says so.
+Output: host:vserver:rss:disk:tmpfs:proc:cpu, each used/limit: rss, disk and tmpfs in MB, proc
+in processes, cpu as CPU seconds used / share of the host's whole CPU capacity."""
+
+FIELDS = ("host", "vserver", "rss", "disk", "tmpfs", "proc", "cpu")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,7 +36,36 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-handle = not_implemented("limits")
+def handle(ctx: Context) -> int:
+    from vstools.hostconfig import list_guests, load_guest
+    from vstools.journal import operation
+    from vstools.limits import NewLimits, apply_limits, limits_row, measure
+    from vstools.supervisor import read_state
+
+    args = ctx.args
+    new = NewLimits(args.rss, args.disk, args.tmpfs, args.proc, args.cpu)
+    changing = new != NewLimits()
+    names = list_guests(ctx.paths) if args.all else [args.name]
+    rows, failures = [], []
+    for name in names:
+        try:
+            conf = load_guest(ctx.paths, name).conf
+            if changing:
+                with operation(f"vs-limit {name}"):
+                    done = apply_limits(ctx.paths, conf, new, dry_run=ctx.dry_run)
+                if ctx.dry_run:
+                    for line in done:
+                        print(f"would: {line}", file=ctx.stderr)
+                conf = load_guest(ctx.paths, name).conf
+            state = read_state(ctx.paths.guest_run_dir(name))
+            rows.append(limits_row(ctx.hostname, conf, measure(ctx.paths, conf, state)))
+        except VSError as exc:
+            if args.name:
+                raise
+            failures.append(exc)
+            print(f"vs-limit: {name}: {exc}", file=ctx.stderr)
+    ctx.emit_rows(rows, FIELDS)
+    return int(max((f.exit_code for f in failures), default=0))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
