@@ -15,12 +15,19 @@ from vstools.errors import ExitCode
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMANDS = sorted(p.stem.replace("_", "-") for p in (ROOT / "vstools" / "cli").glob("vs_*.py"))
-IMPLEMENTED = {"vs-check", "vs-fonctions", "vs-setup", "vs-control", "vs-exec", "vs-enter"}
+IMPLEMENTED = {
+    "vs-check",
+    "vs-fonctions",
+    "vs-setup",
+    "vs-control",
+    "vs-exec",
+    "vs-enter",
+    "vs-limit",
+    "vs-stats",
+}
 NOT_YET = {
     "vs-create": ["--name", "web", "--interface", "198.51.100.10"],
-    "vs-limit": ["--name", "web"],
     "vs-net": ["--all"],
-    "vs-stats": [],
     "vs-pkg": ["--name", "web", "--update_sources"],
     "vs-monitor": ["--once"],
     "vs-scan": [],
