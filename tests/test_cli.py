@@ -24,9 +24,9 @@ IMPLEMENTED = {
     "vs-enter",
     "vs-limit",
     "vs-stats",
+    "vs-create",
 }
 NOT_YET = {
-    "vs-create": ["--name", "web", "--interface", "198.51.100.10"],
     "vs-net": ["--all"],
     "vs-pkg": ["--name", "web", "--update_sources"],
     "vs-monitor": ["--once"],

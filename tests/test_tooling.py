@@ -52,6 +52,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         (
             "vstools.guest",
             "vstools.guestexec",
+            "vstools.create",
             "vstools.limits",
             "vstools.firewall",
             "vstools.network",

@@ -109,5 +109,9 @@ class CommandError(HostError):
         self.cmdline = cmdline
         self.returncode = returncode
         self.stderr = stderr
-        detail = stderr.strip().splitlines()[-1] if stderr.strip() else "no error output"
+        lines = [line for line in stderr.strip().splitlines() if line.strip()]
+        # The first line is the cause (tar, nft and rsync end with a generic summary line).
+        detail = lines[0] if lines else "no error output"
+        if len(lines) > 1:
+            detail += f" (+{len(lines) - 1} more lines)"
         super().__init__(f"command failed with status {returncode}: {cmdline}: {detail}")

@@ -98,6 +98,14 @@ def _guest_config(env: Env, name: str) -> object:
     return load_guest(load_settings(env)[1], name)
 
 
+def _busybox_template(env: Env, archive: str) -> str:
+    from pathlib import Path
+
+    from vstools.templates import write_busybox_template
+
+    return str(write_busybox_template(Path(archive)))
+
+
 REGISTRY: dict[str, Function] = {
     f.name: f
     for f in (
@@ -125,6 +133,12 @@ REGISTRY: dict[str, Function] = {
             "the network of networks.conf that contains IP",
         ),
         Function("guests", _guests, (), "the guests defined on this host"),
+        Function(
+            "busybox_template",
+            _busybox_template,
+            (Param("archive"),),
+            "write a busybox guest template (tar.gz) built from the host's busybox-static",
+        ),
         Function(
             "guest_config",
             _guest_config,

@@ -43,6 +43,7 @@ def detect_stop_signal(rootfs: Path, init: str) -> int:
     try:
         with GuestRoot(rootfs) as root:
             target = init
+            target = target.split()[0]
             for _ in range(8):  # init -> /lib/systemd/systemd, or sbin/init -> ../bin/busybox
                 link = root.readlink(target)
                 if link is None:
@@ -66,7 +67,7 @@ def build_plan(paths: Paths, settings: Settings, conf: GuestConf) -> GuestPlan:
         rootfs=str(rootfs),
         run_dir=paths.guest_run_dir(conf.name),
         hostname=conf.hostname or conf.name,
-        init=(conf.init,),
+        init=tuple(conf.init.split()),
         rss_mb=conf.rss_limit_mb,
         proc_limit=conf.proc_limit,
         cpu_limit=conf.cpu_limit,
@@ -108,7 +109,11 @@ def start_guest(
         raise StateError(f"guest {name} is already running")
     if not Path(plan.rootfs).is_dir():
         raise NotFoundError(f"guest {name}: its root filesystem {plan.rootfs} does not exist")
-    if not os.path.lexists(os.path.join(plan.rootfs, plan.init[0].lstrip("/"))):
+    from vstools.rootfs import GuestRoot
+
+    with GuestRoot(plan.rootfs) as root:
+        has_init = root.exists(plan.init[0]) or root.readlink(plan.init[0]) is not None
+    if not has_init:
         raise NotFoundError(f"guest {name}: no {plan.init[0]} in {plan.rootfs}")
     if dry_run:
         return plan

@@ -76,3 +76,17 @@ def _applets(busybox: Path) -> list[str]:
             break
         names.append(raw.decode())
     return names
+
+
+def write_busybox_template(archive: Path) -> Path:
+    """A busybox template archive (tar.gz) for ``vs-create --template``."""
+    import tempfile
+
+    from vstools.run import run
+
+    if archive.exists():
+        raise FileExistsError(f"{archive} already exists")
+    with tempfile.TemporaryDirectory(prefix="vst-template-") as scratch:
+        rootfs = build_busybox_rootfs(Path(scratch) / "rootfs")
+        run(["tar", "--numeric-owner", "-czf", str(archive), "-C", str(rootfs), "."])
+    return archive

@@ -33,6 +33,12 @@ def build_parser() -> argparse.ArgumentParser:
     boot.add_argument("--enable", action="store_true", help="start with the host")
     boot.add_argument("--disable", action="store_true", help="do not start with the host")
     parser.add_argument(
+        "--enabled-only",
+        action="store_true",
+        help="with --all: only the guests enabled to start with the host (what"
+        " vs-guests.service starts at boot)",
+    )
+    parser.add_argument(
         "--foreground",
         action="store_true",
         help="with --start: run the guest's supervisor in the foreground until"
@@ -81,6 +87,15 @@ def _request_all_stops(ctx: Context, names: list[str]) -> None:
                 continue  # reported when this guest's turn comes
 
 
+def _enabled(ctx: Context, name: str) -> bool:
+    from vstools.hostconfig import load_guest
+
+    try:
+        return load_guest(ctx.paths, name).conf.enabled
+    except VSError:
+        return True  # keep it: its error is reported when its turn comes
+
+
 def _running(ctx: Context, name: str) -> bool:
     from vstools.supervisor import read_state
 
@@ -92,6 +107,8 @@ def handle(ctx: Context) -> int:
     from vstools.hostconfig import list_guests
 
     names = list_guests(ctx.paths) if ctx.args.all else [ctx.args.name]
+    if ctx.args.enabled_only:
+        names = [n for n in names if _enabled(ctx, n)]
     failures: list[VSError] = []
     rows = []
     if ctx.args.stop and len(names) > 1 and not ctx.dry_run:

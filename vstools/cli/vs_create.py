@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from vstools.cli.common import arg_type, new_parser, not_implemented, run_command
+from vstools.cli.common import Context, arg_type, new_parser, run_command
 from vstools.config.create import count, mb
 from vstools.config.guest import parse_context
 from vstools.config.values import (
@@ -17,9 +17,12 @@ from vstools.config.values import (
 )
 
 DESCRIPTION = """\
-Build a guest from a template archive, a debootstrap run or a clone of another guest.
-Only --name and --interface are needed when create.conf and networks.conf are set up; the other
-options override their defaults. Transactional: on failure nothing is left behind."""
+Build a guest from a template archive (tar, tar.gz, tar.zst, tar.xz), a debootstrap run or a
+copy of another (stopped) guest. Only --name and --interface are needed when create.conf and
+networks.conf are set up; the other options override their defaults (networks.conf's domain and
+nameservers win over create.conf's). Refuses a name or an address already used on this host.
+Transactional: on failure every step done is undone and nothing is left behind.
+Output: the guest's parameters as key:value lines."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -67,7 +70,49 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-handle = not_implemented("creating guests")
+def handle(ctx: Context) -> int:
+    from vstools.create import CreateRequest, plan_create
+    from vstools.fsutil import locked
+    from vstools.hostconfig import load_create, load_networks
+    from vstools.journal import operation
+    from vstools.plan import apply_steps
+
+    args = ctx.args
+    request = CreateRequest(
+        name=args.name,
+        ip=args.interface,
+        template=args.template,
+        debootstrap=args.debootstrap,
+        clone=args.clone,
+        disk_mb=args.disk,
+        rss_mb=args.rss,
+        tmpfs_mb=args.tmpfs,
+        proc=args.proc,
+        cpu=args.cpu,
+        domain=args.domain,
+        nameservers=args.nameserver or (),
+        context=args.context,
+        enable=args.enable,
+    )
+    paths = ctx.paths
+    # One creation at a time per host: names, addresses and context numbers are checked and
+    # taken under this lock.
+    with locked(
+        paths.run_dir / "locks" / "create.lock", what=f"vs-create {args.name}", timeout_s=600.0
+    ):
+        plan = plan_create(paths, load_create(paths), load_networks(paths), request)
+        if ctx.dry_run:
+            for step in plan.steps:
+                print(f"would: {step.description}", file=ctx.stderr)
+        else:
+            with operation(f"vs-create {args.name}"):
+                apply_steps(plan.steps)
+    summary = plan.summary()
+    if ctx.json:
+        ctx.emit_json(summary)
+    else:
+        ctx.emit_lines(f"{key}:{value}" for key, value in summary.items())
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -102,11 +102,19 @@ def handle(ctx: Context) -> int:
     return 0
 
 
+def unit_text(text: str, bindir: str) -> str:
+    """A unit with its ExecStart/ExecStop pointing at where the vs-* commands are installed."""
+    return text.replace("/usr/local/bin/", bindir.rstrip("/") + "/")
+
+
 def _install(source: Path, target: Path) -> None:
     from vstools.fsutil import atomic_write
 
     target.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(target, source.read_bytes(), mode=0o644)
+    data = source.read_bytes()
+    if source.parent.name == "systemd":
+        data = unit_text(data.decode(), str(Path(sys.argv[0]).resolve().parent)).encode()
+    atomic_write(target, data, mode=0o644)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

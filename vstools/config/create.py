@@ -14,6 +14,7 @@ from vstools.config.values import (
     CpuRatio,
     parse_abs_path,
     parse_bool,
+    parse_command,
     parse_cpu_ratio,
     parse_hostname,
     parse_ifname,
@@ -151,7 +152,7 @@ class CreateConf(KeyValueFile):
         Field("LVM_FS", "lvm_fs", _fs),
         Field("SNAPSHOT_SIZE", "snapshot_size_mb", mb),
         Field("DEFAULT_USERNS", "userns", parse_bool),
-        Field("DEFAULT_INIT", "init", parse_abs_path),
+        Field("DEFAULT_INIT", "init", parse_command),
     )
 
     def cross_check(self, out: Collector) -> None:

@@ -10,8 +10,8 @@ from vstools.config.create import StorageKind, _enum, count, mb
 from vstools.config.keyvalue import Field, KeyValueFile, meta_fields
 from vstools.config.values import (
     CpuRatio,
-    parse_abs_path,
     parse_bool,
+    parse_command,
     parse_cpu_ratio,
     parse_guest_name,
     parse_hostname,
@@ -70,6 +70,6 @@ class GuestConf(KeyValueFile):
         Field("CPU_LIMIT", "cpu_limit", parse_cpu_ratio),
         Field("ENABLED", "enabled", parse_bool),
         Field("STORAGE", "storage", _enum(StorageKind)),
-        Field("INIT", "init", parse_abs_path),
+        Field("INIT", "init", parse_command, doc="the guest's first program and its arguments"),
         Field("USERNS", "userns", parse_bool),
     )

@@ -177,6 +177,15 @@ def parse_abs_path(text: str) -> str:
     return text
 
 
+def parse_command(text: str) -> str:
+    """An absolute program path, optionally followed by arguments (split on blanks)."""
+    words = text.split()
+    if not words:
+        raise ValueProblem("expected a program path")
+    parse_abs_path(words[0])
+    return " ".join(words)
+
+
 def parse_word(text: str) -> str:
     """A simple identifier such as a Debian suite name (``bookworm``)."""
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", text, re.ASCII):

@@ -1,0 +1,242 @@
+"""vs-create: from templates (tar, tar.gz, tar.zst), by cloning, by debootstrap; defaults from
+create.conf and networks.conf; context numbers; refusals; and transactional rollback with a
+failure injected at every step."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from dataclasses import replace
+from ipaddress import IPv4Address
+from pathlib import Path
+
+import pytest
+
+from tests.guests import Host
+from vstools.config.create import ContextMethod, CreateConf
+from vstools.config.networks import parse_networks
+from vstools.create import CreateRequest, compute_context, plan_create
+from vstools.errors import HostError, UsageError
+from vstools.paths import resolve_paths
+from vstools.plan import apply_steps
+
+NETWORKS = "1,198.51.100.0/24,198.51.100.1,example.org,203.0.113.53\n2,203.0.113.0/24,203.0.113.1\n"
+
+
+def test_context_methods() -> None:
+    ip = IPv4Address("198.51.100.42")
+    assert compute_context(ContextMethod.DEC, ip, 3, 0) == 3042
+    assert compute_context(ContextMethod.HEX, ip, 3, 0) == (100 << 8) + 42
+    assert compute_context(ContextMethod.CNT, ip, 3, 10007) == 10007
+    with pytest.raises(UsageError):
+        compute_context(ContextMethod.HEX, IPv4Address("198.19.0.0"), 0, 0)
+
+
+@pytest.fixture
+def tarballs(host: Host) -> dict[str, Path]:
+    out = {}
+    for suffix, flag in ((".tar", []), (".tar.gz", ["-z"]), (".tar.zst", ["--zstd"])):
+        target = host.root / f"busybox{suffix}"
+        subprocess.run(
+            ["tar", "--numeric-owner", *flag, "-cf", str(target), "-C", str(host.template), "."],
+            check=True,
+        )
+        out[suffix] = target
+    return out
+
+
+def _configure(host: Host, create_conf: str = "") -> None:
+    etc = Path(host.env["VS_ETC_DIR"])
+    (etc / "networks.conf").write_text(NETWORKS)
+    (etc / "create.conf").write_text(create_conf)
+    (etc / "firewall.conf").write_text("enable\nallow from 0/0 to tcp/22\n")
+    (etc / "monitor.conf").write_text("MONITOR_MAILTO=root\n")
+
+
+pytestmark = [pytest.mark.privileged]
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("suffix", [".tar", ".tar.gz", ".tar.zst"])
+def test_create_from_a_template_with_two_arguments(
+    host: Host, tarballs: dict[str, Path], suffix: str
+) -> None:
+    _configure(
+        host, f"DEFAULT_TEMPLATE={tarballs[suffix]}\nDEFAULT_RSS_LIMIT=48\nCONTEXT_METHOD=dec\n"
+    )
+    out = host.run("vs-create", "--name", "web", "--interface", "198.51.100.10").stdout
+    summary = dict(line.split(":", 1) for line in out.splitlines())
+    assert summary["context"] == "1010" and summary["vlan"] == "1"
+    assert summary["domain"] == "example.org" and summary["nameserver"] == "203.0.113.53"
+    assert summary["rss"] == "48" and summary["method"] == "template"
+    host.guests.append("web")
+    root = host.rootfs("web")
+    assert (root / "etc" / "hostname").read_text() == "web\n"
+    assert (root / "etc" / "resolv.conf").read_text() == (
+        "search example.org\nnameserver 203.0.113.53\n"
+    )
+    assert (host.guests_dir / "web" / "firewall.conf").read_text().startswith("enable")
+    assert host.run("vs-check").returncode == 0
+    host.run("vs-control", "--name", "web", "--start")
+    assert host.exec("web", "hostname") == "web\n"
+
+
+@pytest.mark.e2e
+def test_command_line_beats_networks_beats_create_conf(
+    host: Host, tarballs: dict[str, Path]
+) -> None:
+    _configure(
+        host,
+        f"DEFAULT_TEMPLATE={tarballs['.tar']}\nDEFAULT_DOMAIN=default.test\n"
+        "DEFAULT_NAMESERVER=198.51.100.53\nCONTEXT_METHOD=cnt\nCONTEXT_START=500\n",
+    )
+    first = json.loads(
+        host.run("vs-create", "--json", "--name", "a", "--interface", "203.0.113.5").stdout
+    )
+    assert first["domain"] == "default.test" and first["nameserver"] == "198.51.100.53"
+    assert first["context"] == 500
+    second = json.loads(
+        host.run(
+            "vs-create",
+            "--json",
+            "--name",
+            "b",
+            "--interface",
+            "203.0.113.6",
+            "--domain",
+            "cli.test",
+            "--rss",
+            "99",
+            "--cpu",
+            "1/3",
+            "--enable",
+        ).stdout
+    )
+    assert second["domain"] == "cli.test" and second["context"] == 501
+    assert (second["rss"], second["cpu"], second["enabled"]) == (99, "1/3", "yes")
+    host.guests += ["a", "b"]
+
+
+@pytest.mark.e2e
+def test_refusals_change_nothing(host: Host, tarballs: dict[str, Path]) -> None:
+    _configure(host, f"DEFAULT_TEMPLATE={tarballs['.tar']}\n")
+    host.run("vs-create", "--name", "web", "--interface", "198.51.100.10")
+    host.guests.append("web")
+    before = sorted(str(p) for p in host.root.rglob("*") if "guests" in str(p))
+    cases = [
+        (["--name", "web", "--interface", "198.51.100.11"], 4, "already exists"),
+        (["--name", "db", "--interface", "198.51.100.10"], 4, "already the address of guest web"),
+        (["--name", "db", "--interface", "198.18.0.9"], 2, "in no network"),
+        (["--name", "db", "--interface", "198.51.100.1"], 2, "gateway"),
+        (["--name=-rf", "--interface", "198.51.100.12"], 2, "invalid guest name"),
+        (
+            ["--name", "db", "--interface", "198.51.100.12", "--template", "/nonexistent"],
+            3,
+            "does not exist",
+        ),
+    ]
+    for argv, code, words in cases:
+        result = host.run("vs-create", *argv, check=False)
+        assert (result.returncode, words in result.stderr) == (code, True), result.stderr
+    assert sorted(str(p) for p in host.root.rglob("*") if "guests" in str(p)) == before
+    assert not host.rootfs("db").exists()
+
+
+@pytest.mark.e2e
+def test_clone_needs_a_stopped_source(host: Host, tarballs: dict[str, Path]) -> None:
+    _configure(host, f"DEFAULT_TEMPLATE={tarballs['.tar.gz']}\n")
+    host.run("vs-create", "--name", "web", "--interface", "198.51.100.10")
+    host.guests.append("web")
+    (host.rootfs("web") / "root" / "data").write_text("from web")
+    host.run("vs-control", "--name", "web", "--start")
+    refused = host.run(
+        "vs-create", "--name", "copy", "--interface", "198.51.100.11", "--clone", "web", check=False
+    )
+    assert refused.returncode == 4 and "running" in refused.stderr
+    host.run("vs-control", "--name", "web", "--stop")
+    host.run("vs-create", "--name", "copy", "--interface", "198.51.100.11", "--clone", "web")
+    host.guests.append("copy")
+    assert (host.rootfs("copy") / "root" / "data").read_text() == "from web"
+    assert (host.rootfs("copy") / "etc" / "hostname").read_text() == "copy\n"
+
+
+def test_a_failure_at_any_step_leaves_nothing(host: Host, tarballs: dict[str, Path]) -> None:
+    _configure(host, f"DEFAULT_TEMPLATE={tarballs['.tar']}\nCONTEXT_METHOD=cnt\n")
+    paths = resolve_paths(host.env)
+    defaults = CreateConf.parse("c", Path(host.env["VS_ETC_DIR"], "create.conf").read_text())
+    networks = parse_networks("n", NETWORKS)
+    request = CreateRequest(name="web", ip=IPv4Address("198.51.100.10"))
+    count = len(plan_create(paths, defaults, networks, request).steps)
+    assert count == 7
+    snapshot = sorted(str(p) for p in host.root.rglob("*"))
+    for failing in range(count):
+        plan = plan_create(paths, defaults, networks, request)
+
+        def boom() -> None:
+            raise OSError(28, "No space left on device")
+
+        steps = [
+            replace(step, apply=boom) if index == failing else step
+            for index, step in enumerate(plan.steps)
+        ]
+        with pytest.raises(HostError, match="No space left on device"):
+            apply_steps(steps)
+        assert sorted(str(p) for p in host.root.rglob("*")) == snapshot, failing
+
+
+def test_h1_h2_template_symlinks_never_make_the_host_write_outside(
+    host: Host, tmp_path: Path
+) -> None:
+    evil = tmp_path / "evil"
+    subprocess.run(["cp", "-a", str(host.template), str(evil)], check=True)
+    sentinel = tmp_path / "shadow"
+    sentinel.write_text("host secret\n")
+    for name in ("hostname", "resolv.conf"):
+        (evil / "etc" / name).unlink(missing_ok=True)
+    (evil / "etc" / "hostname").symlink_to(sentinel)
+    (evil / "etc" / "resolv.conf").symlink_to("../../../../../../../../" + str(tmp_path)[1:] + "/x")
+    tarball = tmp_path / "evil.tar"
+    subprocess.run(["tar", "-cf", str(tarball), "-C", str(evil), "."], check=True)
+    _configure(host, f"DEFAULT_TEMPLATE={tarball}\n")
+    host.run("vs-create", "--name", "web", "--interface", "198.51.100.10")
+    host.guests.append("web")
+    assert sentinel.read_text() == "host secret\n"
+    assert not (tmp_path / "x").exists()
+    hostname = host.rootfs("web") / "etc" / "hostname"
+    assert not hostname.is_symlink() and hostname.read_text() == "web\n"
+
+
+@pytest.mark.e2e
+def test_a_real_debian_guest_by_debootstrap(host: Host) -> None:
+    if os.environ.get("VS_SKIP_DEBOOTSTRAP"):
+        pytest.skip("VS_SKIP_DEBOOTSTRAP is set")
+    _configure(host, 'DEFAULT_INIT="/usr/bin/sleep infinity"\n')
+    created = host.run(
+        "vs-create",
+        "--name",
+        "deb",
+        "--interface",
+        "198.51.100.30",
+        "--debootstrap",
+        "bookworm",
+        timeout=1800,
+    )
+    host.guests.append("deb")
+    assert "method:debootstrap" in created.stdout
+    host.run("vs-control", "--name", "deb", "--start")
+    assert host.exec("deb", "cat", "/etc/debian_version").startswith("12.")
+    assert "ID=debian" in host.exec("deb", "cat", "/etc/os-release")
+    # The guest's own package manager runs inside it, as its root.
+    assert host.exec("deb", "dpkg-query", "-W", "-f=${Package}\\n", "dpkg") == "dpkg\n"
+
+
+def test_create_conf_default_init_reaches_guest_conf(host: Host, tarballs: dict[str, Path]) -> None:
+    _configure(host, f'DEFAULT_TEMPLATE={tarballs[".tar"]}\nDEFAULT_INIT="/bin/sleep 1000"\n')
+    host.run("vs-create", "--name", "web", "--interface", "198.51.100.10")
+    host.guests.append("web")
+    assert 'INIT="/bin/sleep 1000"' in (host.guests_dir / "web" / "guest.conf").read_text()
+    host.run("vs-control", "--name", "web", "--start")
+    assert Path(f"/proc/{host.state('web')['init_pid']}/cmdline").read_bytes() == (  # type: ignore[index]
+        b"/bin/sleep\x001000\x00"
+    )

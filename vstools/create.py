@@ -1,0 +1,304 @@
+"""vs-create's work: check the request against the host (read-only), then build the guest as a
+list of steps, each undone if a later one fails, so a failed creation leaves nothing behind."""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass, field
+from functools import partial
+from ipaddress import IPv4Address
+from pathlib import Path
+
+from vstools.config.create import ContextMethod, CreateConf, CreateMethod
+from vstools.config.guest import MAX_CONTEXT, GuestConf
+from vstools.config.networks import Network, NetworksConf
+from vstools.config.values import CpuRatio
+from vstools.errors import NotFoundError, StateError, UsageError
+from vstools.hostconfig import list_guests, load_guest
+from vstools.paths import Paths
+from vstools.plan import Step
+
+TEMPLATE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.zst", ".tzst", ".tar.xz", ".txz")
+
+
+@dataclass(frozen=True, slots=True)
+class CreateRequest:
+    """What the administrator asked for; None means "the default"."""
+
+    name: str
+    ip: IPv4Address
+    template: str | None = None
+    debootstrap: str | None = None
+    clone: str | None = None
+    disk_mb: int | None = None
+    rss_mb: int | None = None
+    tmpfs_mb: int | None = None
+    proc: int | None = None
+    cpu: CpuRatio | None = None
+    domain: str | None = None
+    nameservers: tuple[IPv4Address, ...] = ()
+    context: int | None = None
+    enable: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class CreatePlan:
+    conf: GuestConf
+    method: CreateMethod
+    source: str
+    network: Network | None
+    rootfs: Path
+    steps: list[Step] = field(default_factory=list)
+
+    def summary(self) -> dict[str, object]:
+        net = self.network
+        return {
+            "vserver": self.conf.name,
+            "ip": str(self.conf.ip),
+            "context": self.conf.context,
+            "vlan": net.vlan if net else "",
+            "network": str(net.network) if net else "",
+            "gateway": str(net.gateway) if net else "",
+            "domain": self.conf.domain or "",
+            "nameserver": " ".join(str(ns) for ns in self.conf.nameservers),
+            "rss": self.conf.rss_limit_mb,
+            "disk": self.conf.disk_limit_mb,
+            "tmpfs": self.conf.tmpfs_limit_mb,
+            "proc": self.conf.proc_limit,
+            "cpu": str(self.conf.cpu_limit),
+            "method": self.method.value,
+            "source": self.source,
+            "rootfs": str(self.rootfs),
+            "enabled": "yes" if self.conf.enabled else "no",
+        }
+
+
+def compute_context(method: ContextMethod, ip: IPv4Address, vlan: int, counter: int) -> int:
+    """The context number by CONTEXT_METHOD: dec = 1000 * vlan + last octet, hex = the last two
+    octets as one 16-bit number, cnt = the host's counter."""
+    if method is ContextMethod.DEC:
+        value = 1000 * vlan + ip.packed[3]
+    elif method is ContextMethod.HEX:
+        value = (ip.packed[2] << 8) | ip.packed[3]
+    else:
+        value = counter
+    if not 1 <= value <= MAX_CONTEXT:
+        raise UsageError(
+            f"context number {value} from CONTEXT_METHOD={method} is out of range;"
+            " give one with --context"
+        )
+    return value
+
+
+def check_request(
+    paths: Paths, defaults: CreateConf, networks: NetworksConf, request: CreateRequest
+) -> tuple[GuestConf, CreateMethod, str, Network | None]:
+    """Read-only checks and defaults: the guest.conf to write, how to fill the rootfs, from what.
+    Raises before anything is changed."""
+    name = request.name
+    if (paths.guest_dir(name)).exists() or paths.guest_root(name).exists():
+        raise StateError(f"guest {name} already exists on this host")
+    used: dict[int, str] = {}
+    for other in list_guests(paths):
+        conf = load_guest(paths, other).conf
+        if conf.ip == request.ip:
+            raise StateError(f"{request.ip} is already the address of guest {other}")
+        used[conf.context] = other
+    network = networks.network_for(request.ip)
+    if network is None and networks.networks:
+        raise UsageError(f"{request.ip} is in no network of {networks.path}")
+    if network is not None and request.ip in (
+        network.gateway,
+        network.network.network_address,
+        network.network.broadcast_address,
+    ):
+        raise UsageError(
+            f"{request.ip} is the gateway, network or broadcast address of {network.network}"
+        )
+    method, source = _source(defaults, request)
+    context = request.context or compute_context(
+        defaults.context_method,
+        request.ip,
+        network.vlan if network else defaults.vlan,
+        _peek_counter(paths, defaults),
+    )
+    if context in used:
+        raise StateError(f"context {context} is already used by guest {used[context]}")
+    conf = GuestConf(
+        name=name,
+        context=context,
+        ip=request.ip,
+        hostname=name,
+        domain=request.domain or (network.domain if network else None) or defaults.domain,
+        nameservers=request.nameservers
+        or (network.nameservers if network else ())
+        or defaults.nameservers,
+        rss_limit_mb=request.rss_mb or defaults.rss_limit_mb,
+        disk_limit_mb=request.disk_mb or defaults.disk_limit_mb,
+        tmpfs_limit_mb=request.tmpfs_mb or defaults.tmpfs_limit_mb,
+        proc_limit=request.proc or defaults.proc_limit,
+        cpu_limit=request.cpu or defaults.cpu_limit,
+        enabled=request.enable,
+        storage=defaults.storage,
+        init=defaults.init,
+        userns=defaults.userns,
+    )
+    return conf, method, source, network
+
+
+def _source(defaults: CreateConf, request: CreateRequest) -> tuple[CreateMethod, str]:
+    if request.template:
+        return CreateMethod.TEMPLATE, request.template
+    if request.debootstrap:
+        return CreateMethod.DEBOOTSTRAP, request.debootstrap
+    if request.clone:
+        return CreateMethod.CLONE, request.clone
+    if defaults.method is CreateMethod.DEBOOTSTRAP:
+        return CreateMethod.DEBOOTSTRAP, defaults.distro
+    if defaults.template is None:
+        raise UsageError(
+            "no --template, --debootstrap or --clone, and create.conf has no DEFAULT_TEMPLATE"
+        )
+    return CreateMethod.TEMPLATE, defaults.template
+
+
+def _counter_file(paths: Paths) -> Path:
+    return paths.state_dir / "context.next"
+
+
+def _peek_counter(paths: Paths, defaults: CreateConf) -> int:
+    try:
+        return max(int(_counter_file(paths).read_text().strip()), 1)
+    except (FileNotFoundError, ValueError):
+        return defaults.context_start
+
+
+def plan_create(
+    paths: Paths, defaults: CreateConf, networks: NetworksConf, request: CreateRequest
+) -> CreatePlan:
+    """The checked request and the steps that build the guest."""
+    conf, method, source, network = check_request(paths, defaults, networks, request)
+    if method is CreateMethod.TEMPLATE and not Path(source).is_file():
+        raise NotFoundError(f"template {source} does not exist")
+    if method is CreateMethod.CLONE:
+        _check_clone_source(paths, source)
+    rootfs = paths.guest_root(conf.name)
+    directory = paths.guest_dir(conf.name)
+    plan = CreatePlan(conf, method, source, network, rootfs)
+    plan.steps.extend(
+        [
+            Step(
+                f"create {directory}",
+                lambda: directory.mkdir(parents=True),
+                lambda: shutil.rmtree(directory),
+            ),
+            Step(
+                f"create {rootfs}", lambda: _make_rootfs_dir(rootfs), lambda: shutil.rmtree(rootfs)
+            ),
+            _fill_step(paths, defaults, method, source, rootfs),
+            Step(
+                f"write /etc/hostname, /etc/hosts and /etc/resolv.conf in {rootfs}",
+                lambda: _write_guest_files(rootfs, conf),
+            ),
+            Step(
+                f"write {directory}/firewall.conf and monitor.conf from the templates",
+                lambda: _copy_templates(paths, directory),
+            ),
+            Step(f"write {directory / GuestConf.FILE_NAME}", lambda: _write_conf(directory, conf)),
+        ]
+    )
+    if defaults.context_method is ContextMethod.CNT and request.context is None:
+        old = _peek_counter(paths, defaults)
+        plan.steps.append(
+            Step(
+                f"advance the context counter to {conf.context + 1}",
+                lambda: _write_counter(paths, conf.context + 1),
+                lambda: _write_counter(paths, old),
+            )
+        )
+    return plan
+
+
+def _check_clone_source(paths: Paths, source: str) -> None:
+    from vstools.supervisor import read_state
+
+    load_guest(paths, source)
+    if not paths.guest_root(source).is_dir():
+        raise NotFoundError(f"guest {source} has no root filesystem to clone")
+    if read_state(paths.guest_run_dir(source)) is not None:
+        raise StateError(f"guest {source} is running: stop it to clone it consistently")
+
+
+def _make_rootfs_dir(rootfs: Path) -> None:
+    rootfs.parent.mkdir(parents=True, exist_ok=True)
+    rootfs.mkdir(mode=0o755)
+
+
+def _fill_step(
+    paths: Paths, defaults: CreateConf, method: CreateMethod, source: str, rootfs: Path
+) -> Step:
+    if method is CreateMethod.TEMPLATE:
+        # GNU tar detects the compression (gzip, zstd, xz) itself; --numeric-owner keeps the
+        # template's uids instead of mapping them through the host's /etc/passwd.
+        argv = [
+            "tar",
+            "--numeric-owner",
+            "--xattrs",
+            "--xattrs-include=*",
+            "-xpf",
+            source,
+            "-C",
+            str(rootfs),
+        ]
+        return Step(f"unpack {source}", partial(_run, argv))
+    if method is CreateMethod.CLONE:
+        argv = ["cp", "-a", "--reflink=auto", "--", f"{paths.guest_root(source)}/.", str(rootfs)]
+        return Step(f"copy the root filesystem of {source}", partial(_run, argv))
+    argv = ["debootstrap", "--variant=minbase", source, str(rootfs), defaults.main_mirror]
+    return Step(
+        f"debootstrap {source} from {defaults.main_mirror}", partial(_run, argv, timeout_s=3600.0)
+    )
+
+
+def _run(argv: list[str], timeout_s: float | None = None) -> None:
+    from vstools.run import run
+
+    run(argv, timeout_s=timeout_s)
+
+
+def _write_guest_files(rootfs: Path, conf: GuestConf) -> None:
+    """Files the host writes inside the guest, through the rootfs door: a guest symlink never
+    makes these writes land outside the rootfs (H1, H2)."""
+    from vstools.rootfs import GuestRoot
+
+    fqdn = f"{conf.hostname}.{conf.domain}" if conf.domain else conf.hostname
+    with GuestRoot(rootfs) as root:
+        root.makedirs("etc")
+        root.write_text("etc/hostname", f"{conf.hostname}\n")
+        root.write_text("etc/hosts", f"127.0.0.1\tlocalhost\n{conf.ip}\t{fqdn} {conf.hostname}\n")
+        lines = [f"search {conf.domain}"] if conf.domain else []
+        lines += [f"nameserver {ns}" for ns in conf.nameservers]
+        root.write_text("etc/resolv.conf", "".join(line + "\n" for line in lines))
+
+
+def _copy_templates(paths: Paths, directory: Path) -> None:
+    from vstools.fsutil import atomic_write
+
+    for name in ("firewall.conf", "monitor.conf"):
+        template = paths.etc_file(name)
+        if template.is_file():
+            atomic_write(directory / name, template.read_bytes())
+
+
+def _write_conf(directory: Path, conf: GuestConf) -> None:
+    from vstools.fsutil import atomic_write
+    from vstools.guest import HEADER
+
+    atomic_write(directory / GuestConf.FILE_NAME, conf.render(header=HEADER))
+
+
+def _write_counter(paths: Paths, value: int) -> None:
+    from vstools.fsutil import atomic_write
+
+    paths.state_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write(_counter_file(paths), f"{value}\n")
