@@ -9,7 +9,7 @@ DEB_PACKAGES := python3-venv python3-dev gcc iproute2 nftables iptables busybox-
 	rsync openssh-server openssh-client systemd procps util-linux uidmap btrfs-progs \
 	zstd
 
-.PHONY: all deps venv demo test lint check clean
+.PHONY: all deps venv demo test lint bench clean
 all: test
 
 # Install only what is missing, so a second run costs a dpkg query and nothing else.
@@ -36,6 +36,16 @@ demo: venv
 
 test: venv
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# Benchmarks print figures beside the peer tools (systemd-nspawn, lxc-execute); never asserted.
+BENCH_PACKAGES := systemd-container lxc
+bench: venv
+	@missing=$$(for p in $(BENCH_PACKAGES); do \
+		dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed$$' || echo $$p; \
+	done); \
+	if [ -n "$$missing" ]; then DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+		--no-install-recommends $$missing >/dev/null; fi
+	$(PY) bench/bench_start.py
 
 lint: venv
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check . && $(VENV)/bin/mypy

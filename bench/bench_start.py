@@ -1,0 +1,167 @@
+"""Benchmark (issue 3): how long `vs-control --name N --start` takes for a busybox guest, beside
+systemd-nspawn, lxc-execute and unshare+chroot on the same rootfs, measured alternately in one
+run; and the wall time of `vs-control --all` (status only) with 100 defined guests.
+
+What is compared: vs-control returns once the guest's init runs (detached supervisor, cgroup
+with limits, five namespaces, masked /proc, private /dev, seccomp, capabilities). The peers run
+/bin/true in their own isolation and return when it has exited. Run as root:
+    .venv/bin/python bench/bench_start.py [--rounds 15]
+Prints figures and ratios; asserts nothing about time."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from vstools.templates import build_busybox_rootfs
+
+BIN = Path(sys.executable).parent
+GUEST = (
+    "NAME={name}\nCONTEXT={context}\nIP=198.51.100.{octet}\nRSS_LIMIT=64\nDISK_LIMIT=256\n"
+    "TMPFS_LIMIT=8\nPROC_LIMIT=64\nCPU_LIMIT=1/2\n"
+)
+
+
+def timed(argv: list[str], env: dict[str, str] | None = None) -> float:
+    start = time.perf_counter()
+    subprocess.run(argv, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.perf_counter() - start
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rounds", type=int, default=15)
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="vstbench-"))
+    parent = f"vstbench{os.getpid()}"
+    try:
+        return run(work, parent, args.rounds)
+    finally:
+        subprocess.run(
+            [str(BIN / "vs-control"), "--all", "--stop"],
+            env=_env(work),
+            capture_output=True,
+            check=False,
+        )
+        for controller in Path("/sys/fs/cgroup").iterdir():
+            for leftover in sorted(controller.glob(f"{parent}/*"), reverse=True):
+                if leftover.is_dir():
+                    leftover.rmdir()
+            if (controller / parent).exists():
+                (controller / parent).rmdir()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _env(work: Path) -> dict[str, str]:
+    return {
+        "VS_ETC_DIR": str(work / "etc"),
+        "VS_GUESTS_CONF_DIR": str(work / "guests"),
+        "VS_ROOT_DIR": str(work / "root"),
+        "VS_STATE_DIR": str(work / "state"),
+        "VS_RUN_DIR": str(work / "run"),
+        "VS_NO_SYSTEMD": "1",
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+    }
+
+
+def run(work: Path, parent: str, rounds: int) -> int:
+    for name in ("etc", "guests", "root", "state", "run"):
+        (work / name).mkdir()
+    env = _env(work)
+    (work / "etc" / "vs-tools.conf").write_text(f"CGROUP_PARENT={parent}\nSTOP_TIMEOUT=5\n")
+    rootfs = build_busybox_rootfs(work / "root" / "b")
+    (work / "guests" / "b").mkdir()
+    (work / "guests" / "b" / "guest.conf").write_text(GUEST.format(name="b", context=1, octet=1))
+    lxc_conf = work / "lxc.conf"
+    lxc_conf.write_text(
+        f"lxc.rootfs.path = dir:{rootfs}\nlxc.uts.name = bench\nlxc.net.0.type = empty\n"
+    )
+    peers = {
+        "vs-control --start": None,
+        "systemd-nspawn": [
+            "systemd-nspawn",
+            "-q",
+            "-D",
+            str(rootfs),
+            "--register=no",
+            "--keep-unit",
+            "/bin/true",
+        ],
+        "lxc-execute": [
+            "lxc-execute",
+            "-n",
+            f"vstbench{os.getpid()}",
+            "-f",
+            str(lxc_conf),
+            "--",
+            "/bin/true",
+        ],
+        "unshare+chroot": [
+            "unshare",
+            "--mount",
+            "--pid",
+            "--uts",
+            "--ipc",
+            "--net",
+            "--fork",
+            "chroot",
+            str(rootfs),
+            "/bin/true",
+        ],
+    }
+    available = {k: v for k, v in peers.items() if v is None or shutil.which(v[0])}
+    times: dict[str, list[float]] = {k: [] for k in available}
+    control = [str(BIN / "vs-control"), "--name", "b"]
+    for round_index in range(rounds):
+        order = list(available)
+        if round_index % 2:
+            order.reverse()  # alternate, so drift and caches hit every tool alike
+        for label in order:
+            argv = available[label]
+            if argv is None:
+                times[label].append(timed([*control, "--start"], env))
+                subprocess.run([*control, "--stop"], env=env, check=True, capture_output=True)
+            else:
+                times[label].append(timed(argv))
+    base = statistics.median(times["vs-control --start"])
+    print(
+        f"start of a busybox guest, median of {rounds} alternating rounds "
+        f"(kernel {os.uname().release}, {len(os.sched_getaffinity(0))} CPUs)"
+    )
+    print(f"{'tool':<22}{'median ms':>10}{'min ms':>9}{'max ms':>9}{'ratio':>8}")
+    for label, values in times.items():
+        median = statistics.median(values)
+        print(
+            f"{label:<22}{median * 1e3:>10.1f}{min(values) * 1e3:>9.1f}"
+            f"{max(values) * 1e3:>9.1f}{median / base:>8.2f}"
+        )
+    missing = sorted(set(peers) - set(available))
+    if missing:
+        print(f"not installed, not measured: {', '.join(missing)}")
+
+    for index in range(100):
+        name = f"s{index:03d}"
+        (work / "guests" / name).mkdir()
+        (work / "guests" / name / "guest.conf").write_text(
+            GUEST.format(name=name, context=100 + index, octet=10 + index)
+        )
+    status = [timed([str(BIN / "vs-control"), "--all"], env) for _ in range(rounds)]
+    print(
+        f"\nvs-control --all (status only), 101 defined guests: median "
+        f"{statistics.median(status) * 1e3:.1f} ms over {rounds} runs "
+        f"(min {min(status) * 1e3:.1f}, max {max(status) * 1e3:.1f})"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
