@@ -10,6 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from vstools.config.create import CreateConf
+from vstools.config.files import FILE_KINDS
 from vstools.config.firewall import parse_firewall, render_firewall
 from vstools.config.guest import GuestConf
 from vstools.config.keyvalue import KeyValueFile
@@ -19,16 +20,7 @@ from vstools.config.pool import parse_backup, parse_slaves, render_backup, rende
 from vstools.config.settings import Settings
 from vstools.errors import ConfigError
 
-PARSERS: dict[str, Any] = {
-    "networks.conf": parse_networks,
-    "firewall.conf": parse_firewall,
-    "slaves.conf": parse_slaves,
-    "backup.conf": parse_backup,
-    "create.conf": CreateConf.parse,
-    "monitor.conf": MonitorConf.parse,
-    "guest.conf": GuestConf.parse,
-    "vs-tools.conf": Settings.parse,
-}
+PARSERS: dict[str, Any] = {name: kind.parse for name, kind in FILE_KINDS.items()}
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

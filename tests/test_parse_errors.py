@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -16,20 +17,10 @@ from vstools.config.firewall import parse_firewall
 from vstools.config.guest import GuestConf
 from vstools.config.monitor import MonitorConf
 from vstools.config.networks import parse_networks
-from vstools.config.pool import parse_backup, parse_slaves
 from vstools.config.settings import Settings
 from vstools.errors import ConfigError, Severity
 
-PARSERS = {
-    "networks.conf": parse_networks,
-    "firewall.conf": parse_firewall,
-    "slaves.conf": parse_slaves,
-    "backup.conf": parse_backup,
-    "create.conf": CreateConf.parse,
-    "monitor.conf": MonitorConf.parse,
-    "guest.conf": GuestConf.parse,
-    "vs-tools.conf": Settings.parse,
-}
+PARSERS: dict[str, Any] = {name: kind.parse for name, kind in FILE_KINDS.items()}
 
 GOOD = {
     "networks.conf": "1,198.51.100.0/24,198.51.100.1,example.org,203.0.113.53\n",

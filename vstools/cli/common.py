@@ -143,6 +143,31 @@ def add_guest_selection(
         group.add_argument("--all", action="store_true", help="every guest of this host")
 
 
+def add_limit_options(parser: argparse.ArgumentParser) -> None:
+    """--rss, --disk, --tmpfs, --proc and --cpu, with the parsers of create.conf's values."""
+    from vstools.config.create import count, mb
+    from vstools.config.values import parse_cpu_ratio
+
+    parser.add_argument("--rss", metavar="MB", type=arg_type(mb), help="memory limit")
+    parser.add_argument("--disk", metavar="MB", type=arg_type(mb), help="disk limit")
+    parser.add_argument("--tmpfs", metavar="MB", type=arg_type(mb), help="size of /tmp")
+    parser.add_argument("--proc", metavar="N", type=arg_type(count), help="process limit")
+    parser.add_argument(
+        "--cpu",
+        metavar="A/B",
+        type=arg_type(parse_cpu_ratio),
+        help="share of the host's whole CPU capacity",
+    )
+
+
+def emit_record(ctx: Context, record: Mapping[str, object]) -> None:
+    """One record as ``key:value`` lines, or a JSON object with --json."""
+    if ctx.json:
+        ctx.emit_json(dict(record))
+    else:
+        ctx.emit_lines(f"{key}:{value}" for key, value in record.items())
+
+
 def not_implemented(what: str) -> Handler:
     """The handler of a command whose work is not built yet: a clear error, no fake output."""
 

@@ -5,11 +5,16 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from vstools.cli.common import Context, arg_type, new_parser, run_command
-from vstools.config.create import count, mb
+from vstools.cli.common import (
+    Context,
+    add_limit_options,
+    arg_type,
+    emit_record,
+    new_parser,
+    run_command,
+)
 from vstools.config.guest import parse_context
 from vstools.config.values import (
-    parse_cpu_ratio,
     parse_guest_name,
     parse_hostname,
     parse_ipv4,
@@ -46,16 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=arg_type(parse_guest_name, "name"),
         help="copy an existing guest",
     )
-    parser.add_argument("--disk", metavar="MB", type=arg_type(mb), help="disk limit")
-    parser.add_argument("--rss", metavar="MB", type=arg_type(mb), help="memory limit")
-    parser.add_argument("--tmpfs", metavar="MB", type=arg_type(mb), help="size of /tmp")
-    parser.add_argument("--proc", metavar="N", type=arg_type(count), help="process limit")
-    parser.add_argument(
-        "--cpu",
-        metavar="A/B",
-        type=arg_type(parse_cpu_ratio),
-        help="share of the host's whole CPU capacity",
-    )
+    add_limit_options(parser)
     parser.add_argument("--domain", type=arg_type(parse_hostname), help="DNS domain")
     parser.add_argument(
         "--nameserver", type=arg_type(parse_ipv4_list), metavar="IP[,IP...]", help="DNS servers"
@@ -108,10 +104,7 @@ def handle(ctx: Context) -> int:
             with operation(f"vs-create {args.name}"):
                 apply_steps(plan.steps)
     summary = plan.summary()
-    if ctx.json:
-        ctx.emit_json(summary)
-    else:
-        ctx.emit_lines(f"{key}:{value}" for key, value in summary.items())
+    emit_record(ctx, summary)
     return 0
 
 

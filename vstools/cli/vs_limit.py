@@ -5,9 +5,13 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from vstools.cli.common import Context, add_guest_selection, arg_type, new_parser, run_command
-from vstools.config.create import count, mb
-from vstools.config.values import parse_cpu_ratio
+from vstools.cli.common import (
+    Context,
+    add_guest_selection,
+    add_limit_options,
+    new_parser,
+    run_command,
+)
 from vstools.errors import VSError
 
 DESCRIPTION = """\
@@ -23,16 +27,7 @@ FIELDS = ("host", "vserver", "rss", "disk", "tmpfs", "proc", "cpu")
 def build_parser() -> argparse.ArgumentParser:
     parser = new_parser("vs-limit", DESCRIPTION, mutating=True)
     add_guest_selection(parser)
-    parser.add_argument("--rss", metavar="MB", type=arg_type(mb), help="memory limit")
-    parser.add_argument("--disk", metavar="MB", type=arg_type(mb), help="disk limit")
-    parser.add_argument("--tmpfs", metavar="MB", type=arg_type(mb), help="size of /tmp")
-    parser.add_argument("--proc", metavar="N", type=arg_type(count), help="process limit")
-    parser.add_argument(
-        "--cpu",
-        metavar="A/B",
-        type=arg_type(parse_cpu_ratio),
-        help="share of the host's whole CPU capacity",
-    )
+    add_limit_options(parser)
     return parser
 
 

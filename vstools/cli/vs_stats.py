@@ -7,7 +7,13 @@ import os
 import time
 from collections.abc import Sequence
 
-from vstools.cli.common import Context, add_guest_selection, new_parser, run_command
+from vstools.cli.common import (
+    Context,
+    add_guest_selection,
+    emit_record,
+    new_parser,
+    run_command,
+)
 
 DESCRIPTION = """\
 Statistics of the host, or of one guest with --name, as key:value lines (--json: one object).
@@ -89,10 +95,7 @@ def _meminfo() -> dict[str, int]:
 
 def handle(ctx: Context) -> int:
     stats = guest_stats(ctx, ctx.args.name) if ctx.args.name else host_stats(ctx)
-    if ctx.json:
-        ctx.emit_json(stats)
-    else:
-        ctx.emit_lines(f"{key}:{value}" for key, value in stats.items())
+    emit_record(ctx, stats)
     return 0
 
 
