@@ -66,14 +66,22 @@ def _act(ctx: Context, name: str) -> None:
         with operation(what):
             if action in ("enable", "disable"):
                 guest.set_enabled(paths, name, action == "enable")
+            elif action == "stop" and name in STOP_REQUESTED:
+                guest.wait_stopped(paths, settings, name)  # asked by _request_all_stops
             elif action == "stop" and ctx.args.all and not _running(ctx, name):
-                continue  # already asked to stop (or stopped) by _request_all_stops
+                continue  # --all: a stopped guest is not an error
             elif action == "stop" or (action == "restart" and _running(ctx, name)):
                 guest.stop_guest(paths, settings, name)
+            if action == "start" and ctx.args.all and _running(ctx, name):
+                continue  # --all: a running guest is not an error
             if action in ("start", "restart"):
                 guest.start_guest(paths, settings, name, foreground=args.foreground)
             elif action in ("freeze", "thaw"):
                 guest.freeze_guest(paths, name, thaw=action == "thaw")
+
+
+# Guests whose supervisor was already sent its stop request by _request_all_stops.
+STOP_REQUESTED: set[str] = set()
 
 
 def _request_all_stops(ctx: Context, names: list[str]) -> None:
@@ -85,6 +93,7 @@ def _request_all_stops(ctx: Context, names: list[str]) -> None:
                 guest.request_stop(ctx.paths, name)
             except VSError:
                 continue  # reported when this guest's turn comes
+            STOP_REQUESTED.add(name)
 
 
 def _enabled(ctx: Context, name: str) -> bool:
@@ -111,6 +120,7 @@ def handle(ctx: Context) -> int:
         names = [n for n in names if _enabled(ctx, n)]
     failures: list[VSError] = []
     rows = []
+    STOP_REQUESTED.clear()
     if ctx.args.stop and len(names) > 1 and not ctx.dry_run:
         _request_all_stops(ctx, names)  # every guest shuts down at once, not one by one
     for name in names:
