@@ -227,3 +227,16 @@ def test_limits_bite(host: Host) -> None:
     used = (int(usage.read_text()) - before) / 1e9 / (time.monotonic() - start)
     share = used / len(os.sched_getaffinity(0))
     assert 0.15 < share < 0.35, share
+
+
+def test_exec_passes_input_and_its_end_and_refuses_a_frozen_guest(web: Host) -> None:
+    echoed = web.run("vs-exec", "-T", "web", "--", "cat", input="line one\nline two\n", timeout=20)
+    assert echoed.stdout == "line one\nline two\n" and echoed.returncode == 0
+    counted = web.run("vs-exec", "-T", "web", "--", "wc", "-l", input="", timeout=20)
+    assert counted.stdout.strip() == "0"
+    web.run("vs-control", "--name", "web", "--freeze")
+    frozen = web.run("vs-exec", "-T", "web", "--", "true", check=False, timeout=20)
+    assert frozen.returncode == 4 and "frozen" in frozen.stderr
+    web.run("vs-control", "--name", "web", "--thaw")
+    unknown = web.run("vs-exec", "-T", "nosuch", "--", "true", check=False)
+    assert unknown.returncode == 3

@@ -106,6 +106,13 @@ def _child(
     """Join the guest, then fork the command (joining a PID namespace applies to children)."""
     code = 127
     try:
+        # Keep only what this child needs: the namespaces, the command's ends of its pipes (or
+        # the pty channel) and stderr for our own messages. Holding the caller's end of the
+        # stdin pipe would keep the command from ever seeing the end of its input.
+        keep = [*ns_fds, 2, *(pipes or ())]
+        if tty_channel is not None:
+            keep.append(tty_channel.fileno())
+        close_fds(keep)
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         cgroup.add_pid(os.getpid())
         for fd in ns_fds:
@@ -147,6 +154,9 @@ def _command(
             raise HostError("neither a terminal nor pipes for the command")
         for target, fd in enumerate(stdio):
             os.dup2(fd, target)
+            # dup2 onto itself is a no-op that leaves close-on-exec set (openpty's descriptors
+            # have it): clear it, or the command would start without that descriptor.
+            os.set_inheritable(target, True)
         install_seccomp(no_new_privs=False)
         drop_capabilities(DROPPED_CAPS)
         close_fds([0, 1, 2])

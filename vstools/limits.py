@@ -212,9 +212,9 @@ def resize_tmp(init_pid: int, size_mb: int) -> None:
         try:
             setns(ns)
             os.chdir("/")
-            mount(
-                None, "/tmp", None, MS_REMOUNT | MS_NOSUID | MS_NODEV, f"size={size_mb}m,mode=1777"
-            )
+            for target in ("/tmp", "/dev/shm"):  # both are sized by TMPFS_LIMIT at start
+                flags = MS_REMOUNT | MS_NOSUID | MS_NODEV
+                mount(None, target, None, flags, f"size={size_mb}m,mode=1777")
         except BaseException as exc:
             os.write(write_end, str(exc).encode())
             code = 1

@@ -339,6 +339,7 @@ def set_console(console_fd: int) -> None:
     fcntl.ioctl(console_fd, 0x540E)  # TIOCSCTTY
     for target in (0, 1, 2):
         os.dup2(console_fd, target)
+        os.set_inheritable(target, True)  # dup2 onto itself keeps close-on-exec
 
 
 def close_fds(keep: Sequence[int]) -> None:

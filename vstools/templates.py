@@ -85,7 +85,9 @@ def write_busybox_template(archive: Path) -> Path:
     from vstools.run import run
 
     if archive.exists():
-        raise FileExistsError(f"{archive} already exists")
+        from vstools.errors import StateError
+
+        raise StateError(f"{archive} already exists")
     with tempfile.TemporaryDirectory(prefix="vst-template-") as scratch:
         rootfs = build_busybox_rootfs(Path(scratch) / "rootfs")
         run(["tar", "--numeric-owner", "-czf", str(archive), "-C", str(rootfs), "."])

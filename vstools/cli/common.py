@@ -165,7 +165,7 @@ def emit_record(ctx: Context, record: Mapping[str, object]) -> None:
     if ctx.json:
         ctx.emit_json(dict(record))
     else:
-        ctx.emit_lines(f"{key}:{value}" for key, value in record.items())
+        ctx.emit_lines(f"{key}:{'' if value is None else value}" for key, value in record.items())
 
 
 def not_implemented(what: str) -> Handler:

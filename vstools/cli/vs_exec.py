@@ -34,11 +34,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_in_guest(ctx: Context, name: str, argv: list[str], *, use_tty: bool) -> int:
-    from vstools.cgroup import probe_layout
+    from vstools.cgroup import Cgroup, probe_layout
+    from vstools.errors import StateError
     from vstools.guest import running_state
     from vstools.guestexec import exec_in_guest
+    from vstools.hostconfig import load_guest
 
+    load_guest(ctx.paths, name)  # an unknown guest is "not found", not "not running"
     state = running_state(ctx.paths, name)
+    if Cgroup(probe_layout(), state.cgroup).is_frozen():
+        raise StateError(f"guest {name} is frozen: vs-control --name {name} --thaw first")
     sys.stdout.flush()
     return exec_in_guest(state, probe_layout(), argv, use_tty=use_tty)
 

@@ -32,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def handle(ctx: Context) -> int:
+    from vstools.fsutil import locked
     from vstools.hostconfig import list_guests, load_guest
     from vstools.journal import operation
     from vstools.limits import NewLimits, apply_limits, limits_row, measure
@@ -45,12 +46,20 @@ def handle(ctx: Context) -> int:
     for name in names:
         try:
             conf = load_guest(ctx.paths, name).conf
-            if changing:
-                with operation(f"vs-limit {name}"):
-                    done = apply_limits(ctx.paths, conf, new, dry_run=ctx.dry_run)
-                if ctx.dry_run:
-                    for line in done:
-                        print(f"would: {line}", file=ctx.stderr)
+            if changing and ctx.dry_run:
+                for line in apply_limits(ctx.paths, conf, new, dry_run=True):
+                    print(f"would: {line}", file=ctx.stderr)
+            elif changing:
+                with (
+                    locked(
+                        ctx.paths.run_dir / "locks" / f"{name}.conf.lock",
+                        what=f"guest.conf of {name}",
+                        timeout_s=5.0,
+                    ),
+                    operation(f"vs-limit {name}"),
+                ):
+                    conf = load_guest(ctx.paths, name).conf  # re-read under the lock
+                    apply_limits(ctx.paths, conf, new, dry_run=False)
                 conf = load_guest(ctx.paths, name).conf
             state = read_state(ctx.paths.guest_run_dir(name))
             rows.append(limits_row(ctx.hostname, conf, measure(ctx.paths, conf, state)))

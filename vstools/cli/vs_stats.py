@@ -66,7 +66,7 @@ def guest_stats(ctx: Context, name: str) -> dict[str, object]:
         "ip": str(conf.ip),
         "enabled": "yes" if conf.enabled else "no",
         "state": "frozen" if frozen else ("running" if state else "stopped"),
-        "init_pid": state.init_pid if state else "",
+        "init_pid": state.init_pid if state else None,
         "uptime_s": int(time.time() - state.started_at) if state else 0,
         "processes": usage.processes,
         "rss_used_mb": round(usage.rss_mb, 1),

@@ -36,7 +36,9 @@ def _seconds(text: str) -> int:
 
 
 def _cgroup_parent(text: str) -> str:
-    if not re.fullmatch(r"[A-Za-z0-9._@-]+(/[A-Za-z0-9._@-]+)*", text, re.ASCII) or ".." in text:
+    if not re.fullmatch(r"[A-Za-z0-9._@-]+(/[A-Za-z0-9._@-]+)*", text, re.ASCII) or any(
+        part in (".", "..") for part in text.split("/")
+    ):
         raise ValueProblem(f"{text!r} must be a relative cgroup path of letters, digits and ._@-")
     return text
 
