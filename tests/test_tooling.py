@@ -37,6 +37,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "vstools.journal",
             "vstools.hostconfig",
             "vstools.cgroup",
+            "vstools.cgrouplayout",
             "vstools.netlink",
             "vstools.syscalls",
             "vstools.sandbox",
