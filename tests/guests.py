@@ -133,24 +133,18 @@ def probe_binary(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def host(
-    tmp_path: Path, run_prefix: str, busybox_template: Path, probe_binary: Path
+    tmp_path: Path,
+    etc_tree: dict[str, str],
+    run_prefix: str,
+    busybox_template: Path,
+    probe_binary: Path,
 ) -> Iterator[Host]:
-    dirs = {name: tmp_path / name for name in ("etc", "guests", "root", "state", "run")}
-    for directory in dirs.values():
-        directory.mkdir()
+    """A test host on the etc_tree directories, with its own cgroup parent."""
     parent = f"{run_prefix}-{secrets_hex()}"
-    (dirs["etc"] / "vs-tools.conf").write_text(
+    (Path(etc_tree["VS_ETC_DIR"]) / "vs-tools.conf").write_text(
         f"CGROUP_PARENT={parent}\nSTOP_TIMEOUT=5\nHOSTNAME=vsh-test\n"
     )
-    env = {
-        "VS_ETC_DIR": str(dirs["etc"]),
-        "VS_GUESTS_CONF_DIR": str(dirs["guests"]),
-        "VS_ROOT_DIR": str(dirs["root"]),
-        "VS_STATE_DIR": str(dirs["state"]),
-        "VS_RUN_DIR": str(dirs["run"]),
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "VS_NO_SYSTEMD": "1",
-    }
+    env = dict(etc_tree, VS_NO_SYSTEMD="1")
     test_host = Host(tmp_path, env, parent, busybox_template, probe_binary)
     yield test_host
     _teardown(test_host)
