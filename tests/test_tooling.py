@@ -58,6 +58,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "vstools.firewall",
             "vstools.network",
             "vstools.supervisor",
+            "vstools.gueststate",
         ),
     ),
     (
@@ -205,3 +206,25 @@ def test_ruff_format() -> None:
 def test_mypy_strict() -> None:
     result = subprocess.run([_tool("mypy")], cwd=ROOT, capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_status_commands_do_not_load_the_guest_runtime(etc_tree: dict[str, str]) -> None:
+    """Showing state (vs-control --all, vs-limit, vs-stats) reads the lock and state.json; it
+    must not pay for the sandbox and libseccomp that only starting a guest needs."""
+    code = (
+        "import sys, contextlib, io\n"
+        "from vstools.cli import vs_control, vs_limit, vs_stats\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n"
+        "    vs_control.main(['--all']); vs_limit.main(['--all']); vs_stats.main([])\n"
+        "print(','.join(m for m in ('pyseccomp', 'vstools.sandbox', 'vstools.supervisor')"
+        " if m in sys.modules))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
+        env=etc_tree,
+    )
+    assert result.stdout.strip() == ""

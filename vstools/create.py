@@ -220,7 +220,7 @@ def plan_create(
 
 
 def _check_clone_source(paths: Paths, source: str) -> None:
-    from vstools.supervisor import read_state
+    from vstools.gueststate import read_state
 
     load_guest(paths, source)
     if not paths.guest_root(source).is_dir():

@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING
 from vstools.config.guest import GuestConf
 from vstools.config.settings import Settings
 from vstools.errors import HostError, NotFoundError, StateError
+from vstools.gueststate import GuestPlan, GuestState, read_state, signal_supervisor
 from vstools.hostconfig import load_guest
 from vstools.paths import Paths
-from vstools.supervisor import GuestPlan, GuestState, read_state, signal_supervisor
 
 if TYPE_CHECKING:
     from vstools.supervisor import Supervisor
@@ -225,7 +225,7 @@ def wait_stopped(
 
 
 def _lock_held(run_dir: Path) -> bool:
-    from vstools.supervisor import is_running
+    from vstools.gueststate import is_running
 
     return is_running(run_dir)
 

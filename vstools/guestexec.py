@@ -19,8 +19,8 @@ from collections.abc import Iterator, Sequence
 
 from vstools.cgroup import Cgroup, CgroupLayout
 from vstools.errors import HostError, StateError
+from vstools.gueststate import GUEST_ENV, GuestState
 from vstools.sandbox import DROPPED_CAPS, close_fds, drop_capabilities, install_seccomp
-from vstools.supervisor import GUEST_ENV, GuestState
 from vstools.syscalls import setns
 
 # Joined in this order: the mount namespace last, since after it the host's /proc is gone.

@@ -13,9 +13,9 @@ from vstools.cgroup import Cgroup, host_cpu_count, probe_layout
 from vstools.config.guest import GuestConf
 from vstools.config.values import CpuRatio
 from vstools.errors import HostError
+from vstools.gueststate import GuestState, read_state
 from vstools.paths import Paths
 from vstools.plan import Step, apply_steps
-from vstools.supervisor import GuestState, read_state
 
 MB = 1 << 20
 

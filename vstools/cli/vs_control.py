@@ -106,7 +106,7 @@ def _enabled(ctx: Context, name: str) -> bool:
 
 
 def _running(ctx: Context, name: str) -> bool:
-    from vstools.supervisor import read_state
+    from vstools.gueststate import read_state
 
     return read_state(ctx.paths.guest_run_dir(name)) is not None
 

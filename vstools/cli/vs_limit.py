@@ -33,10 +33,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def handle(ctx: Context) -> int:
     from vstools.fsutil import locked
+    from vstools.gueststate import read_state
     from vstools.hostconfig import list_guests, load_guest
     from vstools.journal import operation
     from vstools.limits import NewLimits, apply_limits, limits_row, measure
-    from vstools.supervisor import read_state
 
     args = ctx.args
     new = NewLimits(args.rss, args.disk, args.tmpfs, args.proc, args.cpu)

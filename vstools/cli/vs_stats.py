@@ -27,8 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def host_stats(ctx: Context) -> dict[str, object]:
+    from vstools.gueststate import read_state
     from vstools.hostconfig import list_guests
-    from vstools.supervisor import read_state
 
     names = list_guests(ctx.paths)
     running = sum(1 for n in names if read_state(ctx.paths.guest_run_dir(n)) is not None)
@@ -51,9 +51,9 @@ def host_stats(ctx: Context) -> dict[str, object]:
 
 def guest_stats(ctx: Context, name: str) -> dict[str, object]:
     from vstools.cgroup import Cgroup, probe_layout
+    from vstools.gueststate import read_state
     from vstools.hostconfig import load_guest
     from vstools.limits import measure
-    from vstools.supervisor import read_state
 
     conf = load_guest(ctx.paths, name).conf
     state = read_state(ctx.paths.guest_run_dir(name))
