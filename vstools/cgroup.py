@@ -16,6 +16,7 @@ v1 file mapping (``<controller root>/<relpath>/``) and v2 (``<cgroup2 root>/<rel
     pids hits             pids.events: max                          pids.events: max
     cpu limit             cpu.cfs_period_us + cpu.cfs_quota_us      cpu.max "QUOTA PERIOD"
     cpu usage             cpuacct.usage (ns)                        cpu.stat: usage_usec * 1000
+    threads               tasks (cpuacct)                           cgroup.threads
     freeze / thaw         freezer.state FROZEN / THAWED             cgroup.freeze 1 / 0,
                                                                     cgroup.events: frozen
     kill                  cgroup.kill on the cgroup2 mirror, else   cgroup.kill
@@ -330,6 +331,15 @@ class Cgroup:
     def pids(self) -> list[int]:
         """Processes in the group (the union over its hierarchies), sorted; [] if it is gone."""
         return sorted({pid for c in self._controllers() for pid in self._pids_in(c)})
+
+    def threads(self) -> list[int]:
+        """Thread ids in the group (v1 ``tasks`` of the cpuacct hierarchy, v2
+        ``cgroup.threads``), for the monitor's load average; [] if the group is gone."""
+        controller = Controller.CGROUP2 if self._v2 else Controller.CPUACCT
+        name = "cgroup.threads" if self._v2 else "tasks"
+        if not self._exists(controller):
+            return []
+        return [int(t) for t in self._read(controller, name).split()]
 
     # -- limits ------------------------------------------------------------------------------
 
