@@ -26,6 +26,9 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "vstools.paths",
             "vstools.plan",
             "vstools.serialize",
+            "vstools.fwmodel",
+            "vstools.fwrender",
+            "vstools.alerts",
         ),
     ),
     (
@@ -56,6 +59,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "vstools.create",
             "vstools.limits",
             "vstools.firewall",
+            "vstools.fwiptc",
             "vstools.network",
             "vstools.supervisor",
             "vstools.gueststate",
@@ -63,7 +67,15 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ),
     (
         "top",
-        ("vstools.functions", "vstools.cli", "vstools.monitor", "vstools.munin", "vstools.pool"),
+        (
+            "vstools.functions",
+            "vstools.cli",
+            "vstools.monitor",
+            "vstools.monitorsample",
+            "vstools.monitordaemon",
+            "vstools.munin",
+            "vstools.pool",
+        ),
     ),
 ]
 
@@ -74,6 +86,7 @@ DOORS = {
     "pyroute2": {"vstools.netlink"},
     "smtplib": {"vstools.mail"},
     "sh": {"vstools.ssh"},
+    "iptc": {"vstools.fwiptc"},
 }
 # The pure layer never touches the host.
 PURE_FORBIDDEN = {
