@@ -23,6 +23,7 @@ from vstools.templates import build_busybox_rootfs
 
 BIN = Path(sys.executable).parent
 PROBE_SOURCE = Path(__file__).parent / "probe" / "vstprobe.c"
+NET_PROBE_SOURCE = Path(__file__).parent / "probe" / "vstnet.c"
 GUEST_CONF = (
     "NAME={name}\nCONTEXT={context}\nIP={ip}\nRSS_LIMIT={rss}\nDISK_LIMIT=256\n"
     "TMPFS_LIMIT={tmpfs}\nPROC_LIMIT={proc}\nCPU_LIMIT={cpu}\n"
@@ -38,6 +39,8 @@ class Host:
     cgroup_parent: str
     template: Path
     probe: Path
+    netns: str  # every test host runs in a network namespace of its own (TESTING.md rule 1)
+    net_probe: Path | None = None
     guests: list[str] = field(default_factory=list)
 
     @property
@@ -61,6 +64,8 @@ class Host:
         """A guest from the busybox template, with the probe in /usr/bin."""
         shutil.copytree(self.template, self.rootfs(name), symlinks=True)
         shutil.copy2(self.probe, self.rootfs(name) / "usr" / "bin" / "vstprobe")
+        if self.net_probe is not None:
+            shutil.copy2(self.net_probe, self.rootfs(name) / "usr" / "bin" / "vstnet")
         directory = self.guests_dir / name
         directory.mkdir()
         (directory / "guest.conf").write_text(
@@ -84,9 +89,10 @@ class Host:
         input: str | None = None,
         timeout: float = 60,
     ) -> subprocess.CompletedProcess[str]:
-        """Run an installed vs-* command as an administrator would."""
+        """Run an installed vs-* command as an administrator would, in the host's network
+        namespace."""
         result = subprocess.run(
-            [str(BIN / argv[0]), *argv[1:]],
+            [*netns_prefix(self.netns), str(BIN / argv[0]), *argv[1:]],
             env=self.env,
             text=True,
             capture_output=True,
@@ -120,15 +126,37 @@ def busybox_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_busybox_rootfs(tmp_path_factory.mktemp("template") / "rootfs")
 
 
-@pytest.fixture(scope="session")
-def probe_binary(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    target = tmp_path_factory.mktemp("probe") / "vstprobe"
+def _static_binary(directory: Path, source: Path) -> Path:
+    target = directory / source.stem
     subprocess.run(
-        ["gcc", "-static", "-O1", "-o", str(target), str(PROBE_SOURCE)],
-        check=True,
-        capture_output=True,
+        ["gcc", "-static", "-O1", "-o", str(target), str(source)], check=True, capture_output=True
     )
     return target
+
+
+@pytest.fixture(scope="session")
+def probe_binary(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _static_binary(tmp_path_factory.mktemp("probe"), PROBE_SOURCE)
+
+
+@pytest.fixture(scope="session")
+def net_probe_binary(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _static_binary(tmp_path_factory.mktemp("netprobe"), NET_PROBE_SOURCE)
+
+
+def netns_prefix(netns: str) -> list[str]:
+    """Run a command in a named network namespace, and only that: unlike `ip netns exec`,
+    nsenter does not remount /sys (which would hide the cgroup hierarchies)."""
+    return ["nsenter", f"--net=/run/netns/{netns}", "--"]
+
+
+@contextlib.contextmanager
+def named_netns(name: str) -> Iterator[str]:
+    subprocess.run(["ip", "netns", "add", name], check=True, capture_output=True)
+    try:
+        yield name
+    finally:
+        subprocess.run(["ip", "netns", "del", name], check=False, capture_output=True)
 
 
 @pytest.fixture
@@ -145,9 +173,12 @@ def host(
         f"CGROUP_PARENT={parent}\nSTOP_TIMEOUT=5\nHOSTNAME=vsh-test\n"
     )
     env = dict(etc_tree, VS_NO_SYSTEMD="1")
-    test_host = Host(tmp_path, env, parent, busybox_template, probe_binary)
-    yield test_host
-    _teardown(test_host)
+    with named_netns(f"{parent}-host") as netns:
+        test_host = Host(tmp_path, env, parent, busybox_template, probe_binary, netns)
+        try:
+            yield test_host
+        finally:
+            _teardown(test_host)
 
 
 def secrets_hex() -> str:
@@ -194,3 +225,129 @@ def _kill_and_remove(directory: Path) -> None:
             return
         except OSError:
             time.sleep(0.02)
+
+
+# -- a routed test network (issue 4): a "LAN" namespace holding the network's gateway and its
+# peer hosts, joined by a veth to the test host's uplink. Nothing outside these namespaces.
+
+LAN_NETWORK = "198.51.100.0/24"
+LAN_GATEWAY = "198.51.100.1"
+HOST_LAN_IP = "198.51.100.2"
+UPLINK = "up0"
+# Peer hosts of the slides' firewall.conf, all addresses of the LAN namespace.
+PEERS = {
+    "monitoring": "198.51.100.5",  # Nagios, Munin
+    "relay": "198.51.100.25",
+    "dns": "198.51.100.53",
+    "admin": "198.51.100.62",
+    "adminnet": "203.0.113.7",
+    "dns2": "203.0.113.53",
+    "outsider": "198.18.0.9",
+}
+NETWORKS_CONF = f"0,{LAN_NETWORK},{LAN_GATEWAY},example.org,{PEERS['dns']}\n"
+
+
+@dataclass
+class Lan:
+    """The LAN namespace: sends and serves with the static network probe."""
+
+    netns: str
+    probe: Path
+    processes: list[subprocess.Popen[str]] = field(default_factory=list)
+
+    def run(self, *argv: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*netns_prefix(self.netns), *argv],
+            text=True,
+            capture_output=True,
+            timeout=timeout,
+            check=False,
+        )
+
+    def connect(
+        self, ip: str, port: int, *, src: str | None = None, proto: str = "tcp", ms: int = 1500
+    ) -> str:
+        verb = "connect" if proto == "tcp" else "udp"
+        result = self.run(str(self.probe), verb, ip, str(port), src or "-", str(ms))
+        return result.stdout.strip()
+
+    def listen(self, proto: str, port: int) -> subprocess.Popen[str]:
+        process = subprocess.Popen(
+            [*netns_prefix(self.netns), str(self.probe), "listen", proto, str(port)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        self.processes.append(process)
+        assert process.stdout is not None
+        assert process.stdout.readline().strip() == "listening"
+        return process
+
+    def stop(self) -> None:
+        for process in self.processes:
+            process.kill()  # by the PID this test started
+            process.wait()
+
+
+def listening(init_pid: int, proto: str, port: int) -> bool:
+    """Whether a guest listens on ``port``, read from its own /proc/PID/net (no exec)."""
+    table = Path(f"/proc/{init_pid}/net/{proto}").read_text().splitlines()[1:]
+    for line in table:
+        fields = line.split()
+        local_port = int(fields[1].split(":")[1], 16)
+        if local_port == port and (proto == "udp" or fields[3] == "0A"):
+            return True
+    return False
+
+
+def serve(test_host: Host, name: str, proto: str, port: int) -> None:
+    """Start the network probe listening inside a guest, in the background, and wait for it."""
+    test_host.exec(name, "sh", "-c", f"vstnet listen {proto} {port} >/dev/null 2>&1 &")
+    state = test_host.state(name)
+    assert state is not None
+    init_pid = int(str(state["init_pid"]))
+    deadline = time.monotonic() + 10
+    while not listening(init_pid, proto, port):
+        assert time.monotonic() < deadline, f"{name} does not listen on {proto}/{port}"
+        time.sleep(0.02)
+
+
+@pytest.fixture
+def routed(host: Host, net_probe_binary: Path) -> Iterator[tuple[Host, Lan]]:
+    """The test host wired to a LAN: uplink up0 (198.51.100.2) to the LAN namespace, which
+    holds the gateway 198.51.100.1 and the peers; networks.conf has that network as VLAN 0."""
+    host.net_probe = net_probe_binary
+    etc = Path(host.env["VS_ETC_DIR"])
+    (etc / "networks.conf").write_text(NETWORKS_CONF)
+    (etc / "create.conf").write_text(f"DEFAULT_DEVICE={UPLINK}\n")
+    lan_ns = f"{host.cgroup_parent}-lan"
+    with named_netns(lan_ns):
+
+        def ip(netns: str, *argv: str) -> None:
+            subprocess.run(["ip", "-n", netns, *argv], check=True, capture_output=True)
+
+        ip(
+            host.netns,
+            "link",
+            "add",
+            UPLINK,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "lan0",
+            "netns",
+            lan_ns,
+        )
+        ip(host.netns, "addr", "add", f"{HOST_LAN_IP}/24", "dev", UPLINK)
+        ip(lan_ns, "addr", "add", f"{LAN_GATEWAY}/24", "dev", "lan0")
+        for address in PEERS.values():
+            ip(lan_ns, "addr", "add", f"{address}/32", "dev", "lan0")
+        for netns, link in ((host.netns, UPLINK), (lan_ns, "lan0")):
+            ip(netns, "link", "set", "lo", "up")
+            ip(netns, "link", "set", link, "up")
+        lan = Lan(lan_ns, net_probe_binary)
+        try:
+            yield host, lan
+        finally:
+            lan.stop()
+            _teardown(host)

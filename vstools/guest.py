@@ -7,6 +7,7 @@ import contextlib
 import os
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -15,7 +16,7 @@ from vstools.config.guest import GuestConf
 from vstools.config.settings import Settings
 from vstools.errors import HostError, NotFoundError, StateError
 from vstools.gueststate import GuestPlan, GuestState, read_state, signal_supervisor
-from vstools.hostconfig import load_guest
+from vstools.hostconfig import GuestFiles, load_guest
 from vstools.paths import Paths
 
 if TYPE_CHECKING:
@@ -117,20 +118,62 @@ def start_guest(
         raise NotFoundError(f"guest {name}: no {plan.init[0]} in {plan.rootfs}")
     if dry_run:
         return plan
-    from vstools.cgroup import probe_layout
-    from vstools.supervisor import Supervisor
-
-    layout = probe_layout()
-    if foreground:
-        Supervisor(plan, layout, on_ready=_notify_systemd).run()
-        return plan
-    if _under_systemd():
+    if _under_systemd() and not foreground:
         from vstools.run import run
 
         run(["systemctl", "start", f"vs-guest@{name}.service"])
         return plan
-    _detach(Supervisor(plan, layout))
+    from vstools.cgroup import probe_layout
+    from vstools.supervisor import Supervisor
+
+    before_go, after_stop = _network_hooks(paths, settings, files)
+    supervisor = Supervisor(
+        plan,
+        probe_layout(),
+        on_ready=_notify_systemd if foreground else None,
+        before_go=before_go,
+        after_stop=after_stop,
+    )
+    if foreground:
+        supervisor.run()
+    else:
+        _detach(supervisor)
     return plan
+
+
+def _network_hooks(
+    paths: Paths, settings: Settings, files: GuestFiles
+) -> tuple[Callable[[int], None] | None, Callable[[], None] | None]:
+    """What the supervisor does around the go: attach the guest to its network with its
+    firewall loaded first, and detach it when it has stopped. The firewall is compiled here,
+    before anything starts, so a broken firewall.conf or an unresolvable name refuses the
+    start cleanly."""
+    from vstools.hostconfig import load_create, load_networks
+    from vstools.network import Registry, attach, detach, plan_network
+
+    net = plan_network(files.conf, load_networks(paths), load_create(paths))
+    if net is None:
+        return None, None
+    from vstools.firewall import Firewall, compile_for
+
+    rules = compile_for(files.conf, files.firewall)
+    firewall = Firewall(paths, settings)
+    registry = Registry(paths.run_dir)
+
+    def before_go(init_pid: int) -> None:
+        attach(net, init_pid, registry, lambda: _ignore(firewall.put(rules)), unload)
+
+    def unload() -> None:
+        firewall.remove(rules)
+
+    def after_stop() -> None:
+        detach(net, registry, unload)
+
+    return before_go, after_stop
+
+
+def _ignore(_: object) -> None:
+    return None
 
 
 def _under_systemd() -> bool:

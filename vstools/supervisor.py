@@ -56,11 +56,14 @@ class Supervisor:
         layout: CgroupLayout,
         on_ready: Callable[[str], None] | None = None,
         before_go: Callable[[int], None] | None = None,
+        after_stop: Callable[[], None] | None = None,
     ) -> None:
         self.plan = plan
         self.layout = layout
         self.on_ready = on_ready or (lambda _: None)
         self.before_go = before_go or (lambda _: None)
+        self.after_stop = after_stop or (lambda: None)
+        self.attached = False  # before_go succeeded: after_stop undoes it at the end
         self.cgroup = Cgroup(layout, plan.cgroup_path)
         self.init_pid = 0
         self.stop_requested = False
@@ -128,6 +131,7 @@ class Supervisor:
             self.init_pid = int(_read_line(report_r).removeprefix("pid "))
             self.cgroup.add_pid(self.init_pid)
             self.before_go(self.init_pid)
+            self.attached = True
             os.write(go_w, b"go")
             os.close(go_w)
             go_w = -1
@@ -257,11 +261,18 @@ class Supervisor:
     # -- end -----------------------------------------------------------------------------------
 
     def _cleanup(self) -> None:
-        """Leave nothing behind: processes, cgroup, state; the lock goes with the process."""
+        """Leave nothing behind: processes, cgroup, network, state; the lock goes with the
+        process (last, so nobody sees the guest stopped before it is cleaned up)."""
         with contextlib.suppress(Exception):
             if self.cgroup.exists():
                 self.cgroup.kill()
                 self.cgroup.destroy()
+        if self.attached:
+            self.attached = False
+            try:
+                self.after_stop()
+            except Exception as exc:  # the rest of the cleanup still runs
+                log.error("guest %s: network not fully removed: %s", self.plan.name, exc)
         if self.console_master >= 0:
             with contextlib.suppress(OSError):
                 os.close(self.console_master)

@@ -1,0 +1,116 @@
+"""python-iptables backend (``FIREWALL_BACKEND=iptc``), for hosts that really run *legacy*
+iptables. It renders the same rules as the iptables-restore backend (vstools.fwrender.IptRule)
+and commits the filter table once (libiptc replaces a table whole, so a load is atomic).
+
+Its rules live in the legacy x_tables: nft and the nft-based ``iptables`` cannot see them, and
+on a host whose other tools use nftables the two sets of rules would both apply, unseen by each
+other. It says so every time it loads.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from vstools.errors import HostError
+from vstools.firewall import IptablesRestore
+from vstools.fwmodel import GuestFirewall, Ruleset
+from vstools.fwrender import IPT_HOOKS, IptRule, iptables_rules
+
+log = logging.getLogger("vstools.firewall")
+
+WARNING = "FIREWALL_BACKEND=iptc loads LEGACY iptables: nft and iptables-nft cannot see these rules"
+
+
+def _iptc() -> Any:
+    try:
+        import iptc
+    except (ImportError, OSError) as exc:
+        raise HostError(f"python-iptables is not usable here: {exc}") from None
+    return iptc
+
+
+def _rules_of(rule: IptRule, iptc: Any) -> list[Any]:
+    """One IptRule as python-iptables rules (an address list becomes one rule per address)."""
+    sources = (rule.src or "").split(",") if rule.src and not rule.src.startswith("!") else [None]
+    targets = (rule.dst or "").split(",") if rule.dst else [None]
+    built = []
+    for src in sources:
+        for dst in targets:
+            item = iptc.Rule()
+            if src is not None:
+                item.src = src
+            elif rule.src:
+                item.src = rule.src  # a negated single address
+            if dst is not None:
+                item.dst = dst
+            if rule.in_if:
+                item.in_interface = rule.in_if
+            if rule.out_if:
+                item.out_interface = rule.out_if
+            if rule.proto:
+                item.protocol = rule.proto
+                match = item.create_match(rule.proto)
+                if rule.sport:
+                    match.sport = rule.sport
+                if rule.dport:
+                    match.dport = rule.dport
+                if rule.icmp_type:
+                    match.icmp_type = rule.icmp_type
+            if rule.ctstate:
+                item.create_match("conntrack").ctstate = rule.ctstate
+            if rule.comment:
+                item.create_match("comment").comment = rule.comment
+            target = item.create_target(rule.target)
+            for option, value in rule.target_args:
+                setattr(target, option.lstrip("-").replace("-", "_"), value.strip('"'))
+            built.append(item)
+    return built
+
+
+class Iptc(IptablesRestore):
+    name = "iptc"
+    save = "iptables-legacy-save"
+    restore = "iptables-legacy-restore"
+
+    def apply(
+        self,
+        full: Callable[[], Ruleset],
+        put: Sequence[GuestFirewall],
+        remove: Sequence[GuestFirewall],
+    ) -> str:
+        log.warning(WARNING)
+        iptc = _iptc()
+        chains, rules = iptables_rules(full())
+        table = iptc.Table(iptc.Table.FILTER)
+        table.autocommit = False
+        try:
+            existing = {chain.name: chain for chain in table.chains}
+            for name, chain in existing.items():
+                if name.startswith("vs") and name not in chains:
+                    chain.flush()
+            for name, chain in existing.items():
+                if name.startswith("vs") and name not in chains:
+                    table.delete_chain(chain)
+            by_name = {}
+            for name in chains:
+                chain = existing.get(name) or table.create_chain(name)
+                chain.flush()
+                by_name[name] = chain
+            for rule in rules:
+                for item in _rules_of(rule, iptc):
+                    by_name[rule.chain].append_rule(item)
+            for builtin, ours in IPT_HOOKS:
+                chain = iptc.Chain(table, builtin)
+                if not any(r.target.name == ours for r in chain.rules):
+                    hook = iptc.Rule()
+                    hook.create_target(ours)
+                    chain.insert_rule(hook)
+            table.commit()
+        except Exception as exc:
+            table.refresh()
+            raise HostError(f"python-iptables refused the ruleset: {exc}") from None
+        finally:
+            table.autocommit = True
+        return "\n".join(" ".join(["-A", r.chain, *r.args()]) for r in rules) + "\n"

@@ -1,0 +1,339 @@
+"""Routed guest networking (DESIGN §6), in three layers that ``vs-net`` shows and changes:
+
+- **vlan**: the uplink, ``DEFAULT_DEVICE`` for VLAN 0 or ``DEFAULT_DEVICE.VLAN`` (802.1Q,
+  created on demand with create.conf's MTU);
+- **route**: the guest's /32 routed to its veth (main table and the network's table), proxy ARP
+  for it on the uplink, and the network's policy rule ``from NETWORK lookup TABLE`` whose table
+  routes the network on the uplink and defaults to its gateway;
+- **fw**: the guest's chains in the host's firewall (vstools.firewall).
+
+The guest end of the veth is created directly inside the guest's namespace as ``eth0``, with
+the guest's address in its network and a default route via the network's gateway. The host end
+answers ARP for everything the guest asks (proxy ARP), so all of the guest's traffic crosses the
+host's forward path and its firewall. Links come up only after the firewall is loaded.
+
+Shared parts (a network's rule and table, a VLAN uplink) are torn down only when no other
+running guest uses them: each running guest records its attachment in ``network.json`` in its
+run directory, under a host-wide lock.
+
+Importing this module is cheap; netlink (pyroute2) is imported only when something changes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from ipaddress import IPv4Address, IPv4Network
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from vstools.config.create import CreateConf
+from vstools.config.guest import GuestConf
+from vstools.config.networks import Network, NetworksConf
+from vstools.errors import StateError, UsageError
+from vstools.gueststate import is_running
+from vstools.plan import Step, apply_steps
+
+if TYPE_CHECKING:
+    from vstools.netlink import Netns
+
+log = logging.getLogger("vstools.network")
+
+TABLE_BASE = 1000  # table of VLAN v: 1000 + v (tables 253-255 are the kernel's own)
+IFNAMSIZ = 15
+GUEST_IFNAME = "eth0"
+NET_RECORD = "network.json"
+UPLINK_MARKS = "uplinks"
+
+
+def veth_name(context: int) -> str:
+    """The host end of a guest's veth: ``vs`` + the guest's context number."""
+    return f"vs{context}"
+
+
+def uplink_name(device: str, vlan: int) -> str:
+    name = device if vlan == 0 else f"{device}.{vlan}"
+    if len(name) > IFNAMSIZ:
+        raise UsageError(f"uplink {name} is longer than {IFNAMSIZ} characters")
+    return name
+
+
+@dataclass(frozen=True, slots=True)
+class NetPlan:
+    """How one guest is attached: everything the three layers need."""
+
+    name: str
+    ip: IPv4Address
+    network: IPv4Network
+    gateway: IPv4Address
+    vlan: int
+    device: str  # DEFAULT_DEVICE
+    mtu: int | None
+    veth: str
+
+    @property
+    def uplink(self) -> str:
+        return uplink_name(self.device, self.vlan)
+
+    @property
+    def table(self) -> int:
+        return TABLE_BASE + self.vlan
+
+    @property
+    def host_route(self) -> IPv4Network:
+        return IPv4Network(f"{self.ip}/32")
+
+
+def plan_network(conf: GuestConf, networks: NetworksConf, create: CreateConf) -> NetPlan | None:
+    """The guest's attachment, or None when no network of networks.conf holds its address (the
+    guest then runs with a loopback only)."""
+    network: Network | None = networks.network_for(conf.ip)
+    if network is None:
+        return None
+    return NetPlan(
+        name=conf.name,
+        ip=conf.ip,
+        network=network.network,
+        gateway=network.gateway,
+        vlan=network.vlan,
+        device=create.device,
+        mtu=create.mtu,
+        veth=veth_name(conf.context),
+    )
+
+
+# -- records of who uses what ------------------------------------------------------------------
+
+
+class Registry:
+    """Which running guests use which network: one ``network.json`` per running guest, read
+    and written under the host-wide network lock."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = run_dir
+
+    @contextlib.contextmanager
+    def locked(self, what: str) -> Iterator[None]:
+        from vstools.fsutil import locked
+
+        with locked(self.run_dir / "network.lock", what=what, timeout_s=60.0):
+            yield
+
+    def _guest_dir(self, name: str) -> Path:
+        return self.run_dir / "guests" / name
+
+    def record(self, plan: NetPlan) -> None:
+        from vstools.fsutil import atomic_write
+
+        data = {k: str(v) for k, v in asdict(plan).items()}
+        atomic_write(self._guest_dir(plan.name) / NET_RECORD, json.dumps(data) + "\n")
+
+    def forget(self, name: str) -> None:
+        (self._guest_dir(name) / NET_RECORD).unlink(missing_ok=True)
+
+    def users(self, *, exclude: str) -> list[dict[str, str]]:
+        """Attachments of the other running guests."""
+        found = []
+        guests = self.run_dir / "guests"
+        if not guests.is_dir():
+            return []
+        for directory in sorted(guests.iterdir()):
+            record = directory / NET_RECORD
+            if directory.name == exclude or not record.is_file():
+                continue
+            if not is_running(directory):
+                continue
+            with contextlib.suppress(ValueError, OSError):
+                found.append(json.loads(record.read_text()))
+        return found
+
+    def network_in_use(self, plan: NetPlan) -> bool:
+        return any(u.get("network") == str(plan.network) for u in self.users(exclude=plan.name))
+
+    def uplink_in_use(self, uplink: str, *, exclude: str) -> bool:
+        return any(
+            uplink_name(u["device"], int(u["vlan"])) == uplink for u in self.users(exclude=exclude)
+        )
+
+    def mark_uplink(self, uplink: str) -> None:
+        marks = self.run_dir / UPLINK_MARKS
+        marks.mkdir(parents=True, exist_ok=True)
+        (marks / uplink).touch()
+
+    def created_uplink(self, uplink: str) -> bool:
+        return (self.run_dir / UPLINK_MARKS / uplink).exists()
+
+    def unmark_uplink(self, uplink: str) -> None:
+        (self.run_dir / UPLINK_MARKS / uplink).unlink(missing_ok=True)
+
+
+# -- the vlan layer ----------------------------------------------------------------------------
+
+
+def vlan_up(host: Netns, registry: Registry, plan: NetPlan) -> bool:
+    """Make sure the uplink exists and is up; True when it was created now."""
+    created = False
+    if host.index(plan.uplink) is None:
+        if plan.vlan == 0:
+            raise StateError(f"no interface {plan.device} (DEFAULT_DEVICE in create.conf)")
+        host.add_vlan(plan.uplink, plan.device, plan.vlan, plan.mtu)
+        registry.mark_uplink(plan.uplink)
+        created = True
+        log.info("step: VLAN uplink %s created on %s", plan.uplink, plan.device)
+    host.set_up(plan.uplink)
+    return created
+
+
+def vlan_down(host: Netns, registry: Registry, plan: NetPlan, *, exclude: str = "") -> bool:
+    """Delete a VLAN uplink the toolkit created, unless a running guest still uses it. False
+    when it is kept (and why is logged)."""
+    if plan.vlan == 0:
+        log.info("uplink %s is DEFAULT_DEVICE itself: never torn down", plan.uplink)
+        return False
+    if registry.uplink_in_use(plan.uplink, exclude=exclude):
+        log.info("uplink %s kept: a running guest uses it", plan.uplink)
+        return False
+    if not registry.created_uplink(plan.uplink):
+        log.info("uplink %s kept: vs-tools did not create it", plan.uplink)
+        return False
+    host.delete_link(plan.uplink)
+    registry.unmark_uplink(plan.uplink)
+    return True
+
+
+# -- the route layer ---------------------------------------------------------------------------
+
+
+def route_up(host: Netns, plan: NetPlan) -> None:
+    from vstools.netlink import MAIN_TABLE, sysctl_write
+
+    sysctl_write("net/ipv4/ip_forward", "1")
+    sysctl_write(f"net/ipv4/conf/{plan.veth}/proxy_arp", "1")
+    host.set_up(plan.veth)  # routes need the link up; the firewall is loaded already
+    for table in (MAIN_TABLE, plan.table):
+        host.route_replace(plan.host_route, plan.veth, table=table)
+    host.route_replace(plan.network, plan.uplink, table=plan.table)
+    host.route_replace(
+        IPv4Network("0.0.0.0/0"), plan.uplink, table=plan.table, gateway=plan.gateway, onlink=True
+    )
+    host.rule_add(plan.network, plan.table, priority=plan.table)
+    host.proxy_add(plan.ip, plan.uplink)
+
+
+def route_down(host: Netns, registry: Registry, plan: NetPlan) -> None:
+    """The guest's own route and proxy ARP; the network's rule and table when no other running
+    guest is in that network."""
+    from vstools.netlink import MAIN_TABLE
+
+    host.proxy_delete(plan.ip, plan.uplink)
+    for table in (MAIN_TABLE, plan.table):
+        host.route_delete(plan.host_route, table=table)
+    if registry.network_in_use(plan):
+        log.info("network %s kept: another running guest is in it", plan.network)
+        return
+    host.rule_delete(plan.network, plan.table, priority=plan.table)
+    host.route_delete(IPv4Network("0.0.0.0/0"), table=plan.table)
+    host.route_delete(plan.network, table=plan.table)
+
+
+def route_is_up(host: Netns, plan: NetPlan) -> bool:
+    return (
+        host.route_exists(plan.host_route, table=plan.table)
+        and host.rule_exists(plan.network, plan.table)
+        and host.proxy_exists(plan.ip, plan.uplink)
+    )
+
+
+# -- attach and detach at start and stop -------------------------------------------------------
+
+
+def _guest_side(plan: NetPlan, init_pid: int, *, up: bool) -> None:
+    from vstools.netlink import Netns
+
+    with Netns(pid=init_pid) as guest:
+        if not up:
+            prefix = plan.network.prefixlen
+            guest.add_address(GUEST_IFNAME, plan.ip, prefix)
+            guest.set_up("lo")
+            return
+        guest.set_up(GUEST_IFNAME)
+        guest.route_replace(
+            IPv4Network("0.0.0.0/0"), GUEST_IFNAME, gateway=plan.gateway, onlink=True
+        )
+
+
+def attach(
+    plan: NetPlan,
+    init_pid: int,
+    registry: Registry,
+    load_firewall: Callable[[], None],
+    unload_firewall: Callable[[], None],
+) -> None:
+    """Wire a starting guest (its init waits for the go): every step or none. The firewall is
+    loaded before any link comes up (catalogue F15)."""
+    from vstools.netlink import Netns
+
+    with registry.locked(f"attach {plan.name}"), Netns() as host:
+        created: list[bool] = []
+
+        def uplink_up() -> None:
+            created.append(vlan_up(host, registry, plan))
+
+        def uplink_undo() -> None:
+            if created and created[0]:
+                vlan_down(host, registry, plan, exclude=plan.name)
+
+        steps = [
+            Step(f"uplink {plan.uplink} up", uplink_up, uplink_undo),
+            Step(
+                f"veth {plan.veth} on the host, {GUEST_IFNAME} inside {plan.name}",
+                lambda: host.add_veth_into(plan.veth, init_pid, GUEST_IFNAME, plan.mtu),
+                lambda: host.delete_link(plan.veth),
+            ),
+            Step(
+                f"address {plan.ip}/{plan.network.prefixlen} on {plan.name}'s {GUEST_IFNAME}",
+                lambda: _guest_side(plan, init_pid, up=False),
+            ),
+            Step(f"firewall of {plan.name} loaded", load_firewall, unload_firewall),
+            Step(
+                f"{plan.veth} up, route {plan.ip}/32 via it, proxy ARP on {plan.uplink},"
+                f" rule from {plan.network} lookup {plan.table}",
+                lambda: route_up(host, plan),
+                lambda: route_down(host, registry, plan),
+            ),
+            Step(
+                f"{plan.name}'s {GUEST_IFNAME} up, default route via {plan.gateway}",
+                lambda: _guest_side(plan, init_pid, up=True),
+            ),
+            Step(f"record {plan.name} as a user of {plan.network}", lambda: registry.record(plan)),
+        ]
+        apply_steps(steps)
+
+
+def detach(plan: NetPlan, registry: Registry, unload_firewall: Callable[[], None]) -> list[str]:
+    """Unwire a stopped guest; returns what could not be undone (each is also logged). Every
+    part is attempted whatever the others did."""
+    from vstools.netlink import Netns
+
+    problems: list[str] = []
+    with registry.locked(f"detach {plan.name}"), Netns() as host:
+        registry.forget(plan.name)
+        for what, action in (
+            ("firewall", unload_firewall),
+            ("route", lambda: route_down(host, registry, plan)),
+            ("veth", lambda: host.delete_link(plan.veth)),
+            ("vlan", lambda: _ignore(vlan_down(host, registry, plan, exclude=plan.name))),
+        ):
+            try:
+                action()
+            except Exception as exc:  # each layer is undone whatever the others did
+                problems.append(f"{what}: {exc}")
+                log.error("detach %s: %s: %s", plan.name, what, exc)
+    return problems
+
+
+def _ignore(_: object) -> None:
+    return None
