@@ -87,6 +87,14 @@ static int alloc_mb(long mb) {
     return 0;
 }
 
+/* Allocate and touch N MiB, report, keep it for S seconds (the monitor's memory alert). */
+static int hold_mb(long mb, int seconds) {
+    if (alloc_mb(mb) != 0) return 1;
+    fflush(stdout);
+    sleep(seconds);
+    return 0;
+}
+
 /* Fork N children that sleep; print how many forks succeeded. */
 static int forks(int n) {
     int ok = 0;
@@ -117,6 +125,7 @@ int main(int argc, char **argv) {
     if (!strcmp(argv[1], "mknod")) return mknod_block();
     if (!strcmp(argv[1], "open") && argc > 2) return open_path(argv[2]);
     if (!strcmp(argv[1], "alloc") && argc > 2) return alloc_mb(atol(argv[2]));
+    if (!strcmp(argv[1], "hold") && argc > 3) return hold_mb(atol(argv[2]), atoi(argv[3]));
     if (!strcmp(argv[1], "forks") && argc > 2) return forks(atoi(argv[2]));
     if (!strcmp(argv[1], "spin") && argc > 2) return spin(atoi(argv[2]));
     return 2;
