@@ -478,6 +478,22 @@ def test_v1_memory_limit_below_usage_says_so(
         Cgroup(v1_tree, REL).set_memory_limit(4 << 20)
 
 
+def test_v2_memory_limit_below_usage_reclaims_with_memory_high_first(tmp_path: Path) -> None:
+    # A v2 memory.max below the usage would OOM-kill the guest (tests/test_lab_inside_cgroup2).
+    script = {"memory.current": ["100", "40"], "memory.high": ["max"]}
+    group = ScriptedCgroup(CgroupLayout.v2(tmp_path), script)
+    group.set_memory_limit(50)
+    assert group.writes == [("memory.high", "50"), ("memory.high", "max"), ("memory.max", "50")]
+
+
+def test_v2_memory_limit_below_what_cannot_be_reclaimed_is_refused(tmp_path: Path) -> None:
+    script = {"memory.current": ["100", "90"], "memory.high": ["60"]}
+    group = ScriptedCgroup(CgroupLayout.v2(tmp_path), script)
+    with pytest.raises(HostError, match=r"memory.max to 50: .* uses 90 bytes after reclaim"):
+        group.set_memory_limit(50)
+    assert group.writes == [("memory.high", "50"), ("memory.high", "60")]  # memory.max untouched
+
+
 def test_v1_freeze_polls_until_frozen(tmp_path: Path) -> None:
     clock = FakeClock()
     group = ScriptedCgroup(

@@ -348,6 +348,8 @@ class Cgroup:
         if limit_bytes is not None and limit_bytes < 0:
             raise ValueError(f"memory limit must not be negative: {limit_bytes}")
         if self._v2:
+            if limit_bytes is not None:
+                self._v2_reclaim_to(limit_bytes)
             self._write(Controller.CGROUP2, "memory.max", _or_max(limit_bytes))
             return
         # v1 reclaims down to a lowered limit and answers EBUSY when it cannot (anonymous memory
@@ -363,6 +365,28 @@ class Cgroup:
                 errno.EINVAL: "v1 needs memory.memsw.limit_in_bytes >= memory.limit_in_bytes",
             },
         )
+
+    def _v2_reclaim_to(self, limit_bytes: int) -> None:
+        # A v2 memory.max below the usage makes the kernel reclaim and then OOM-kill the group's
+        # processes until it fits (found in the VM lab: a guest with 12 MB on its /tmp lost its
+        # init to `vs-limit --rss 8`). memory.high reclaims the same way but never kills: set
+        # it to the new limit, put it back, and refuse like v1's EBUSY if the usage did not fit.
+        cg2 = Controller.CGROUP2
+        if self.memory_usage_bytes() <= limit_bytes:
+            return
+        high = self._read(cg2, "memory.high").strip()
+        self._write(cg2, "memory.high", str(limit_bytes))
+        try:
+            usage = self.memory_usage_bytes()
+        finally:
+            self._write(cg2, "memory.high", high)
+        if usage > limit_bytes:
+            raise HostError(
+                f"cannot lower {self._path(cg2, 'memory.max')} to {limit_bytes}: the group still "
+                f"uses {usage} bytes after reclaim (tmpfs files, or anonymous memory without "
+                "swap), and cgroup v2 would OOM-kill its processes to fit; free memory in the "
+                "guest first"
+            )
 
     def set_pids_limit(self, max_pids: int | None) -> None:
         """Cap the number of processes and threads in the group (None: unlimited)."""
