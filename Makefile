@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 # Debian packages the toolkit and its tests use (kept in one list so demo and test agree).
 DEB_PACKAGES := python3-venv python3-dev gcc iproute2 nftables iptables busybox-static debootstrap libc6-dev \
 	rsync openssh-server openssh-client systemd procps util-linux uidmap btrfs-progs \
-	zstd
+	zstd munin-node strace
 
 .PHONY: all deps venv demo test lint bench clean
 all: test
