@@ -1,5 +1,6 @@
 """Test tiers (TESTING.md): unit always; privileged and e2e need root and namespaces, and in CI
-(CI=true) a failed capability probe is a failure, not a skip; lab and bench run on demand.
+(CI=true) a failed capability probe is a failure, not a skip. lab runs wherever qemu is (VS_LAB=0
+turns it off outside CI) and, in CI, fails like them; bench runs on demand.
 
 Every kernel object a test makes carries RUN_PREFIX and the session ends by checking that none
 is left behind: a leak fails the run."""
@@ -21,7 +22,9 @@ pytest_plugins = ("tests.guests",)
 # "vst" + 4 hex digits: 7 characters, leaving 8 for suffixes within IFNAMSIZ (15).
 RUN_PREFIX = "vst" + secrets.token_hex(2)
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-ON_DEMAND = {"lab": "VS_LAB", "bench": "VS_BENCH"}
+ON_DEMAND = {"bench": "VS_BENCH"}
+# Capability failures that fail the test in CI instead of skipping it.
+REQUIRED_IN_CI = ("privileged", "e2e", "lab")
 
 
 def _selected_by_marker(config: pytest.Config, tier: str) -> bool:
@@ -30,6 +33,11 @@ def _selected_by_marker(config: pytest.Config, tier: str) -> bool:
 
 def _tier_status(config: pytest.Config, tier: str) -> str | None:
     """None when the tier runs, else why it is skipped."""
+    if tier == "lab":
+        if os.environ.get("VS_LAB_INSIDE"):
+            return "inside the lab VM already"
+        if os.environ.get("VS_LAB") == "0" and not IN_CI and not _selected_by_marker(config, tier):
+            return "turned off with VS_LAB=0"
     if tier in ON_DEMAND:
         if os.environ.get(ON_DEMAND[tier]) or _selected_by_marker(config, tier):
             return tier_problem(tier)
@@ -53,7 +61,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             status = _tier_status(config, tier)
             if status is None:
                 continue
-            if IN_CI and tier in ("privileged", "e2e"):
+            if IN_CI and tier in REQUIRED_IN_CI:
                 # In CI the machine is known to have these capabilities: a missing one is a
                 # broken runner, and a silent skip would hide it.
                 item.add_marker(pytest.mark.usefixtures("_ci_capability_missing"))

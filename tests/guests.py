@@ -197,7 +197,8 @@ def _teardown(test_host: Host) -> None:
     deadline = time.monotonic() + 15
     while any(test_host.state(n) for n in test_host.guests) and time.monotonic() < deadline:
         time.sleep(0.05)
-    for controller in ("memory", "pids", "cpu", "cpuacct", "freezer", "unified"):
+    # "": the one tree of a cgroup v2 host (the VM lab), /sys/fs/cgroup/<parent>.
+    for controller in ("memory", "pids", "cpu", "cpuacct", "freezer", "unified", ""):
         top = test_host.cgroup_dir(controller)
         if not top.exists():
             continue
@@ -271,9 +272,10 @@ class Lan:
         result = self.run(str(self.probe), verb, ip, str(port), src or "-", str(ms))
         return result.stdout.strip()
 
-    def listen(self, proto: str, port: int) -> subprocess.Popen[str]:
+    def listen(self, proto: str, port: int, address: str = "0.0.0.0") -> subprocess.Popen[str]:
+        """Serve on ``address`` (a peer's address, so UDP answers come from it)."""
         process = subprocess.Popen(
-            [*netns_prefix(self.netns), str(self.probe), "listen", proto, str(port)],
+            [*netns_prefix(self.netns), str(self.probe), "listen", proto, str(port), address],
             stdout=subprocess.PIPE,
             text=True,
         )

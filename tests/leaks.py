@@ -29,7 +29,8 @@ def find_leaks(prefix: str) -> list[str]:
             found.append(f"link {name}")
     found += [
         f"cgroup {path}"
-        for pattern in ("/sys/fs/cgroup/*/", "/sys/fs/cgroup/*/*/")
+        # v2 groups sit right under /sys/fs/cgroup (the VM lab), v1 ones under a controller.
+        for pattern in ("/sys/fs/cgroup/", "/sys/fs/cgroup/*/", "/sys/fs/cgroup/*/*/")
         for path in glob.glob(pattern + prefix + "*")
     ]
     with open("/proc/self/mounts") as mounts:

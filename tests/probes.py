@@ -36,9 +36,17 @@ def probe_openat2() -> str | None:
     return probe()
 
 
+@functools.cache
+def probe_lab() -> str | None:
+    from tests.lab import probe_lab as probe
+
+    return probe()
+
+
 TIER_PROBES = {
     "privileged": (probe_root, probe_namespaces),
     "e2e": (probe_root, probe_namespaces),
+    "lab": (probe_root, probe_lab),
 }
 
 
