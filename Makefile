@@ -47,6 +47,7 @@ bench: venv
 	if [ -n "$$missing" ]; then DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
 		--no-install-recommends $$missing >/dev/null; fi
 	$(PY) bench/bench_start.py
+	$(PY) bench/bench_monitor.py
 
 lint: venv
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check . && $(VENV)/bin/mypy
