@@ -54,7 +54,7 @@ def checks_done(fake: FakeHost, names: list[str]) -> int:
     return sum(1 for n in names if (s := fake.state_of(n)) and s.get("figures"))
 
 
-def run(guests: int, window_s: float) -> dict[str, float]:
+def run(guests: int, window_s: float, policy: str = POLICY) -> dict[str, float]:
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # one lock fd per guest here too
     with tempfile.TemporaryDirectory(prefix="vstbench-") as tmp:
@@ -64,7 +64,7 @@ def run(guests: int, window_s: float) -> dict[str, float]:
         names = [f"g{i:04d}" for i in range(guests)]
         try:
             for index, name in enumerate(names, 1):
-                fake.define(name, POLICY, index)
+                fake.define(name, policy, index)
                 (fake.cg("cpuacct", name) / "tasks").write_text(f"{init.pid}\n")
                 fake.start(name, init.pid)
             started = time.monotonic()
@@ -110,11 +110,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--guests", type=int, nargs="+", default=[100, 1000])
     parser.add_argument("--window", type=float, default=60.0, help="seconds measured")
+    parser.add_argument(
+        "--no-sockets",
+        action="store_true",
+        help="MONITOR_SOCKETS=no: without the /proc/PID/net tables (the costly part: the"
+        " kernel walks its whole TCP hash tables for each read)",
+    )
     args = parser.parse_args()
-    print(f"vs-monitor --all, MONITOR_POOLING=60, measured over {args.window:g} s per size")
+    policy = POLICY + ("MONITOR_SOCKETS=no\n" if args.no_sockets else "")
+    sockets = "no" if args.no_sockets else "yes"
+    print(
+        f"vs-monitor --all, MONITOR_POOLING=60, MONITOR_SOCKETS={sockets},"
+        f" measured over {args.window:g} s per size"
+    )
     print("guests | first round s | CPU s at start | CPU s per minute | CPU % | RSS MB | peak MB")
     for count in args.guests:
-        r = run(count, args.window)
+        r = run(count, args.window, policy)
         print(
             f"{r['guests']:>6} | {r['first_round_s']:>13.1f} | {r['cpu_startup_s']:>14.2f} |"
             f" {r['cpu_s_per_min']:>16.2f} | {100 * r['cpu_s_per_min'] / 60:>5.2f} |"

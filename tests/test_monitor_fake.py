@@ -280,3 +280,39 @@ def test_m8_one_hung_guest_check_does_not_stop_the_others(
         time.sleep(0.2)
     assert [m for m in daemon.messages(2.0) if "WATCHDOG=1" in m]  # the daemon is healthy
     assert smtp.subjects() == ["vsh-fake:good:rss"]
+
+
+def test_once_dry_run_then_once_mails_a_single_time(fake: FakeHost, smtp: SmtpSink) -> None:
+    fake.settings(f"SMTP_HOST=127.0.0.1\nSMTP_PORT={smtp.port}\n")
+    fake.define("web", POLICY + "MONITOR_REPEAT=0\n")
+    fake.start("web")
+    fake.rss_pct("web", 95)
+
+    def once(*extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(BIN / "vs-monitor"), "--once", *extra],
+            env=fake.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    dry = once("--dry-run")
+    assert (dry.returncode, dry.stdout) == (0, "vsh-fake:web:running:rss\n")
+    assert "would mail: vsh-fake:web:rss: memory MB 95.0 of 100" in dry.stderr
+    assert fake.state_of("web") is None and smtp.subjects() == []
+    for _ in range(2):  # the second round remembers the first: no second mail
+        real = once()
+        assert (real.returncode, real.stdout) == (0, "vsh-fake:web:running:rss\n"), real.stderr
+    assert smtp.subjects() == ["vsh-fake:web:rss"]
+    assert once("--name", "nosuch").returncode == 3
+    assert once("--dry-run", "--name", "web").returncode == 0
+    daemon_dry = subprocess.run(
+        [str(BIN / "vs-monitor"), "--dry-run"],
+        env=fake.env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert daemon_dry.returncode == 2 and "--dry-run needs --once" in daemon_dry.stderr
