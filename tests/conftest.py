@@ -17,7 +17,7 @@ import pytest
 from tests.leaks import find_leaks
 from tests.probes import tier_problem
 
-pytest_plugins = ("tests.guests",)
+pytest_plugins = ("tests.guests", "tests.lab")
 
 # "vst" + 4 hex digits: 7 characters, leaving 8 for suffixes within IFNAMSIZ (15).
 RUN_PREFIX = "vst" + secrets.token_hex(2)
@@ -64,16 +64,18 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             if IN_CI and tier in REQUIRED_IN_CI:
                 # In CI the machine is known to have these capabilities: a missing one is a
                 # broken runner, and a silent skip would hide it.
-                item.add_marker(pytest.mark.usefixtures("_ci_capability_missing"))
                 item.user_properties.append(("capability", status))
             else:
                 item.add_marker(pytest.mark.skip(reason=f"{tier}: {status}"))
 
 
-@pytest.fixture
-def _ci_capability_missing(request: pytest.FixtureRequest) -> None:
-    reason = dict(request.node.user_properties).get("capability", "?")
-    pytest.fail(f"capability missing in CI (a skip would hide it): {reason}")
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    # A hook, not a usefixtures marker added above: an item's fixtures are fixed when it is
+    # collected, so such a marker was silently ignored and the test ran without its capability.
+    reason = dict(item.user_properties).get("capability")
+    if reason is not None:
+        pytest.fail(f"capability missing in CI (a skip would hide it): {reason}")
 
 
 @pytest.fixture(scope="session")
