@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import hashlib
 import os
 import re
@@ -34,9 +35,12 @@ import stat
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 CACHE_DIR = Path(os.environ.get("VS_LAB_CACHE", "/var/cache/vs-tools-lab"))
 QEMU = "qemu-system-x86_64"
@@ -170,15 +174,17 @@ def _kernel_package() -> tuple[str, str] | None:
 
 
 @contextlib.contextmanager
-def _locked(cache_dir: Path) -> Iterable[None]:
+def _locked(cache_dir: Path) -> Iterator[None]:
     cache_dir.mkdir(parents=True, exist_ok=True)
     with open(cache_dir / ".lock", "w") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)  # two test runs at once download only once
         yield
 
 
+@functools.cache
 def fetch_kernel(cache_dir: Path = CACHE_DIR) -> Kernel:
-    """The cached kernel package, downloaded and unpacked on first use."""
+    """The cached kernel package, downloaded and unpacked on first use (asked once per
+    process: apt's answer does not change during a test run)."""
     with _locked(cache_dir):
         package = _kernel_package()
         if package is None:
@@ -221,6 +227,10 @@ def _download(package: tuple[str, str], target: Path) -> None:
         unpacked.rename(target)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    # Only the current kernel is kept (about 400 MB each).
+    for old in target.parent.glob("linux-image-*"):
+        if old != target:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def _kernel_in(root: Path) -> Kernel:
@@ -415,3 +425,35 @@ def _tails(io_dir: Path) -> str:
         f"\n--- output ---\n{_text(io_dir / 'output')[-3000:]}"
         f"\n--- console ---\n{_text(io_dir / 'console')[-3000:]}"
     )
+
+
+# -- fixture -------------------------------------------------------------------------------
+
+
+class LabVM:
+    """``lab_vm(script, ...)``: one VM run per call, each with its own io directory under the
+    test's work directory (its name carries the run prefix, so a stray qemu is a leak)."""
+
+    def __init__(self, work_dir: Path) -> None:
+        self.work_dir = work_dir
+        self.runs = 0
+
+    def __call__(self, script: str, **options: Any) -> LabResult:
+        self.runs += 1
+        run_dir = self.work_dir / f"run{self.runs}"
+        run_dir.mkdir()
+        return run_in_vm(script, work_dir=run_dir, **options)
+
+    def io(self, run: int | None = None) -> Path:
+        """The io directory of a run (default: the last), with what the VM wrote into it."""
+        return self.work_dir / f"run{run or self.runs}" / "io"
+
+
+@pytest.fixture
+def lab_vm(run_prefix: str) -> Iterator[LabVM]:
+    """Boot the lab from a test: ``lab_vm("ip link ...", modules=["8021q"], nic=True)``."""
+    directory = Path(tempfile.mkdtemp(prefix=f"{run_prefix}-lab-"))
+    try:
+        yield LabVM(directory)
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
