@@ -60,6 +60,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "vstools.limits",
             "vstools.firewall",
             "vstools.fwiptc",
+            "vstools.netctl",
             "vstools.network",
             "vstools.supervisor",
             "vstools.gueststate",

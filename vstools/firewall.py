@@ -152,8 +152,8 @@ class Nftables:
 
     def listing_of(self, full: Ruleset) -> str:
         """How the kernel would list ``full``: loaded into a throwaway network namespace."""
-        script = render_nft(full) + f"list table {TABLE}\n"
-        return run(["unshare", "--net", "--", "nft", "-f", "-"], input=script).stdout
+        listing = f"nft -f - && nft list table {TABLE}"
+        return run(["unshare", "--net", "--", "sh", "-c", listing], input=render_nft(full)).stdout
 
     def status(self, guest: GuestFirewall) -> tuple[bool, bool]:
         text = self._state_text()

@@ -85,19 +85,18 @@ class Iptc(IptablesRestore):
         chains, rules = iptables_rules(full())
         table = iptc.Table(iptc.Table.FILTER)
         table.autocommit = False
+        table.refresh()  # python-iptables caches the table: take the kernel's current one
         try:
             existing = {chain.name: chain for chain in table.chains}
-            for name, chain in existing.items():
-                if name.startswith("vs") and name not in chains:
-                    chain.flush()
-            for name, chain in existing.items():
-                if name.startswith("vs") and name not in chains:
-                    table.delete_chain(chain)
+            ours = [n for n in existing if n.startswith(("vs", "VSTOOLS-"))]
+            for name in ours:  # no jump is left to a chain about to go
+                existing[name].flush()
+            for name in ours:
+                if name not in chains:
+                    table.delete_chain(existing[name])
             by_name = {}
             for name in chains:
-                chain = existing.get(name) or table.create_chain(name)
-                chain.flush()
-                by_name[name] = chain
+                by_name[name] = existing.get(name) or table.create_chain(name)
             for rule in rules:
                 for item in _rules_of(rule, iptc):
                     by_name[rule.chain].append_rule(item)

@@ -142,6 +142,7 @@ def render_nft(ruleset: Ruleset) -> str:
         "\t}",
         "\tchain output {",
         "\t\ttype filter hook output priority filter; policy accept;",
+        "\t\toifname @guest_ifs ct state related accept",  # the host's rejects of guest traffic
         "\t\toifname @guest_ifs drop",
         "\t}",
     ]
@@ -374,6 +375,7 @@ def iptables_rules(ruleset: Ruleset) -> tuple[list[str], list[IptRule]]:
             IptRule(IPT_FORWARD, "DROP", in_if=guest.ifname, src="!" + ip),
             IptRule(IPT_FORWARD, "DROP", in_if="!" + guest.ifname, src=ip),
             IptRule(IPT_INPUT, "DROP", in_if=guest.ifname),
+            IptRule(IPT_OUTPUT, "ACCEPT", out_if=guest.ifname, ctstate="RELATED"),
             IptRule(IPT_OUTPUT, "DROP", out_if=guest.ifname),
         ]
     for guest in ruleset.guests:

@@ -230,10 +230,13 @@ class Netns:
         index = self.index(dev)
         if index is None:
             return False
-        for entry in self.ipr.get_neighbours(family=2, flags=NTF_PROXY):
-            if entry.get("NDA_DST") == str(ip) and entry["ifindex"] == index:
-                return True
-        return False
+        try:
+            found = self.ipr.neigh("get", dst=str(ip), ifindex=index, flags=NTF_PROXY)
+        except NetlinkError as exc:
+            if exc.code in (errno.ENOENT, errno.ESRCH):
+                return False
+            raise NetworkError(f"reading proxy ARP for {ip} on {dev}: {exc}") from None
+        return bool(found)
 
     def proxy_add(self, ip: IPv4Address, dev: str) -> None:
         with _refused(f"proxy ARP for {ip} on {dev}"):

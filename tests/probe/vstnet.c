@@ -1,11 +1,11 @@
 /* vstnet: the network probe the firewall tests run inside guests (static, no libc needed in
  * the guest). Every answer is one word on stdout and an exit status:
- *   vstnet listen tcp|udp PORT        serve until killed: tcp accepts and writes "hello",
+ *   vstnet listen tcp|udp PORT [IP]   serve until killed: tcp accepts and writes "hello",
  *                                     udp answers every datagram with "hello"
  *   vstnet connect IP PORT [SRC] [MS] tcp connect: open (0), refused (1), timeout (2), error (3)
  *   vstnet udp IP PORT [SRC] [MS]     one datagram: reply (0), refused (1), timeout (2)
- * SRC binds the source address first, with IP_FREEBIND so that a guest can try to send from an
- * address that is not its own (catalogue F8). */
+ * SRC binds the source address first, with IP_FREEBIND and IP_TRANSPARENT so that a guest can
+ * try to send from an address that is not its own (catalogue F8). */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -36,14 +36,17 @@ static int bind_source(int fd, const char *src) {
     int one = 1;
     struct sockaddr_in a = addr_of(src, 0);
     setsockopt(fd, IPPROTO_IP, IP_FREEBIND, &one, sizeof one);
+    /* IP_TRANSPARENT (CAP_NET_RAW, which a guest's root keeps) lets the packet really leave
+     * with a source that is not the guest's: what the host's anti-spoofing must drop. */
+    setsockopt(fd, IPPROTO_IP, IP_TRANSPARENT, &one, sizeof one);
     return bind(fd, (struct sockaddr *)&a, sizeof a);
 }
 
-static int listen_on(const char *proto, int port) {
+static int listen_on(const char *proto, int port, const char *ip) {
     int udp = !strcmp(proto, "udp");
     int fd = socket(AF_INET, udp ? SOCK_DGRAM : SOCK_STREAM, 0);
     int one = 1;
-    struct sockaddr_in a = addr_of("0.0.0.0", port);
+    struct sockaddr_in a = addr_of(ip, port);
     setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
     if (bind(fd, (struct sockaddr *)&a, sizeof a) < 0) return say("error-bind", 3);
     if (!udp && listen(fd, 64) < 0) return say("error-listen", 3);
@@ -99,13 +102,14 @@ static int udp_to(const char *ip, int port, const char *src, int ms) {
 }
 
 int main(int argc, char **argv) {
-    if (argc >= 4 && !strcmp(argv[1], "listen")) return listen_on(argv[2], atoi(argv[3]));
+    if (argc >= 4 && !strcmp(argv[1], "listen"))
+        return listen_on(argv[2], atoi(argv[3]), argc > 4 ? argv[4] : "0.0.0.0");
     if (argc >= 4 && (!strcmp(argv[1], "connect") || !strcmp(argv[1], "udp"))) {
         const char *src = argc > 4 && strcmp(argv[4], "-") ? argv[4] : NULL;
         int ms = argc > 5 ? atoi(argv[5]) : 1500;
         if (!strcmp(argv[1], "connect")) return connect_to(argv[2], atoi(argv[3]), src, ms);
         return udp_to(argv[2], atoi(argv[3]), src, ms);
     }
-    fprintf(stderr, "usage: vstnet listen tcp|udp PORT | connect|udp IP PORT [SRC|-] [MS]\n");
+    fprintf(stderr, "usage: vstnet listen tcp|udp PORT [IP] | connect|udp IP PORT [SRC|-] [MS]\n");
     return 64;
 }

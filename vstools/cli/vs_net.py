@@ -5,12 +5,18 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from vstools.cli.common import add_guest_selection, new_parser, not_implemented, run_command
+from vstools.cli.common import Context, add_guest_selection, new_parser, run_command
+from vstools.errors import VSError
 
 DESCRIPTION = """\
 Show or change the three network layers of guests: vlan (uplink interface), route (policy
-rule, table, host route, proxy ARP) and fw (the guest's IN and OUT chains).
-Output: host:vserver:ip:vlan:route:fwIN:fwOUT"""
+rule, table, host route, proxy ARP) and fw (the guest's IN and OUT chains). Changes go up in
+the order vlan, route, fw and down in the order fw, route, vlan; an uplink or a network's rule
+still used by another running guest is kept.
+Output: host:vserver:ip:vlan:route:fwIN:fwOUT, each layer up, down, off (firewall.conf has no
+'enable') or - (no network of networks.conf holds the guest's address)."""
+
+FIELDS = ("host", "vserver", "ip", "vlan", "route", "fwIN", "fwOUT")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,7 +34,83 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-handle = not_implemented("guest networking")
+def _plan(ctx: Context, names: list[str]) -> int:
+    from vstools.firewall import Firewall
+    from vstools.netctl import GuestNet
+
+    guests = [GuestNet(ctx.paths, ctx.settings, name) for name in names]
+    chosen = (
+        [g.rules() for g in guests if g.plan is not None and g.running] if ctx.args.name else []
+    )
+    text, diff, full = Firewall(ctx.paths, ctx.settings).plan(chosen)
+    resolved = {
+        f"{guest.name}: {name}": [str(ip) for ip in ips]
+        for guest in full.guests
+        for name, ips in guest.resolved
+    }
+    if ctx.json:
+        ctx.emit_json({"load": text, "diff": diff, "resolved": resolved})
+        return 0
+    for key, ips in resolved.items():
+        print(f"# {key} resolves to {', '.join(ips)}", file=ctx.stdout)
+    print(text, end="", file=ctx.stdout)
+    print("# difference with what is loaded:", file=ctx.stdout)
+    print(diff or "# (none: what is loaded is what would be loaded)", end="\n", file=ctx.stdout)
+    return 0
+
+
+def handle(ctx: Context) -> int:
+    from vstools.hostconfig import list_guests
+    from vstools.journal import operation
+    from vstools.netctl import GuestNet
+
+    args = ctx.args
+    names = list_guests(ctx.paths) if args.all else [args.name]
+    if args.plan:
+        return _plan(ctx, names)
+    changes = [(layer, getattr(args, layer)) for layer in ("vlan", "route", "fw")]
+    ups = [(layer, "up") for layer, state in changes if state == "up"]
+    downs = [(layer, "down") for layer, state in reversed(changes) if state == "down"]
+    rows, failures = [], []
+    if args.all and args.fw == "up" and not ctx.dry_run:
+        # One transaction for every running guest rather than one per guest.
+        from vstools.firewall import Firewall
+
+        with operation("vs-net --all --fw up"):
+            _, problems = Firewall(ctx.paths, ctx.settings).load_all()
+        for problem in problems:
+            print(f"vs-net: {problem} (loaded closed)", file=ctx.stderr)
+        ups = [change for change in ups if change[0] != "fw"]
+    for name in names:
+        try:
+            guest = GuestNet(ctx.paths, ctx.settings, name)
+            for layer, state in [*downs, *ups]:
+                if args.all and (guest.plan is None or not guest.running) and layer != "vlan":
+                    continue
+                if ctx.dry_run:
+                    print(f"would: {name}: {layer} {state}", file=ctx.stderr)
+                    continue
+                with operation(f"vs-net {name} --{layer} {state}"):
+                    print(f"vs-net: {getattr(guest, layer)(state)}", file=ctx.stderr)
+            row = guest.row()
+            rows.append(
+                {
+                    "host": ctx.hostname,
+                    "vserver": row.vserver,
+                    "ip": row.ip,
+                    "vlan": row.vlan,
+                    "route": row.route,
+                    "fwIN": row.fw_in,
+                    "fwOUT": row.fw_out,
+                }
+            )
+        except VSError as exc:
+            if args.name:
+                raise
+            failures.append(exc)
+            print(f"vs-net: {name}: {exc}", file=ctx.stderr)
+    ctx.emit_rows(rows, FIELDS)
+    return int(max((f.exit_code for f in failures), default=0))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,134 @@
+"""What ``vs-net`` does to one guest: show its three network layers, bring one up or down,
+and plan the firewall. The layers themselves live in vstools.network and vstools.firewall."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from vstools.config.settings import Settings
+from vstools.errors import StateError
+from vstools.firewall import Firewall, compile_for
+from vstools.fwmodel import GuestFirewall
+from vstools.gueststate import is_running
+from vstools.hostconfig import GuestFiles, load_create, load_guest, load_networks
+from vstools.network import NetPlan, Registry, plan_network
+from vstools.paths import Paths
+
+UP, DOWN, OFF, NONE = "up", "down", "off", "-"
+
+
+@dataclass(frozen=True, slots=True)
+class NetRow:
+    vserver: str
+    ip: str
+    vlan: str
+    route: str
+    fw_in: str
+    fw_out: str
+
+
+@dataclass
+class GuestNet:
+    """One guest as vs-net sees it."""
+
+    paths: Paths
+    settings: Settings
+    name: str
+
+    def __post_init__(self) -> None:
+        self.files: GuestFiles = load_guest(self.paths, self.name)
+        self.plan: NetPlan | None = plan_network(
+            self.files.conf, load_networks(self.paths), load_create(self.paths)
+        )
+        self.registry = Registry(self.paths.run_dir)
+        self.firewall = Firewall(self.paths, self.settings)
+
+    @property
+    def running(self) -> bool:
+        return is_running(self.paths.guest_run_dir(self.name))
+
+    def rules(self) -> GuestFirewall:
+        """The guest's firewall.conf compiled now (names resolved now)."""
+        return compile_for(self.files.conf, self.files.firewall)
+
+    def _plan(self) -> NetPlan:
+        if self.plan is None:
+            raise StateError(
+                f"guest {self.name}: no network of networks.conf holds {self.files.conf.ip}"
+            )
+        return self.plan
+
+    def _require_running(self, layer: str) -> None:
+        if not self.running:
+            raise StateError(
+                f"guest {self.name} is not running: its {layer} comes up when it starts"
+            )
+
+    # -- show ----------------------------------------------------------------------------------
+
+    def row(self) -> NetRow:
+        ip = str(self.files.conf.ip)
+        if self.plan is None:
+            return NetRow(self.name, ip, NONE, NONE, NONE, NONE)
+        from vstools.netlink import Netns
+        from vstools.network import route_is_up
+
+        with Netns() as host:
+            info = host.link_info(self.plan.uplink)
+            vlan = UP if info and info["up"] else DOWN
+            route = UP if self.running and route_is_up(host, self.plan) else DOWN
+        if not self.files.firewall.enabled:
+            fw_in = fw_out = OFF
+        else:
+            rules = compile_for(self.files.conf, None)  # status needs no name resolution
+            loaded_in, loaded_out = self.firewall.status(rules)
+            fw_in, fw_out = (UP if loaded_in else DOWN), (UP if loaded_out else DOWN)
+        return NetRow(self.name, ip, vlan, route, fw_in, fw_out)
+
+    # -- change --------------------------------------------------------------------------------
+
+    def vlan(self, state: str) -> str:
+        from vstools.netlink import Netns
+        from vstools.network import vlan_down, vlan_up
+
+        plan = self._plan()
+        with self.registry.locked(f"vs-net vlan {plan.uplink}"), Netns() as host:
+            if state == UP:
+                created = vlan_up(host, self.registry, plan)
+                return f"uplink {plan.uplink} {'created and ' if created else ''}up"
+            if plan.vlan == 0:
+                raise StateError(
+                    f"{plan.uplink} carries VLAN 0: it is DEFAULT_DEVICE itself, never torn down"
+                )
+            if self.running or self.registry.uplink_in_use(plan.uplink, exclude=self.name):
+                raise StateError(f"uplink {plan.uplink} is used by a running guest: kept")
+            if not vlan_down(host, self.registry, plan, exclude=self.name):
+                raise StateError(f"uplink {plan.uplink} was not created by vs-tools: kept")
+            return f"uplink {plan.uplink} deleted"
+
+    def route(self, state: str) -> str:
+        from vstools.netlink import Netns
+        from vstools.network import route_down, route_up
+
+        plan = self._plan()
+        with self.registry.locked(f"vs-net route {self.name}"), Netns() as host:
+            if state == UP:
+                self._require_running("route")
+                route_up(host, plan)
+                self.registry.record(plan)
+                return f"route to {plan.ip} up via {plan.veth}"
+            self.registry.forget(self.name)
+            route_down(host, self.registry, plan)
+            return f"route to {plan.ip} down"
+
+    def fw(self, state: str) -> str:
+        self._plan()
+        if state == UP:
+            self._require_running("firewall")
+            rules = self.rules()  # a broken file raises here: the loaded rules stay
+            if not rules.enabled:
+                return f"firewall of {self.name}: firewall.conf has no 'enable', nothing to load"
+            self.firewall.put(rules)
+            return f"firewall of {self.name} up"
+        self.firewall.remove(compile_for(self.files.conf, None), keep_isolation=self.running)
+        return f"firewall of {self.name} down (host isolation and anti-spoofing stay)"
