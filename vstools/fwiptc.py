@@ -100,11 +100,11 @@ class Iptc(IptablesRestore):
             for rule in rules:
                 for item in _rules_of(rule, iptc):
                     by_name[rule.chain].append_rule(item)
-            for builtin, ours in IPT_HOOKS:
+            for builtin, entry in IPT_HOOKS:
                 chain = iptc.Chain(table, builtin)
-                if not any(r.target.name == ours for r in chain.rules):
+                if not any(r.target.name == entry for r in chain.rules):
                     hook = iptc.Rule()
-                    hook.create_target(ours)
+                    hook.create_target(entry)
                     chain.insert_rule(hook)
             table.commit()
         except Exception as exc:
