@@ -33,6 +33,7 @@ from vstools.fwrender import (
     parse_nft_state,
     render_iptables,
     render_nft,
+    render_nft_refresh,
     render_nft_update,
 )
 from vstools.gueststate import is_running
@@ -100,7 +101,12 @@ class Backend(Protocol):
         full: Callable[[], Ruleset],
         put: Sequence[GuestFirewall],
         remove: Sequence[GuestFirewall],
-    ) -> str: ...
+        *,
+        refresh: bool = False,
+    ) -> str:
+        """Load: ``put`` and ``remove`` name the guests that change; ``refresh`` brings every
+        guest to ``full()``."""
+        ...
 
     def render(self, full: Ruleset) -> str: ...
 
@@ -126,11 +132,15 @@ class Nftables:
         full: Callable[[], Ruleset],
         put: Sequence[GuestFirewall],
         remove: Sequence[GuestFirewall],
+        *,
+        refresh: bool = False,
     ) -> str:
         text = self._state_text()
         state = parse_nft_state(text) if text is not None else None
         if state is None or not state.complete:
             return render_nft(full())
+        if refresh:
+            return render_nft_refresh(state, full())
         return render_nft_update(state, put, remove)
 
     def apply(
@@ -138,8 +148,10 @@ class Nftables:
         full: Callable[[], Ruleset],
         put: Sequence[GuestFirewall],
         remove: Sequence[GuestFirewall],
+        *,
+        refresh: bool = False,
     ) -> str:
-        text = self.transaction(full, put, remove)
+        text = self.transaction(full, put, remove, refresh=refresh)
         run(["nft", "-f", "-"], input=text)
         return text
 
@@ -189,6 +201,8 @@ class IptablesRestore:
         full: Callable[[], Ruleset],
         put: Sequence[GuestFirewall],
         remove: Sequence[GuestFirewall],
+        *,
+        refresh: bool = False,
     ) -> str:
         saved = self._saved()
         ours = [m.group(1) for m in map(_OUR_IPT_CHAIN.match, saved.splitlines()) if m]
@@ -284,11 +298,7 @@ class Firewall:
         """Replace everything with the rules of every running guest, at once."""
         with self._locked("whole firewall"):
             full, problems = running_ruleset(self.paths)
-            if isinstance(self.backend, Nftables):
-                text = self.backend.render(full)
-                run(["nft", "-f", "-"], input=text)
-            else:
-                text = self.backend.apply(lambda: full, list(full.guests), [])
+            text = self.backend.apply(lambda: full, full.guests, [], refresh=True)
         return text, problems
 
     def plan(self, guests: Iterable[GuestFirewall] = ()) -> tuple[str, str, Ruleset]:

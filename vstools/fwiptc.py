@@ -79,6 +79,8 @@ class Iptc(IptablesRestore):
         full: Callable[[], Ruleset],
         put: Sequence[GuestFirewall],
         remove: Sequence[GuestFirewall],
+        *,
+        refresh: bool = False,
     ) -> str:
         log.warning(WARNING)
         iptc = _iptc()

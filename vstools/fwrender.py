@@ -103,55 +103,104 @@ def _src_key(guest: GuestFirewall) -> str:
     return f'"{guest.ifname}" . {guest.ip}'
 
 
-def render_nft(ruleset: Ruleset) -> str:
-    """The whole table, replacing the loaded one in one transaction: ``add table`` makes the
-    ``delete`` valid when nothing is loaded yet, and the kernel applies the three at once."""
+# Sets and maps: (kind, name, type, elements of a ruleset).
+def _collections(ruleset: Ruleset) -> list[tuple[str, str, str, list[str]]]:
     enabled = [g for g in ruleset.guests if g.enabled]
-    lines = [
-        f"# vs-tools firewall: {len(ruleset.guests)} running guests, {len(enabled)} filtered",
-        f"add table {TABLE}",
-        f"delete table {TABLE}",
-        f"table {TABLE} {{",
-        "\tset guest_ifs { type ifname;"
-        + _elements(f'"{g.ifname}"' for g in ruleset.guests)
-        + " }",
-        "\tset guest_addrs { type ipv4_addr;" + _elements(str(g.ip) for g in ruleset.guests) + " }",
-        "\tset guest_src { type ifname . ipv4_addr;"
-        + _elements(_src_key(g) for g in ruleset.guests)
-        + " }",
+    return [
+        ("set", "guest_ifs", "ifname", [f'"{g.ifname}"' for g in ruleset.guests]),
+        ("set", "guest_addrs", "ipv4_addr", [str(g.ip) for g in ruleset.guests]),
+        ("set", "guest_src", "ifname . ipv4_addr", [_src_key(g) for g in ruleset.guests]),
+        *(
+            (
+                "map",
+                f"fw_{way}",
+                "ipv4_addr : verdict",
+                [f"{g.ip} : jump {chain_name(g.name, way)}" for g in enabled],
+            )
+            for way in (Way.IN, Way.OUT)
+        ),
     ]
-    for way, key in ((Way.IN, "fw_in"), (Way.OUT, "fw_out")):
-        lines.append(
-            f"\tmap {key} {{ type ipv4_addr : verdict;"
-            + _elements(f"{g.ip} : jump {chain_name(g.name, way)}" for g in enabled)
-            + " }"
-        )
-    lines += [
-        "\tchain forward {",
-        "\t\ttype filter hook forward priority filter; policy accept;",
-        "\t\tiifname @guest_ifs meta nfproto ipv6 drop",
-        "\t\toifname @guest_ifs meta nfproto ipv6 drop",
-        "\t\tiifname @guest_ifs iifname . ip saddr != @guest_src drop",
-        "\t\tip saddr @guest_addrs iifname . ip saddr != @guest_src drop",
-        "\t\tip saddr vmap @fw_out",
-        "\t\tip daddr vmap @fw_in",
-        "\t}",
-        "\tchain input {",
-        "\t\ttype filter hook input priority filter; policy accept;",
-        "\t\tiifname @guest_ifs drop",
-        "\t}",
-        "\tchain output {",
-        "\t\ttype filter hook output priority filter; policy accept;",
-        "\t\toifname @guest_ifs ct state related accept",  # the host's rejects of guest traffic
-        "\t\toifname @guest_ifs drop",
-        "\t}",
-    ]
-    for guest in enabled:
+
+
+# Base chains: (name, hook line, rules). Policy accept: the rest of the host's traffic is not
+# the toolkit's business.
+BASE_CHAINS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    (
+        "forward",
+        "type filter hook forward priority filter; policy accept;",
+        (
+            "iifname @guest_ifs meta nfproto ipv6 drop",
+            "oifname @guest_ifs meta nfproto ipv6 drop",
+            "iifname @guest_ifs iifname . ip saddr != @guest_src drop",
+            "ip saddr @guest_addrs iifname . ip saddr != @guest_src drop",
+            "ip saddr vmap @fw_out",
+            "ip daddr vmap @fw_in",
+        ),
+    ),
+    (
+        "input",
+        "type filter hook input priority filter; policy accept;",
+        ("iifname @guest_ifs drop",),
+    ),
+    (
+        "output",
+        "type filter hook output priority filter; policy accept;",
+        (
+            "oifname @guest_ifs ct state related accept",  # the host's rejects of guest traffic
+            "oifname @guest_ifs drop",
+        ),
+    ),
+)
+
+
+def _header(ruleset: Ruleset) -> str:
+    enabled = sum(1 for g in ruleset.guests if g.enabled)
+    return f"# vs-tools firewall: {len(ruleset.guests)} running guests, {enabled} filtered"
+
+
+def render_nft(ruleset: Ruleset) -> str:
+    """The whole table from nothing, in one transaction (``add table`` makes the ``delete``
+    valid when nothing is loaded). Used when no table is loaded, and to show how the kernel
+    lists a plan; a loaded table is refreshed in place instead (``render_nft_refresh``):
+    deleting base chains that are hooked lets packets through while the hooks change."""
+    lines = [_header(ruleset), f"add table {TABLE}", f"delete table {TABLE}", f"table {TABLE} {{"]
+    for kind, name, type_, elements in _collections(ruleset):
+        lines.append(f"\t{kind} {name} {{ type {type_};{_elements(elements)} }}")
+    for name, hook, rules in BASE_CHAINS:
+        lines += [f"\tchain {name} {{", f"\t\t{hook}", *(f"\t\t{r}" for r in rules), "\t}"]
+    for guest in (g for g in ruleset.guests if g.enabled):
         for way in (Way.IN, Way.OUT):
             lines.append(f"\tchain {chain_name(guest.name, way)} {{")
             lines += [f"\t\t{rule}" for rule in guest_chain_rules(guest, way)]
             lines.append("\t}")
     lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def render_nft_refresh(state: NftState, ruleset: Ruleset) -> str:
+    """The whole loaded table brought to ``ruleset`` in one transaction without ever removing
+    a hooked base chain: every chain and set is flushed and refilled, chains of guests no
+    longer filtered are deleted."""
+    lines = [_header(ruleset) + " (refresh in place)", f"add table {TABLE}"]
+    for kind, name, type_, _ in _collections(ruleset):
+        lines += [f"add {kind} {TABLE} {name} {{ type {type_}; }}", f"flush {kind} {TABLE} {name}"]
+    for name, hook, _ in BASE_CHAINS:
+        lines += [f"add chain {TABLE} {name} {{ {hook} }}", f"flush chain {TABLE} {name}"]
+    wanted = {
+        chain_name(g.name, way) for g in ruleset.guests if g.enabled for way in (Way.IN, Way.OUT)
+    }
+    for chain in sorted(state.chains - wanted - NftState.BASE):
+        lines += [f"flush chain {TABLE} {chain}", f"delete chain {TABLE} {chain}"]
+    for guest in (g for g in ruleset.guests if g.enabled):
+        for way in (Way.IN, Way.OUT):
+            chain = chain_name(guest.name, way)
+            lines += [f"add chain {TABLE} {chain}", f"flush chain {TABLE} {chain}"]
+            lines += [f"add rule {TABLE} {chain} {rule}" for rule in guest_chain_rules(guest, way)]
+    for _kind, name, _, elements in _collections(ruleset):
+        if elements:
+            lines.append(f"add element {TABLE} {name} {{ {', '.join(elements)} }}")
+    for name, _, rules in BASE_CHAINS:
+        lines += [f"add rule {TABLE} {name} {rule}" for rule in rules]
     return "\n".join(lines) + "\n"
 
 
