@@ -316,3 +316,51 @@ def test_once_dry_run_then_once_mails_a_single_time(fake: FakeHost, smtp: SmtpSi
         check=False,
     )
     assert daemon_dry.returncode == 2 and "--dry-run needs --once" in daemon_dry.stderr
+
+
+def test_m6_mails_saved_with_the_state_are_spooled_once_after_a_crash(
+    fake: FakeHost, smtp: SmtpSink
+) -> None:
+    """The alert state and its mails are saved first, then spooled: a daemon killed between
+    the two spools them at its restart, and one killed after the spooling does not spool them
+    twice (the spool remembers what it sent)."""
+    import json
+
+    fake.settings(f"SMTP_HOST=127.0.0.1\nSMTP_PORT={smtp.port}\n")
+    fake.define("web", POLICY + "MONITOR_REPEAT=0\n")
+    fake.start("web")
+    fake.rss_pct("web", 95)
+    smtp.stop()
+
+    def once() -> None:
+        result = subprocess.run(
+            [str(BIN / "vs-monitor"), "--once"],
+            env=fake.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert result.stdout == "vsh-fake:web:running:rss\n", result.stderr
+
+    once()  # server down: the mail waits in the spool
+    spool = Path(fake.env["VS_STATE_DIR"]) / "monitor" / "spool"
+    (mail,) = spool.glob("*.eml")
+    state_file = Path(fake.env["VS_STATE_DIR"]) / "monitor" / "guests" / "web.json"
+    # Rewind to "killed after saving the state, before spooling": the mail is only in the
+    # state's outbox.
+    state = json.loads(state_file.read_text())
+    outbox = [[mail.name, mail.read_text()]]
+    state["memory"]["outbox"] = outbox
+    state_file.write_text(json.dumps(state))
+    mail.unlink()
+    smtp.start()
+    once()
+    assert smtp.subjects() == ["vsh-fake:web:rss"]
+    # "Killed after spooling and sending, before the outbox was cleared": nothing more.
+    state = json.loads(state_file.read_text())
+    state["memory"]["outbox"] = outbox
+    state_file.write_text(json.dumps(state))
+    once()
+    assert smtp.subjects() == ["vsh-fake:web:rss"]
+    assert list(spool.glob("*.eml")) == []

@@ -6,10 +6,11 @@ fsynced, named by the time it was made so that names sort in order), then delive
 in order, oldest first. A delivery pass holds an flock on the spool, so two daemons sharing a
 state directory never send the same file twice. When the server does not answer, the pass stops
 at the first failure (later mails never overtake earlier ones) and the files stay for the next
-pass, also across a restart of the daemon. A file is removed once the server accepted it; a
-crash in the instant between the two would send that one mail again (at least once, never
-lost). A mail the server refuses for good (5xx) is moved to ``failed/`` so it does not block
-the queue, and logged."""
+pass, also across a restart of the daemon. Once the server accepted a mail, its file moves to
+``sent/`` and is kept a day, so that the monitor can tell a mail it must spool again after a
+crash from one already sent (a crash in the instant between the server's answer and the move
+would send that one mail again: at least once, never lost). A mail the server refuses for good
+(5xx) is moved to ``failed/`` so it does not block the queue, and logged."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ import smtplib
 import threading
 import time
 from dataclasses import dataclass
-from email.message import EmailMessage
+from email.message import EmailMessage, Message
 from email.utils import format_datetime, localtime
 from pathlib import Path
 
@@ -30,6 +31,7 @@ from vstools.fsutil import atomic_write
 log = logging.getLogger("vstools.mail")
 
 SUFFIX = ".eml"
+SENT_KEEP_S = 86400.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,15 +66,22 @@ class Spool:
         self._seq = 0
         directory.mkdir(parents=True, exist_ok=True)
 
-    def enqueue(self, msg: EmailMessage) -> Path:
-        """Write ``msg`` to the spool (durably) and return its file."""
+    def new_name(self) -> str:
+        """A file name for the next mail; names sort in the order they were made."""
         with self._lock:
             self._seq += 1
             # time_ns first: names sort in the order mails were made, across restarts too.
-            name = f"{time.time_ns():020d}-{os.getpid()}-{self._seq:06d}{SUFFIX}"
-        path = self.directory / name
+            return f"{time.time_ns():020d}-{os.getpid()}-{self._seq:06d}{SUFFIX}"
+
+    def enqueue(self, msg: Message, *, name: str | None = None) -> Path:
+        """Write ``msg`` to the spool (durably) and return its file."""
+        path = self.directory / (name or self.new_name())
         atomic_write(path, msg.as_bytes(), mode=0o600)
         return path
+
+    def known(self, name: str) -> bool:
+        """True when mail ``name`` is spooled, or was sent (kept in ``sent/`` for a day)."""
+        return (self.directory / name).exists() or (self.directory / "sent" / name).exists()
 
     def pending(self) -> list[Path]:
         """Spooled mails, oldest first."""
@@ -92,6 +101,9 @@ class Spool:
             os.close(lock_fd)
 
     def _deliver_locked(self) -> tuple[int, str | None]:
+        sent_dir = self.directory / "sent"
+        sent_dir.mkdir(exist_ok=True)
+        _prune(sent_dir, time.time() - SENT_KEEP_S)
         files = self.pending()
         if not files:
             return 0, None
@@ -111,7 +123,10 @@ class Spool:
                             raise
                         self._set_aside(path, exc)
                         continue
-                    path.unlink()
+                    # Kept a day under sent/, so that a mail replayed after a crash is
+                    # recognised as sent (Monitor's outbox), then pruned.
+                    path.rename(sent_dir / path.name)
+                    os.utime(sent_dir / path.name)  # the day counts from the sending
                     sent += 1
         except (OSError, smtplib.SMTPException) as exc:
             why = f"SMTP {self.server.host}:{self.server.port}: {exc}"
@@ -123,6 +138,13 @@ class Spool:
         failed.mkdir(exist_ok=True)
         path.rename(failed / path.name)
         log.error("mail %s refused for good, moved to %s: %s", path.name, failed, exc)
+
+
+def _prune(directory: Path, older_than: float) -> None:
+    for path in directory.iterdir():
+        with contextlib.suppress(OSError):
+            if path.stat().st_mtime < older_than:
+                path.unlink()
 
 
 def _envelope(data: bytes) -> tuple[str, list[str]]:

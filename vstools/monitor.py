@@ -27,6 +27,8 @@ import time
 import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from email import message_from_string
+from email.policy import default
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +97,7 @@ class Watch:
     disk_mb: float = 0.0
     disk_time: float | None = None
     figures: Figures | None = None
+    outbox: list[tuple[str, str]] = field(default_factory=list)  # mails not yet spooled
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def memory_json(self) -> dict[str, Any]:
@@ -105,6 +108,7 @@ class Watch:
             "sockets": self.sockets,
             "sockets_pending": self.sockets_pending,
             "load": self.load.to_json(),
+            "outbox": [list(mail) for mail in self.outbox],
         }
 
     def restore(self, data: Mapping[str, Any]) -> None:
@@ -116,6 +120,7 @@ class Watch:
         self.sockets = memory.get("sockets")
         self.sockets_pending = memory.get("sockets_pending")
         self.load = LoadAverage.from_json(memory.get("load", {}))
+        self.outbox = [(str(n), str(t)) for n, t in memory.get("outbox", [])]
 
 
 class Monitor:
@@ -187,6 +192,9 @@ class Monitor:
                 continue
             watch = Watch(name, files.conf, files.monitor, stamp, lock_fd)
             self._restore(watch)
+            if watch.outbox and not self.dry_run:
+                log.info("guest %s: spooling %d mail(s) of the last run", name, len(watch.outbox))
+                self._spool_outbox(watch)
             self.watches[name] = watch
             self.skipped.pop(name, None)
             log.info("guest %s: watched every %d s", name, files.monitor.pooling_s)
@@ -273,10 +281,24 @@ class Monitor:
         with watch.lock:
             notices, figures = self._observe(watch)
             watch.figures = figures
-            for notice in notices:
-                self._mail(watch, notice, figures)
-            self._save(watch, durable=bool(notices))
+            mails = [self._mail(watch, notice, figures) for notice in notices]
+            watch.outbox = [m for m in mails if m is not None]
+            if watch.outbox:
+                # The new alert state and its mails are saved together first (fsynced), then
+                # the mails are spooled: a daemon killed in between spools them at its restart
+                # (replay_outbox) instead of losing them or announcing the incidents again.
+                self._save(watch, durable=True)
+                self._spool_outbox(watch)
+            self._save(watch, durable=False)
         return notices
+
+    def _spool_outbox(self, watch: Watch) -> None:
+        for name, text in watch.outbox:
+            if not self.spool.known(name):  # spooled or already sent: once is enough
+                self.spool.enqueue(message_from_string(text, policy=default), name=name)
+        if watch.outbox and self.on_mail is not None:
+            self.on_mail()
+        watch.outbox = []
 
     def _observe(self, watch: Watch) -> tuple[list[Notice], Figures]:
         conf, policy = watch.conf, watch.policy
@@ -435,25 +457,23 @@ class Monitor:
 
     # -- mail ----------------------------------------------------------------------------------
 
-    def _mail(self, watch: Watch, notice: Notice, fig: Figures) -> None:
+    def _mail(self, watch: Watch, notice: Notice, fig: Figures) -> tuple[str, str] | None:
+        """The mail of ``notice`` as (spool file name, text); None with --dry-run."""
         subject = f"{self.hostname}:{watch.name}:{notice.reason}"
         if self.dry_run:
             self.dry_notices.append((subject, notice))
-            return
+            return None
         body = render_body(self.hostname, watch.name, notice, fig, watch.book)
-        message_id = f"<vs-monitor.{time.time_ns()}.{watch.name}.{notice.kind}@{self.hostname}>"
-        self.spool.enqueue(
-            compose(
-                sender=self.sender,
-                to=watch.policy.mailto,
-                subject=subject,
-                body=body,
-                message_id=message_id,
-            )
+        name = self.spool.new_name()
+        msg = compose(
+            sender=self.sender,
+            to=watch.policy.mailto,
+            subject=subject,
+            body=body,
+            message_id=f"<vs-monitor.{name.removesuffix('.eml')}.{watch.name}@{self.hostname}>",
         )
         log.info("alert %s", subject)
-        if self.on_mail is not None:
-            self.on_mail()
+        return name, msg.as_string()
 
     # -- checks with a time limit --------------------------------------------------------------
 
