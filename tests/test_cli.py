@@ -17,6 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 COMMANDS = sorted(p.stem.replace("_", "-") for p in (ROOT / "vstools" / "cli").glob("vs_*.py"))
 IMPLEMENTED = {
     "vs-check",
+    "vs-monitor",
     "vs-fonctions",
     "vs-setup",
     "vs-control",
@@ -29,7 +30,6 @@ IMPLEMENTED = {
 NOT_YET = {
     "vs-net": ["--all"],
     "vs-pkg": ["--name", "web", "--update_sources"],
-    "vs-monitor": ["--once"],
     "vs-scan": [],
     "vs-get": ["--name", "web"],
     "vs-put": ["--name", "web", "--host", "vsh-01"],
