@@ -250,19 +250,14 @@ def route_is_up(host: Netns, plan: NetPlan) -> bool:
 # -- attach and detach at start and stop -------------------------------------------------------
 
 
-def _guest_side(plan: NetPlan, init_pid: int, *, up: bool) -> None:
-    from vstools.netlink import Netns
+def _guest_address(guest: Netns, plan: NetPlan) -> None:
+    guest.add_address(GUEST_IFNAME, plan.ip, plan.network.prefixlen)
+    guest.set_up("lo")
 
-    with Netns(pid=init_pid) as guest:
-        if not up:
-            prefix = plan.network.prefixlen
-            guest.add_address(GUEST_IFNAME, plan.ip, prefix)
-            guest.set_up("lo")
-            return
-        guest.set_up(GUEST_IFNAME)
-        guest.route_replace(
-            IPv4Network("0.0.0.0/0"), GUEST_IFNAME, gateway=plan.gateway, onlink=True
-        )
+
+def _guest_up(guest: Netns, plan: NetPlan) -> None:
+    guest.set_up(GUEST_IFNAME)
+    guest.route_replace(IPv4Network("0.0.0.0/0"), GUEST_IFNAME, gateway=plan.gateway, onlink=True)
 
 
 def attach(
@@ -276,7 +271,11 @@ def attach(
     loaded before any link comes up (catalogue F15)."""
     from vstools.netlink import Netns
 
-    with registry.locked(f"attach {plan.name}"), Netns() as host:
+    with (
+        registry.locked(f"attach {plan.name}"),
+        Netns() as host,
+        Netns(pid=init_pid) as guest,  # one socket per namespace, for every step
+    ):
         created: list[bool] = []
 
         def uplink_up() -> None:
@@ -295,7 +294,7 @@ def attach(
             ),
             Step(
                 f"address {plan.ip}/{plan.network.prefixlen} on {plan.name}'s {GUEST_IFNAME}",
-                lambda: _guest_side(plan, init_pid, up=False),
+                lambda: _guest_address(guest, plan),
             ),
             Step(f"firewall of {plan.name} loaded", load_firewall, unload_firewall),
             Step(
@@ -306,7 +305,7 @@ def attach(
             ),
             Step(
                 f"{plan.name}'s {GUEST_IFNAME} up, default route via {plan.gateway}",
-                lambda: _guest_side(plan, init_pid, up=True),
+                lambda: _guest_up(guest, plan),
             ),
             Step(f"record {plan.name} as a user of {plan.network}", lambda: registry.record(plan)),
         ]
