@@ -11,6 +11,7 @@ closed (nothing but replies allowed) rather than open.
 from __future__ import annotations
 
 import difflib
+import json
 import logging
 import re
 import socket
@@ -124,8 +125,20 @@ class Nftables:
     name = "nftables"
 
     def _state_text(self) -> str | None:
+        """The whole loaded table (``nft -j``), or None when there is none."""
         result = run(["nft", "-j", "list", "table", *TABLE.split()], check=False)
         return result.stdout if result.returncode == 0 else None
+
+    def _dispatch_text(self) -> str | None:
+        """Only what a one-guest update needs: the two verdict maps, and whether the forward
+        chain is there (about 25 ms with 1000 guests, where the whole table takes 0.5 s)."""
+        entries: list[object] = []
+        for kind, name in (("map", "fw_in"), ("map", "fw_out"), ("chain", "forward")):
+            result = run(["nft", "-j", "list", kind, *TABLE.split(), name], check=False)
+            if result.returncode != 0:
+                return None
+            entries += json.loads(result.stdout).get("nftables", [])
+        return json.dumps({"nftables": entries})
 
     def transaction(
         self,
@@ -135,10 +148,10 @@ class Nftables:
         *,
         refresh: bool = False,
     ) -> str:
-        text = self._state_text()
+        text = self._state_text() if refresh else self._dispatch_text()
         state = parse_nft_state(text) if text is not None else None
-        if state is None or not state.complete:
-            return render_nft(full())
+        if state is None or "forward" not in state.chains:
+            return render_nft(full())  # nothing (usable) loaded: build the table
         if refresh:
             return render_nft_refresh(state, full())
         return render_nft_update(state, put, remove)
@@ -168,7 +181,7 @@ class Nftables:
         return run(["unshare", "--net", "--", "sh", "-c", listing], input=render_nft(full)).stdout
 
     def status(self, guest: GuestFirewall) -> tuple[bool, bool]:
-        text = self._state_text()
+        text = self._dispatch_text()
         if text is None:
             return False, False
         state = parse_nft_state(text)

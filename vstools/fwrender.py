@@ -288,21 +288,30 @@ def render_nft_update(
 
 
 def _nft_remove(state: NftState, guest: GuestFirewall, *, keep_membership: bool) -> list[str]:
+    """Take a guest's chains (and membership) out. Only the maps need ``state``: a chain or a
+    set element is first added then deleted, which is valid whether it was there or not, so
+    an update never needs to list the whole table (that costs 0.4 s with 1000 guests)."""
     lines: list[str] = []
     for way, current in ((Way.IN, state.fw_in), (Way.OUT, state.fw_out)):
         if str(guest.ip) in current:
             lines.append(f"delete element {TABLE} fw_{way} {{ {guest.ip} }}")
     for way in (Way.IN, Way.OUT):
         chain = chain_name(guest.name, way)
-        if chain in state.chains:
-            lines += [f"flush chain {TABLE} {chain}", f"delete chain {TABLE} {chain}"]
+        lines += [
+            f"add chain {TABLE} {chain}",
+            f"flush chain {TABLE} {chain}",
+            f"delete chain {TABLE} {chain}",
+        ]
     if not keep_membership:
-        if (guest.ifname, str(guest.ip)) in state.src:
-            lines.append(f"delete element {TABLE} guest_src {{ {_src_key(guest)} }}")
-        if str(guest.ip) in state.addrs:
-            lines.append(f"delete element {TABLE} guest_addrs {{ {guest.ip} }}")
-        if guest.ifname in state.ifs:
-            lines.append(f'delete element {TABLE} guest_ifs {{ "{guest.ifname}" }}')
+        for name, key in (
+            ("guest_src", _src_key(guest)),
+            ("guest_addrs", str(guest.ip)),
+            ("guest_ifs", f'"{guest.ifname}"'),
+        ):
+            lines += [
+                f"add element {TABLE} {name} {{ {key} }}",
+                f"delete element {TABLE} {name} {{ {key} }}",
+            ]
     return lines
 
 
