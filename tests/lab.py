@@ -89,6 +89,10 @@ $bb mount -t tmpfs -o mode=1777 tmpfs /tmp
 $bb mount -t cgroup2 cgroup2 /sys/fs/cgroup
 echo "+memory +pids +cpu" > /sys/fs/cgroup/cgroup.subtree_control
 $bb mkdir -p /lib/modules && $bb mount --bind {modules} /lib/modules
+# The kernel loads modules on demand (nf_tables, veth, ...) through modprobe_path; this host
+# has no kmod, so point it at busybox's modprobe.
+$bb mkdir -p /run/vs-lab-bin && $bb ln -s /bin/busybox /run/vs-lab-bin/modprobe
+echo /run/vs-lab-bin/modprobe > /proc/sys/kernel/modprobe
 $bb hostname vs-lab
 $bb ip link set lo up
 status=0

@@ -41,9 +41,12 @@ def test_the_harness_returns_output_and_exit_status(lab_vm: LabVM) -> None:
     print(f"lab boot+run+poweroff: {result.seconds:.1f} s")
 
 
-def test_a_successful_script_checks_clean_and_modules_load(lab_vm: LabVM) -> None:
+def test_a_successful_script_checks_clean_and_modules_load(lab_vm: LabVM, run_prefix: str) -> None:
     result = lab_vm("grep -w ^loop /proc/modules | cut -d' ' -f1", modules=["loop"])
     assert result.check().output.split() == ["loop"]
+    # Modules the kernel asks for on demand load too (dummy: the test machine's code path).
+    autoloaded = lab_vm(f"ip link add {run_prefix}d type dummy && grep -wc ^dummy /proc/modules")
+    assert autoloaded.check().output.split() == ["1"]
     missing = lab_vm("true", modules=["no_such_module"])
     assert missing.status == 125 and "modprobe no_such_module failed" in missing.output
 
