@@ -88,11 +88,14 @@ class Host:
         check: bool = True,
         input: str | None = None,
         timeout: float = 60,
+        machine_network: bool = False,
     ) -> subprocess.CompletedProcess[str]:
-        """Run an installed vs-* command as an administrator would, in the host's network
-        namespace."""
+        """Run an installed vs-* command as an administrator would, in the test host's network
+        namespace; ``machine_network`` for a command that must download (debootstrap) and
+        changes nothing of the network."""
+        prefix = [] if machine_network else netns_prefix(self.netns)
         result = subprocess.run(
-            [*netns_prefix(self.netns), str(BIN / argv[0]), *argv[1:]],
+            [*prefix, str(BIN / argv[0]), *argv[1:]],
             env=self.env,
             text=True,
             capture_output=True,
@@ -170,7 +173,7 @@ def host(
     """A test host on the etc_tree directories, with its own cgroup parent."""
     parent = f"{run_prefix}-{secrets_hex()}"
     (Path(etc_tree["VS_ETC_DIR"]) / "vs-tools.conf").write_text(
-        f"CGROUP_PARENT={parent}\nSTOP_TIMEOUT=5\nHOSTNAME=vsh-test\n"
+        f"CGROUP_PARENT={parent}\nSTOP_TIMEOUT=5\nHOSTNAME=vsh-test\nNETWORK=none\n"
     )
     env = dict(etc_tree, VS_NO_SYSTEMD="1")
     with named_netns(f"{parent}-host") as netns:
@@ -319,6 +322,8 @@ def routed(host: Host, net_probe_binary: Path) -> Iterator[tuple[Host, Lan]]:
     holds the gateway 198.51.100.1 and the peers; networks.conf has that network as VLAN 0."""
     host.net_probe = net_probe_binary
     etc = Path(host.env["VS_ETC_DIR"])
+    settings = etc / "vs-tools.conf"
+    settings.write_text(settings.read_text().replace("NETWORK=none", "NETWORK=routed"))
     (etc / "networks.conf").write_text(NETWORKS_CONF)
     (etc / "create.conf").write_text(f"DEFAULT_DEVICE={UPLINK}\n")
     lan_ns = f"{host.cgroup_parent}-lan"

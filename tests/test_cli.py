@@ -26,9 +26,9 @@ IMPLEMENTED = {
     "vs-limit",
     "vs-stats",
     "vs-create",
+    "vs-net",
 }
 NOT_YET = {
-    "vs-net": ["--all"],
     "vs-pkg": ["--name", "web", "--update_sources"],
     "vs-scan": [],
     "vs-get": ["--name", "web"],
@@ -66,8 +66,8 @@ def test_commands_not_built_yet_say_so_and_print_nothing(
 
 
 def test_not_built_yet_in_json(etc_tree: dict[str, str]) -> None:
-    outcome = invoke("vs-net", ["--all", "--json"], etc_tree)
-    assert outcome.json() == {"error": "guest networking is not implemented yet", "exit_code": 69}
+    outcome = invoke("vs-scan", ["--json"], etc_tree)
+    assert outcome.json() == {"error": "the pool (master) is not implemented yet", "exit_code": 69}
 
 
 @pytest.mark.parametrize("argv", [["--name", "a", "--all"], ["--bogus"], []])
@@ -225,7 +225,7 @@ def test_installed_scripts_run(etc_tree: dict[str, str]) -> None:
     )
     assert (result.returncode, result.stdout) == (0, "web-1\n")
     result = subprocess.run(
-        [str(bindir / "vs-net"), "--all"],
+        [str(bindir / "vs-scan")],
         env=etc_tree,
         capture_output=True,
         text=True,

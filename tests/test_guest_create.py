@@ -221,6 +221,7 @@ def test_a_real_debian_guest_by_debootstrap(host: Host) -> None:
         "--debootstrap",
         "bookworm",
         timeout=1800,
+        machine_network=True,  # debootstrap downloads; vs-create changes no network
     )
     host.guests.append("deb")
     assert "method:debootstrap" in created.stdout

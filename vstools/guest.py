@@ -148,9 +148,12 @@ def _network_hooks(
     firewall loaded first, and detach it when it has stopped. The firewall is compiled here,
     before anything starts, so a broken firewall.conf or an unresolvable name refuses the
     start cleanly."""
+    from vstools.config.settings import NetworkMode
     from vstools.hostconfig import load_create, load_networks
     from vstools.network import Registry, attach, detach, plan_network
 
+    if settings.network is NetworkMode.NONE:
+        return None, None
     net = plan_network(files.conf, load_networks(paths), load_create(paths))
     if net is None:
         return None, None

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from vstools.config.settings import Settings
+from vstools.config.settings import NetworkMode, Settings
 from vstools.errors import StateError
 from vstools.firewall import Firewall, compile_for
 from vstools.fwmodel import GuestFirewall
@@ -37,9 +37,11 @@ class GuestNet:
 
     def __post_init__(self) -> None:
         self.files: GuestFiles = load_guest(self.paths, self.name)
-        self.plan: NetPlan | None = plan_network(
-            self.files.conf, load_networks(self.paths), load_create(self.paths)
-        )
+        self.plan: NetPlan | None = None
+        if self.settings.network is NetworkMode.ROUTED:
+            self.plan = plan_network(
+                self.files.conf, load_networks(self.paths), load_create(self.paths)
+            )
         self.registry = Registry(self.paths.run_dir)
         self.firewall = Firewall(self.paths, self.settings)
 
@@ -52,6 +54,8 @@ class GuestNet:
         return compile_for(self.files.conf, self.files.firewall)
 
     def _plan(self) -> NetPlan:
+        if self.settings.network is NetworkMode.NONE:
+            raise StateError("NETWORK=none in vs-tools.conf: guests have no network here")
         if self.plan is None:
             raise StateError(
                 f"guest {self.name}: no network of networks.conf holds {self.files.conf.ip}"

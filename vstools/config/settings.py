@@ -21,6 +21,11 @@ from vstools.config.values import (
 from vstools.errors import Problem
 
 
+class NetworkMode(StrEnum):
+    ROUTED = "routed"  # DESIGN §6: each guest routed on its network, behind the host's firewall
+    NONE = "none"  # loopback only: the host's network is never touched
+
+
 class FirewallBackend(StrEnum):
     NFTABLES = "nftables"
     IPTABLES_RESTORE = "iptables-restore"
@@ -55,6 +60,7 @@ class Settings(KeyValueFile):
     state_dir: str | None = None
     run_dir: str | None = None
     hostname: str | None = None
+    network: NetworkMode = NetworkMode.ROUTED
     firewall_backend: FirewallBackend = FirewallBackend.NFTABLES
     smtp_host: str = "localhost"
     smtp_port: int = 25
@@ -82,6 +88,12 @@ class Settings(KeyValueFile):
         Field("STATE_DIR", "state_dir", parse_abs_path, doc="monitor state, mail spool, inventory"),
         Field("RUN_DIR", "run_dir", parse_abs_path, doc="runtime state: supervisors, locks"),
         Field("HOSTNAME", "hostname", parse_hostname, doc="this host's name in outputs"),
+        Field(
+            "NETWORK",
+            "network",
+            _enum(NetworkMode),
+            doc="routed: guests get their network when they start; none: loopback only",
+        ),
         Field("FIREWALL_BACKEND", "firewall_backend", _enum(FirewallBackend)),
         Field("SMTP_HOST", "smtp_host", parse_host),
         Field("SMTP_PORT", "smtp_port", _port),
