@@ -277,6 +277,7 @@ KV_VALUES: dict[str, st.SearchStrategy[str]] = {
     "LVM_VG": st.just("vg0"),
     "LVM_FS": st.sampled_from(["ext4", "xfs"]),
     "FIREWALL_BACKEND": st.sampled_from(["nftables", "iptables-restore", "iptc"]),
+    "NETWORK": st.sampled_from(["routed", "none"]),
     "SMTP_PORT": st.integers(1, 65535).map(str),
     "MAIL_FROM": st.just("vs-tools@example.org"),
     "MONITOR_POOLING": st.integers(1, 3600).map(str),

@@ -127,3 +127,26 @@ def test_the_vm_kernel_has_vlans_and_device_mapper_snapshots(
         "snapshot: before",
         "targets: snapshot",
     ]
+
+
+VLAN_INNER_TESTS = "tests/test_lab_inside_vlan.py"
+
+
+def test_a_guest_routed_on_an_802_1q_vlan_in_the_vm(lab_vm: LabVM) -> None:
+    """vs-control creates the guest's VLAN uplink (802.1Q, with create.conf's MTU) and routes
+    the guest through it behind its firewall; the inner run must pass and skip nothing."""
+    result = lab_vm(
+        f"cd {REPO} && exec .venv/bin/python -m pytest {VLAN_INNER_TESTS} -q -p no:cacheprovider "
+        "--junitxml=/run/vs-lab/junit.xml\n",
+        modules=["8021q"],
+        env={"CI": "true"},
+        timeout_s=240,
+    )
+    print(result.output)
+    result.check()
+    junit = ET.parse(lab_vm.io() / "junit.xml")  # noqa: S314 - our own pytest wrote it
+    suite = junit.getroot().find("testsuite")
+    assert suite is not None
+    counts = {key: int(suite.get(key, "0")) for key in ("tests", "failures", "errors", "skipped")}
+    expected = (REPO / VLAN_INNER_TESTS).read_text().count("\ndef test_")
+    assert counts == {"tests": expected, "failures": 0, "errors": 0, "skipped": 0}
