@@ -45,6 +45,7 @@ import pytest
 CACHE_DIR = Path(os.environ.get("VS_LAB_CACHE", "/var/cache/vs-tools-lab"))
 QEMU = "qemu-system-x86_64"
 BUSYBOX = Path("/bin/busybox")  # busybox-static: no libraries to carry into the initramfs
+REPO = Path(__file__).resolve().parent.parent  # the checkout the VM runs
 META_PACKAGE = "linux-image-amd64"  # generic flavour: the -cloud one has no 9p
 BOOT_MODULES = ("virtio_pci", "9pnet_virtio", "9p", "overlay")
 IO_MOUNT = "/run/vs-lab"  # where the VM sees the run's io directory
@@ -86,6 +87,10 @@ $bb mkdir -p /dev/pts /dev/shm
 $bb mount -t devpts -o newinstance,ptmxmode=0666 devpts /dev/pts
 $bb mount -t tmpfs tmpfs /dev/shm
 $bb mount -t tmpfs -o mode=1777 tmpfs /tmp
+# The checkout under test, at its own path, whatever that is (CI clones it anywhere, /tmp too,
+# which the fresh /tmp above would hide).
+$bb mkdir -p {repo}
+$bb mount -t 9p -o trans=virtio,version=9p2000.L,ro,cache=loose,msize=524288 labrepo {repo}
 $bb mount -t cgroup2 cgroup2 /sys/fs/cgroup
 echo "+memory +pids +cpu" > /sys/fs/cgroup/cgroup.subtree_control
 $bb mkdir -p /lib/modules && $bb mount --bind {modules} /lib/modules
@@ -331,6 +336,8 @@ def build_qemu_argv(
     argv += ["-virtfs", "local,path=/,mount_tag=hostroot,security_model=passthrough,"
              "readonly=on,multidevs=remap"]  # fmt: skip
     argv += ["-virtfs", f"local,path={io_dir},mount_tag=labio,security_model=none"]
+    argv += ["-virtfs", f"local,path={REPO},mount_tag=labrepo,security_model=passthrough,"
+             "readonly=on,multidevs=remap"]  # fmt: skip
     # A user-mode NIC exists only inside qemu: the VM's packets never reach a host interface.
     argv += ["-nic", "user,model=virtio-net-pci,restrict=on" if nic else "none"]
     return argv
@@ -370,6 +377,7 @@ def run_in_vm(
     (io_dir / "stage2").write_text(
         STAGE2.format(
             io=IO_MOUNT,
+            repo=shlex.quote(str(REPO)),
             modules=shlex.quote(str(kernel.root / "lib" / "modules")),
             modules_wanted=" ".join(shlex.quote(m) for m in modules),
             env=" ".join(shlex.quote(f"{k}={v}") for k, v in inner_env.items()),
