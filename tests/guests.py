@@ -316,45 +316,53 @@ def serve(test_host: Host, name: str, proto: str, port: int) -> None:
         time.sleep(0.02)
 
 
-@pytest.fixture
-def routed(host: Host, net_probe_binary: Path) -> Iterator[tuple[Host, Lan]]:
-    """The test host wired to a LAN: uplink up0 (198.51.100.2) to the LAN namespace, which
-    holds the gateway 198.51.100.1 and the peers; networks.conf has that network as VLAN 0."""
-    host.net_probe = net_probe_binary
+@contextlib.contextmanager
+def wired_to_lan(
+    host: Host, net_probe: Path, *, vlan: int = 0, create_conf: str = ""
+) -> Iterator[Lan]:
+    """Wire the test host to a LAN namespace: uplink up0 (198.51.100.2 on VLAN 0) by a veth to
+    lan0, where the LAN holds the gateway 198.51.100.1 and the peers, untagged or on its own
+    lan0.VLAN; networks.conf has the network on ``vlan``. The guests are stopped before the
+    LAN goes."""
+    host.net_probe = net_probe
     etc = Path(host.env["VS_ETC_DIR"])
     settings = etc / "vs-tools.conf"
     settings.write_text(settings.read_text().replace("NETWORK=none", "NETWORK=routed"))
-    (etc / "networks.conf").write_text(NETWORKS_CONF)
-    (etc / "create.conf").write_text(f"DEFAULT_DEVICE={UPLINK}\n")
+    (etc / "networks.conf").write_text(NETWORKS_CONF.replace("0,", f"{vlan},", 1))
+    (etc / "create.conf").write_text(f"DEFAULT_DEVICE={UPLINK}\n{create_conf}")
     lan_ns = f"{host.cgroup_parent}-lan"
     with named_netns(lan_ns):
 
         def ip(netns: str, *argv: str) -> None:
             subprocess.run(["ip", "-n", netns, *argv], check=True, capture_output=True)
 
-        ip(
-            host.netns,
-            "link",
-            "add",
-            UPLINK,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "lan0",
-            "netns",
-            lan_ns,
-        )
-        ip(host.netns, "addr", "add", f"{HOST_LAN_IP}/24", "dev", UPLINK)
-        ip(lan_ns, "addr", "add", f"{LAN_GATEWAY}/24", "dev", "lan0")
+        ip(host.netns, "link", "add", UPLINK, "type", "veth", "peer", "name", "lan0", "netns",
+           lan_ns)  # fmt: skip
+        links = {host.netns: ["lo", UPLINK], lan_ns: ["lo", "lan0"]}
+        lan_link = "lan0"
+        if vlan:
+            lan_link = f"lan0.{vlan}"
+            ip(lan_ns, "link", "add", "link", "lan0", "name", lan_link, "type", "vlan", "id",
+               str(vlan))  # fmt: skip
+            links[lan_ns].append(lan_link)
+        else:
+            ip(host.netns, "addr", "add", f"{HOST_LAN_IP}/24", "dev", UPLINK)
+        ip(lan_ns, "addr", "add", f"{LAN_GATEWAY}/24", "dev", lan_link)
         for address in PEERS.values():
-            ip(lan_ns, "addr", "add", f"{address}/32", "dev", "lan0")
-        for netns, link in ((host.netns, UPLINK), (lan_ns, "lan0")):
-            ip(netns, "link", "set", "lo", "up")
-            ip(netns, "link", "set", link, "up")
-        lan = Lan(lan_ns, net_probe_binary)
+            ip(lan_ns, "addr", "add", f"{address}/32", "dev", lan_link)
+        for netns, names in links.items():
+            for link in names:
+                ip(netns, "link", "set", link, "up")
+        lan = Lan(lan_ns, net_probe)
         try:
-            yield host, lan
+            yield lan
         finally:
             lan.stop()
             _teardown(host)
+
+
+@pytest.fixture
+def routed(host: Host, net_probe_binary: Path) -> Iterator[tuple[Host, Lan]]:
+    """The test host wired to a LAN, its network on VLAN 0 (see ``wired_to_lan``)."""
+    with wired_to_lan(host, net_probe_binary) as lan:
+        yield host, lan

@@ -18,8 +18,6 @@ pytestmark = pytest.mark.lab
 
 REPO = Path(__file__).resolve().parent.parent
 INNER_TESTS = "tests/test_lab_inside_cgroup2.py"
-# Every test of the inner file must have run in the VM: none lost to a collection problem.
-INNER_TEST_COUNT = (REPO / INNER_TESTS).read_text().count("\ndef test_")
 
 
 def test_the_harness_returns_output_and_exit_status(lab_vm: LabVM) -> None:
@@ -56,12 +54,20 @@ def test_a_vm_that_does_not_finish_is_killed(lab_vm: LabVM) -> None:
         lab_vm("sleep 600", timeout_s=8)
 
 
-def test_cgroup_v2_guest_limits_in_the_vm(lab_vm: LabVM) -> None:
-    """The inner run must pass every test, skip none, and prove it ran on cgroup v2."""
+def run_inner_tests(
+    lab_vm: LabVM,
+    tests: str,
+    *,
+    modules: list[str] | None = None,
+    env: dict[str, str] | None = None,
+) -> None:
+    """Run a test file inside the VM; every one of its tests must have run and passed (none
+    lost to a collection problem, none skipped)."""
     result = lab_vm(
-        f"cd {REPO} && exec .venv/bin/python -m pytest {INNER_TESTS} -q -p no:cacheprovider "
+        f"cd {REPO} && exec .venv/bin/python -m pytest {tests} -q -p no:cacheprovider "
         "--junitxml=/run/vs-lab/junit.xml\n",
-        env={"CI": "true", "VS_LAB_REPORT": "/run/vs-lab/report.json"},
+        modules=modules or [],
+        env={"CI": "true", **(env or {})},
         timeout_s=240,
     )
     print(result.output)
@@ -70,7 +76,13 @@ def test_cgroup_v2_guest_limits_in_the_vm(lab_vm: LabVM) -> None:
     suite = junit.getroot().find("testsuite")
     assert suite is not None
     counts = {key: int(suite.get(key, "0")) for key in ("tests", "failures", "errors", "skipped")}
-    assert counts == {"tests": INNER_TEST_COUNT, "failures": 0, "errors": 0, "skipped": 0}
+    expected = (REPO / tests).read_text().count("\ndef test_")
+    assert counts == {"tests": expected, "failures": 0, "errors": 0, "skipped": 0}
+
+
+def test_cgroup_v2_guest_limits_in_the_vm(lab_vm: LabVM) -> None:
+    """The inner run must pass every test, skip none, and prove it ran on cgroup v2."""
+    run_inner_tests(lab_vm, INNER_TESTS, env={"VS_LAB_REPORT": "/run/vs-lab/report.json"})
     report = json.loads((lab_vm.io() / "report.json").read_text())
     assert report["version"] == "v2" and report["root"] == "/sys/fs/cgroup"
     assert {"memory", "pids", "cpu"} <= set(report["subtree_control"])
@@ -129,24 +141,7 @@ def test_the_vm_kernel_has_vlans_and_device_mapper_snapshots(
     ]
 
 
-VLAN_INNER_TESTS = "tests/test_lab_inside_vlan.py"
-
-
 def test_a_guest_routed_on_an_802_1q_vlan_in_the_vm(lab_vm: LabVM) -> None:
     """vs-control creates the guest's VLAN uplink (802.1Q, with create.conf's MTU) and routes
     the guest through it behind its firewall; the inner run must pass and skip nothing."""
-    result = lab_vm(
-        f"cd {REPO} && exec .venv/bin/python -m pytest {VLAN_INNER_TESTS} -q -p no:cacheprovider "
-        "--junitxml=/run/vs-lab/junit.xml\n",
-        modules=["8021q"],
-        env={"CI": "true"},
-        timeout_s=240,
-    )
-    print(result.output)
-    result.check()
-    junit = ET.parse(lab_vm.io() / "junit.xml")  # noqa: S314 - our own pytest wrote it
-    suite = junit.getroot().find("testsuite")
-    assert suite is not None
-    counts = {key: int(suite.get(key, "0")) for key in ("tests", "failures", "errors", "skipped")}
-    expected = (REPO / VLAN_INNER_TESTS).read_text().count("\ndef test_")
-    assert counts == {"tests": expected, "failures": 0, "errors": 0, "skipped": 0}
+    run_inner_tests(lab_vm, "tests/test_lab_inside_vlan.py", modules=["8021q"])

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.guests import LAN_GATEWAY, PEERS, Host, Lan, named_netns, netns_prefix, serve
+from tests.guests import PEERS, Host, Lan, netns_prefix, serve, wired_to_lan
 
 if not os.environ.get("VS_LAB_INSIDE"):
     pytest.skip("runs inside the lab VM (tests/test_lab.py boots it)", allow_module_level=True)
@@ -27,42 +27,8 @@ WEB = "198.51.100.10"
 
 @pytest.fixture
 def vlan_routed(host: Host, net_probe_binary: Path) -> Iterator[tuple[Host, Lan]]:
-    host.net_probe = net_probe_binary
-    etc = Path(host.env["VS_ETC_DIR"])
-    settings = etc / "vs-tools.conf"
-    settings.write_text(settings.read_text().replace("NETWORK=none", "NETWORK=routed"))
-    (etc / "networks.conf").write_text(f"7,198.51.100.0/24,{LAN_GATEWAY}\n")
-    (etc / "create.conf").write_text("DEFAULT_DEVICE=up0\nMTU=1400\n")
-    lan_ns = f"{host.cgroup_parent}-lan"
-    with named_netns(lan_ns):
-
-        def ip(netns: str, *argv: str) -> None:
-            subprocess.run(["ip", "-n", netns, *argv], check=True, capture_output=True)
-
-        ip(
-            host.netns,
-            "link",
-            "add",
-            "up0",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "lan0",
-            "netns",
-            lan_ns,
-        )
-        ip(lan_ns, "link", "add", "link", "lan0", "name", "lan0.7", "type", "vlan", "id", "7")
-        ip(lan_ns, "addr", "add", f"{LAN_GATEWAY}/24", "dev", "lan0.7")
-        ip(lan_ns, "addr", "add", f"{PEERS['outsider']}/32", "dev", "lan0.7")
-        for netns, links in ((host.netns, ("lo", "up0")), (lan_ns, ("lo", "lan0", "lan0.7"))):
-            for link in links:
-                ip(netns, "link", "set", link, "up")
-        lan = Lan(lan_ns, net_probe_binary)
-        try:
-            yield host, lan
-        finally:
-            lan.stop()
+    with wired_to_lan(host, net_probe_binary, vlan=7, create_conf="MTU=1400\n") as lan:
+        yield host, lan
 
 
 def test_a_guest_on_a_vlan(vlan_routed: tuple[Host, Lan]) -> None:

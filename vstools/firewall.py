@@ -123,6 +123,7 @@ class Nftables:
     replaced at once when it is missing or incomplete."""
 
     name = "nftables"
+    _seen: str | None = None  # what status() read; a load forgets it
 
     def _state_text(self) -> str | None:
         """The whole loaded table (``nft -j``), or None when there is none."""
@@ -165,6 +166,7 @@ class Nftables:
         refresh: bool = False,
     ) -> str:
         text = self.transaction(full, put, remove, refresh=refresh)
+        self._seen = None
         run(["nft", "-f", "-"], input=text)
         return text
 
@@ -181,10 +183,13 @@ class Nftables:
         return run(["unshare", "--net", "--", "sh", "-c", listing], input=render_nft(full)).stdout
 
     def status(self, guest: GuestFirewall) -> tuple[bool, bool]:
-        text = self._dispatch_text()
-        if text is None:
+        """Whether the guest's chains are dispatched; the maps are read once per backend
+        object (``vs-net --all`` shows every guest from one reading) until the next load."""
+        if self._seen is None:
+            self._seen = self._dispatch_text() or ""
+        if not self._seen:
             return False, False
-        state = parse_nft_state(text)
+        state = parse_nft_state(self._seen)
         ip = str(guest.ip)
         return (
             state.fw_in.get(ip) == chain_name(guest.name, Way.IN),
@@ -202,6 +207,7 @@ class IptablesRestore:
     name = "iptables-restore"
     save = "iptables-save"
     restore = "iptables-restore"
+    _seen: str | None = None  # what status() read; a load forgets it
 
     def _saved(self) -> str:
         return run([self.save, "-t", "filter"]).stdout
@@ -222,6 +228,7 @@ class IptablesRestore:
         stale = [c for c in ours if c.startswith("vs")]
         missing = [b for b, c in IPT_HOOKS if f"-A {b} -j {c}" not in saved]
         text = render_iptables(full(), stale_chains=stale, missing_hooks=missing)
+        self._seen = None
         run([self.restore, "--noflush"], input=text)
         return text
 
@@ -237,7 +244,9 @@ class IptablesRestore:
         return _our_iptables_lines(saved)
 
     def status(self, guest: GuestFirewall) -> tuple[bool, bool]:
-        saved = self._saved()
+        if self._seen is None:
+            self._seen = self._saved()
+        saved = self._seen
         return (
             f"-A {IPT_FORWARD} -d {guest.ip}/32 -j {ipt_chain(guest, Way.IN)}" in saved,
             f"-A {IPT_FORWARD} -s {guest.ip}/32 -j {ipt_chain(guest, Way.OUT)}" in saved,

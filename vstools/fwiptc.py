@@ -83,6 +83,7 @@ class Iptc(IptablesRestore):
         refresh: bool = False,
     ) -> str:
         log.warning(WARNING)
+        self._seen = None
         iptc = _iptc()
         chains, rules = iptables_rules(full())
         table = iptc.Table(iptc.Table.FILTER)

@@ -34,6 +34,7 @@ class GuestNet:
     paths: Paths
     settings: Settings
     name: str
+    firewall: Firewall | None = None  # shared by the guests of one command
 
     def __post_init__(self) -> None:
         self.files: GuestFiles = load_guest(self.paths, self.name)
@@ -43,7 +44,7 @@ class GuestNet:
                 self.files.conf, load_networks(self.paths), load_create(self.paths)
             )
         self.registry = Registry(self.paths.run_dir)
-        self.firewall = Firewall(self.paths, self.settings)
+        self.fw_host = self.firewall or Firewall(self.paths, self.settings)
 
     @property
     def running(self) -> bool:
@@ -85,7 +86,7 @@ class GuestNet:
             fw_in = fw_out = OFF
         else:
             rules = compile_for(self.files.conf, None)  # status needs no name resolution
-            loaded_in, loaded_out = self.firewall.status(rules)
+            loaded_in, loaded_out = self.fw_host.status(rules)
             fw_in, fw_out = (UP if loaded_in else DOWN), (UP if loaded_out else DOWN)
         return NetRow(self.name, ip, vlan, route, fw_in, fw_out)
 
@@ -132,7 +133,7 @@ class GuestNet:
             rules = self.rules()  # a broken file raises here: the loaded rules stay
             if not rules.enabled:
                 return f"firewall of {self.name}: firewall.conf has no 'enable', nothing to load"
-            self.firewall.put(rules)
+            self.fw_host.put(rules)
             return f"firewall of {self.name} up"
-        self.firewall.remove(compile_for(self.files.conf, None), keep_isolation=self.running)
+        self.fw_host.remove(compile_for(self.files.conf, None), keep_isolation=self.running)
         return f"firewall of {self.name} down (host isolation and anti-spoofing stay)"

@@ -60,6 +60,7 @@ def _plan(ctx: Context, names: list[str]) -> int:
 
 
 def handle(ctx: Context) -> int:
+    from vstools.firewall import Firewall
     from vstools.hostconfig import list_guests
     from vstools.journal import operation
     from vstools.netctl import GuestNet
@@ -72,18 +73,17 @@ def handle(ctx: Context) -> int:
     ups = [(layer, "up") for layer, state in changes if state == "up"]
     downs = [(layer, "down") for layer, state in reversed(changes) if state == "down"]
     rows, failures = [], []
+    firewall = Firewall(ctx.paths, ctx.settings)  # one reading of the loaded rules for all rows
     if args.all and args.fw == "up" and not ctx.dry_run:
         # One transaction for every running guest rather than one per guest.
-        from vstools.firewall import Firewall
-
         with operation("vs-net --all --fw up"):
-            _, problems = Firewall(ctx.paths, ctx.settings).load_all()
+            _, problems = firewall.load_all()
         for problem in problems:
             print(f"vs-net: {problem} (loaded closed)", file=ctx.stderr)
         ups = [change for change in ups if change[0] != "fw"]
     for name in names:
         try:
-            guest = GuestNet(ctx.paths, ctx.settings, name)
+            guest = GuestNet(ctx.paths, ctx.settings, name, firewall)
             for layer, state in [*downs, *ups]:
                 if args.all and (guest.plan is None or not guest.running) and layer != "vlan":
                     continue
