@@ -60,6 +60,7 @@ class Host:
         tmpfs: int = 8,
         proc: int = 64,
         cpu: str = "1/2",
+        userns: bool = False,
     ) -> Path:
         """A guest from the busybox template, with the probe in /usr/bin."""
         shutil.copytree(self.template, self.rootfs(name), symlinks=True)
@@ -78,6 +79,7 @@ class Host:
                 proc=proc,
                 cpu=cpu,
             )
+            + ("USERNS=yes\n" if userns else "")
         )
         self.guests.append(name)
         return directory

@@ -16,9 +16,11 @@ from vstools.sandbox import DROPPED_CAPS
 pytestmark = [pytest.mark.privileged, pytest.mark.e2e]
 
 
-@pytest.fixture
-def web(host: Host) -> Host:
-    host.define("web", "198.51.100.10")
+@pytest.fixture(params=[False, True], ids=["root", "userns"])
+def web(host: Host, request: pytest.FixtureRequest) -> Host:
+    """A running guest: the isolation catalogue runs against a guest whose root is the host's
+    uid 0 with its capabilities reduced, and against one in a user namespace (USERNS=yes)."""
+    host.define("web", "198.51.100.10", userns=request.param)
     host.run("vs-control", "--name", "web", "--start")
     return host
 
@@ -240,3 +242,49 @@ def test_exec_passes_input_and_its_end_and_refuses_a_frozen_guest(web: Host) -> 
     web.run("vs-control", "--name", "web", "--thaw")
     unknown = web.run("vs-exec", "-T", "nosuch", "--", "true", check=False)
     assert unknown.returncode == 3
+
+
+def test_userns_root_of_a_guest_is_not_root_on_the_host(host: Host) -> None:
+    """USERNS=yes: the guest's root is the host's uid CONTEXT * 65536, owns its idmapped rootfs
+    and nothing else: a file on disk outside the map stays unreadable to it, where the root of a
+    guest without a user namespace reads it."""
+    for name, ip, userns in (("web", "198.51.100.10", True), ("db", "198.51.100.11", False)):
+        host.define(name, ip, context=12 if userns else 13, userns=userns)
+        secret = host.rootfs(name) / "root" / "secret"
+        secret.write_text("host-only\n")
+        os.chown(secret, 70000, 70000)
+        secret.chmod(0o600)
+        host.run("vs-control", "--name", name, "--start")
+    base = 12 * 65536
+    status = Path(f"/proc/{_init_pid(host, 'web')}/status").read_text()
+    assert f"Uid:\t{base}\t{base}\t{base}\t{base}\n" in status
+    assert f"Gid:\t{base}\t{base}\t{base}\t{base}\n" in status
+    assert host.exec("web", "id", "-u").strip() == "0"
+    assert host.exec("web", "cat", "/proc/self/uid_map").split() == ["0", str(base), "65536"]
+    # The rootfs is idmapped: root's files on disk are the guest root's, and what it makes is
+    # owned by 0 on disk (nothing was chowned, and USERNS can be switched off again).
+    host.exec("web", "sh", "-c", "echo extra >> /etc/hosts && touch /root/made")
+    assert (host.rootfs("web") / "root" / "made").stat().st_uid == 0
+    assert "extra" in (host.rootfs("web") / "etc" / "hosts").read_text()
+    assert host.exec("web", "stat", "-c", "%u:%g", "/tmp", "/dev/null").split() == ["0:0", "0:0"]
+    # Outside the map the guest's root is nobody: no capability reaches the host's files.
+    denied = host.run("vs-exec", "-T", "web", "--", "cat", "/root/secret", check=False)
+    assert denied.returncode == 1 and "Permission denied" in denied.stderr
+    assert host.exec("db", "cat", "/root/secret") == "host-only\n"
+    # Its namespaces belong to the host's user namespace: root in the guest cannot rename it.
+    renamed = host.run("vs-exec", "-T", "web", "--", "hostname", "other", check=False)
+    assert renamed.returncode != 0 and host.exec("web", "hostname").strip() == "web"
+    for name in ("web", "db"):
+        host.run("vs-control", "--name", name, "--stop")
+
+
+def test_userns_needs_a_context_with_room_for_its_map(host: Host) -> None:
+    host.define("big", "198.51.100.10", context=70000, userns=True)
+    checked = host.run("vs-check", check=False)
+    conf = host.guests_dir / "big" / "guest.conf"
+    line = conf.read_text().splitlines().index("USERNS=yes") + 1
+    assert checked.returncode == 1
+    assert f"{conf}:{line}:1: USERNS=yes needs a context number up to 32767" in checked.stderr
+    started = host.run("vs-control", "--name", "big", "--start", check=False)
+    assert started.returncode != 0 and "32767" in started.stderr
+    assert host.state("big") is None and not host.cgroup_dir("memory", "big").exists()

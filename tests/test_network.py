@@ -48,8 +48,10 @@ def in_netns(name: str) -> Iterator[None]:
         os.close(target)
 
 
-def start(host: Host, name: str, ip: str, firewall: str | None = None) -> int:
-    directory = host.define(name, ip)
+def start(
+    host: Host, name: str, ip: str, firewall: str | None = None, *, userns: bool = False
+) -> int:
+    directory = host.define(name, ip, userns=userns)
     if firewall is not None:
         (directory / "firewall.conf").write_text(firewall)
     host.run("vs-control", "--name", name, "--start")
@@ -128,6 +130,29 @@ def test_slides_firewall_with_real_packets(routed: tuple[Host, Lan]) -> None:
         for proto, peer, port in outbound
     }
     assert seen == outbound
+
+
+def test_a_guest_in_a_user_namespace_is_routed_behind_its_firewall(
+    routed: tuple[Host, Lan],
+) -> None:
+    """USERNS=yes changes nothing of the network: the veth, routes and firewall are the host's,
+    set up before the guest's init joins its user namespace."""
+    host, lan = routed
+    start(host, "web", WEB, SLIDES_FIREWALL, userns=True)
+    assert host.exec("web", "id", "-u").strip() == "0"
+    assert net_row(host, "web") == ["vsh-test", "web", WEB, "up", "up", "up", "up"]
+    # Its root holds no capability over its network namespace, so ports below 1024 and ICMP
+    # echo sockets are open to its own ids, in its namespace only.
+    ping_range = host.exec("web", "cat", "/proc/sys/net/ipv4/ping_group_range").split()
+    assert ping_range == ["0", "65535"]
+    assert host_ns(host, "cat", "/proc/sys/net/ipv4/ip_unprivileged_port_start").strip() != "0"
+    for port in (80, 22):
+        serve(host, "web", "tcp", port)
+    assert lan.connect(WEB, 80, src=PEERS["outsider"]) == "open"
+    assert lan.connect(WEB, 22, src=PEERS["outsider"]) == "refused"
+    lan.listen("tcp", 25)
+    assert guest_connect(host, "web", PEERS["relay"], 25) == "open"
+    assert guest_connect(host, "web", PEERS["outsider"], 25) == "refused"
 
 
 # -- F7, F8: always on, even without 'enable' ---------------------------------------------------

@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from vstools.config.guest import GuestConf
+from vstools.config.guest import GuestConf, userns_base
 from vstools.config.settings import Settings
 from vstools.errors import HostError, NotFoundError, StateError
 from vstools.gueststate import GuestPlan, GuestState, read_state, signal_supervisor
@@ -76,6 +76,7 @@ def build_plan(paths: Paths, settings: Settings, conf: GuestConf) -> GuestPlan:
         stop_signal=detect_stop_signal(rootfs, conf.init),
         stop_timeout_s=float(settings.stop_timeout_s),
         cgroup_parent=settings.cgroup_parent,
+        userns_base=userns_base(conf.context) if conf.userns else 0,
     )
 
 

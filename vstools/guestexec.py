@@ -20,17 +20,19 @@ from collections.abc import Iterator, Sequence
 from vstools.cgroup import Cgroup, CgroupLayout
 from vstools.errors import HostError, StateError
 from vstools.gueststate import GUEST_ENV, GuestState
+from vstools.namespaces import become_root_of, same_user_namespace
 from vstools.sandbox import DROPPED_CAPS, close_fds, drop_capabilities, install_seccomp
 from vstools.syscalls import setns
 
-# Joined in this order: the mount namespace last, since after it the host's /proc is gone.
+# Joined in this order: the mount namespace after the others, since after it the host's /proc is
+# gone; then the guest's user namespace, when it has one (joining it gives up the host's powers).
 NAMESPACES = ("cgroup", "ipc", "uts", "net", "pid", "mnt")
 TIOCSCTTY = 0x540E
 
 
-def _open_namespaces(state: GuestState) -> list[int]:
-    """Descriptors of the guest's namespaces, after checking the PID is still the guest's init
-    (a recycled PID would be another process's namespaces)."""
+def _open_namespaces(state: GuestState) -> tuple[list[int], int]:
+    """Descriptors of the guest's namespaces and of its user namespace (-1: the host's), after
+    checking the PID is still the guest's init (a recycled PID would be another process's)."""
     try:
         with open(f"/proc/{state.init_pid}/cgroup") as handle:
             membership = handle.read()
@@ -40,9 +42,13 @@ def _open_namespaces(state: GuestState) -> list[int]:
         ) from None
     if f":/{state.cgroup}\n" not in membership:
         raise StateError(f"guest {state.name}: pid {state.init_pid} is no longer its init")
-    return [
+    userns = -1
+    if not same_user_namespace(state.init_pid):
+        userns = os.open(f"/proc/{state.init_pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
+    fds = [
         os.open(f"/proc/{state.init_pid}/ns/{ns}", os.O_RDONLY | os.O_CLOEXEC) for ns in NAMESPACES
     ]
+    return fds, userns
 
 
 def exec_in_guest(
@@ -56,7 +62,7 @@ def exec_in_guest(
     """Run ``argv`` in the guest; relay its input and output; return its exit status."""
     if not argv:
         raise HostError("no command given")
-    ns_fds = _open_namespaces(state)
+    ns_fds, userns_fd = _open_namespaces(state)
     cgroup = Cgroup(layout, state.cgroup)
     environment = dict(GUEST_ENV)
     if use_tty:
@@ -68,7 +74,14 @@ def exec_in_guest(
             child = os.fork()
             if child == 0:  # pragma: no cover - child process
                 parent_sock.close()
-                _child(cgroup, ns_fds, argv, environment, tty_channel=child_sock, pipes=None)
+                _child(
+                    cgroup,
+                    (ns_fds, userns_fd),
+                    argv,
+                    environment,
+                    tty_channel=child_sock,
+                    pipes=None,
+                )
             child_sock.close()
             _, fds, _, _ = socket.recv_fds(parent_sock, 16, 1)
             parent_sock.close()
@@ -80,7 +93,7 @@ def exec_in_guest(
         if child == 0:  # pragma: no cover - child process
             _child(
                 cgroup,
-                ns_fds,
+                (ns_fds, userns_fd),
                 argv,
                 environment,
                 tty_channel=None,
@@ -90,13 +103,14 @@ def exec_in_guest(
             os.close(fd)
         return _relay_pipes(pipes[0][1], pipes[1][0], pipes[2][0], child)
     finally:
-        for fd in ns_fds:
-            os.close(fd)
+        for fd in [*ns_fds, userns_fd]:
+            if fd >= 0:
+                os.close(fd)
 
 
 def _child(
     cgroup: Cgroup,
-    ns_fds: list[int],
+    namespaces: tuple[list[int], int],
     argv: Sequence[str],
     env: dict[str, str],
     *,
@@ -105,11 +119,12 @@ def _child(
 ) -> None:  # pragma: no cover - child process
     """Join the guest, then fork the command (joining a PID namespace applies to children)."""
     code = 127
+    ns_fds, userns_fd = namespaces
     try:
         # Keep only what this child needs: the namespaces, the command's ends of its pipes (or
         # the pty channel) and stderr for our own messages. Holding the caller's end of the
         # stdin pipe would keep the command from ever seeing the end of its input.
-        keep = [*ns_fds, 2, *(pipes or ())]
+        keep = [*ns_fds, userns_fd, 2, *(pipes or ())]
         if tty_channel is not None:
             keep.append(tty_channel.fileno())
         close_fds(keep)
@@ -117,6 +132,8 @@ def _child(
         cgroup.add_pid(os.getpid())
         for fd in ns_fds:
             setns(fd)
+        if userns_fd >= 0:
+            become_root_of(userns_fd)
         os.chdir("/")
         command = os.fork()
         if command == 0:

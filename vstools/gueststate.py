@@ -42,6 +42,7 @@ class GuestPlan:
     stop_timeout_s: float = 30.0
     cgroup_parent: str = "vs-tools"
     no_new_privs: bool = False
+    userns_base: int = 0  # the host uid of the guest's root in its user namespace; 0: none
     env: dict[str, str] = field(default_factory=lambda: dict(GUEST_ENV))
 
     @property

@@ -1,6 +1,7 @@
 """What a guest's first process does between fork and exec: enter the guest's root with the old
-root detached, build /proc, /sys, /dev and /tmp, set the hostname and loopback, install the
-seccomp denylist, drop capabilities and exec the guest's init (DESIGN §5).
+root detached, build /proc, /sys, /dev and /tmp, set the hostname and loopback, join the guest's
+user namespace when it has one (see vstools.namespaces), install the seccomp denylist, drop
+capabilities and exec the guest's init (DESIGN §5).
 
 Mounts are a list of operations that can describe themselves (for --dry-run and logs) before
 they run. After pivot_root no host path is reachable, so every later mount target is resolved
@@ -21,9 +22,13 @@ from dataclasses import dataclass, field
 
 import pyseccomp
 
+from vstools.namespaces import become_root_of
 from vstools.syscalls import (
+    AT_RECURSIVE,
     CLONE_NEWCGROUP,
     MNT_DETACH,
+    MOUNT_ATTR_IDMAP,
+    MOUNT_ATTR_NODEV,
     MS_BIND,
     MS_NODEV,
     MS_NOEXEC,
@@ -32,6 +37,8 @@ from vstools.syscalls import (
     MS_RDONLY,
     MS_REC,
     MS_REMOUNT,
+    OPEN_TREE_CLOEXEC,
+    OPEN_TREE_CLONE,
     PR_CAP_AMBIENT,
     PR_CAP_AMBIENT_CLEAR_ALL,
     PR_CAPBSET_DROP,
@@ -41,6 +48,9 @@ from vstools.syscalls import (
     capset,
     last_cap,
     mount,
+    mount_setattr,
+    move_mount,
+    open_tree,
     pivot_root,
     prctl,
     sethostname,
@@ -120,6 +130,7 @@ class MountOp:
     data: str | None = None
     device: tuple[int, int] = (0, 0)
     mode: int = 0o666
+    owner: int = 0  # a node's uid and gid on the host (the guest's root with a user namespace)
     optional: bool = False  # skipped when the target does not exist (kernel-dependent files)
 
     def describe(self) -> str:
@@ -157,6 +168,8 @@ class MountOp:
         elif self.kind == "node":
             os.mknod(self.target, 0o020000 | self.mode, os.makedev(*self.device))
             os.chmod(self.target, self.mode)  # mknod's mode is filtered by the umask
+            if self.owner:
+                os.chown(self.target, self.owner, self.owner)
         elif self.kind == "symlink":
             os.symlink(str(self.source), self.target)
         else:
@@ -184,15 +197,21 @@ DEVICES = (
 )
 
 
-def build_mounts(*, tmpfs_mb: int) -> list[MountOp]:
-    """The guest's /proc, /sys, /dev and /tmp, as operations run after pivot_root."""
+def build_mounts(*, tmpfs_mb: int, id_base: int = 0) -> list[MountOp]:
+    """The guest's /proc, /sys, /dev and /tmp, as operations run after pivot_root. With a user
+    namespace (``id_base``: the host uid of the guest's root) the guest's root owns its /dev,
+    /dev/shm and /tmp, and its tty group (5) owns its terminals."""
     nosuid_nodev_noexec = MS_NOSUID | MS_NODEV | MS_NOEXEC
+    owner = f",uid={id_base},gid={id_base}" if id_base else ""
     ops = [
         MountOp("mount", "/proc", "proc", "proc", nosuid_nodev_noexec),
-        MountOp("mount", "/dev", "tmpfs", "tmpfs", MS_NOSUID | MS_NOEXEC, "mode=755,size=1024k"),
+        MountOp(
+            "mount", "/dev", "tmpfs", "tmpfs", MS_NOSUID | MS_NOEXEC, f"mode=755,size=1024k{owner}"
+        ),
     ]
     ops += [
-        MountOp("node", f"/dev/{name}", device=(major, minor)) for name, major, minor in DEVICES
+        MountOp("node", f"/dev/{name}", device=(major, minor), owner=id_base)
+        for name, major, minor in DEVICES
     ]
     ops += [
         MountOp(
@@ -201,7 +220,7 @@ def build_mounts(*, tmpfs_mb: int) -> list[MountOp]:
             "devpts",
             "devpts",
             MS_NOSUID | MS_NOEXEC,
-            "newinstance,ptmxmode=0666,mode=0620,gid=5",
+            f"newinstance,ptmxmode=0666,mode=0620,gid={id_base + 5}",
         ),
         MountOp("symlink", "/dev/ptmx", "pts/ptmx"),
         MountOp("symlink", "/dev/fd", "/proc/self/fd"),
@@ -214,7 +233,7 @@ def build_mounts(*, tmpfs_mb: int) -> list[MountOp]:
             "tmpfs",
             "tmpfs",
             MS_NOSUID | MS_NODEV,
-            f"mode=1777,size={tmpfs_mb}m",
+            f"mode=1777,size={tmpfs_mb}m{owner}",
         ),
     ]
     ops += [
@@ -243,7 +262,12 @@ def build_mounts(*, tmpfs_mb: int) -> list[MountOp]:
             for path in PROC_MASKED_DIRS
         ],
         MountOp(
-            "mount", "/tmp", "tmpfs", "tmpfs", MS_NOSUID | MS_NODEV, f"mode=1777,size={tmpfs_mb}m"
+            "mount",
+            "/tmp",
+            "tmpfs",
+            "tmpfs",
+            MS_NOSUID | MS_NODEV,
+            f"mode=1777,size={tmpfs_mb}m{owner}",
         ),
     ]
     return ops
@@ -260,20 +284,55 @@ class SandboxSpec:
     env: Mapping[str, str] = field(default_factory=dict)
     dropped_caps: frozenset[Cap] = DROPPED_CAPS
     no_new_privs: bool = False
+    # With a user namespace: its descriptor (made by the supervisor, ids already mapped) and the
+    # host uid of the guest's root; -1 and 0 without.
+    userns_fd: int = -1
+    id_base: int = 0
 
 
-def enter_root(rootfs: str) -> None:
+def enter_root(rootfs: str, userns_fd: int = -1) -> None:
     """Make the guest's rootfs the root of this (new, private) mount namespace, mounted nodev so
-    a device node planted in it opens nothing (S9), with the host's root detached (S2)."""
+    a device node planted in it opens nothing (S9), with the host's root detached (S2). With a
+    user namespace the rootfs is an idmapped clone: on-disk owners 0..65535 are the guest's."""
     mount(None, "/", None, MS_REC | MS_PRIVATE)
-    mount(rootfs, rootfs, None, MS_BIND | MS_REC)
-    mount(None, rootfs, None, MS_BIND | MS_REMOUNT | MS_NODEV)
+    if userns_fd >= 0:
+        tree = open_tree(rootfs, OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_RECURSIVE)
+        try:
+            try:
+                mount_setattr(tree, MOUNT_ATTR_IDMAP | MOUNT_ATTR_NODEV, userns_fd=userns_fd)
+            except OSError as exc:
+                raise OSError(
+                    exc.errno,
+                    f"USERNS=yes: the filesystem of {rootfs} cannot be mounted idmapped"
+                    f" ({exc.strerror}); use one that can (ext4, btrfs, xfs, tmpfs)",
+                ) from None
+            move_mount(tree, rootfs)
+        finally:
+            os.close(tree)
+    else:
+        mount(rootfs, rootfs, None, MS_BIND | MS_REC)
+        mount(None, rootfs, None, MS_BIND | MS_REMOUNT | MS_NODEV)
     os.chdir(rootfs)
     # pivot_root(".", ".") stacks the old root on top of the new one; detaching it leaves the
     # guest's tree as "/" with nothing of the host reachable (the LXC/runc idiom).
     pivot_root(".", ".")
     umount2(".", MNT_DETACH)
     os.chdir("/")
+
+
+def open_low_ports_and_ping(id_base: int) -> None:
+    """For a guest in a user namespace, whose root holds no capability over its network
+    namespace (the host's user namespace owns it): let its processes bind ports below 1024 and
+    send ICMP echo without a raw socket, in its network namespace only (as Docker does for its
+    containers). Written before pivot_root, through the host's /proc, whose net/ sysctls are
+    those of the writer's network namespace; the gid range is read in the writer's (the host's)
+    user namespace, hence the guest's host gids."""
+    for key, value in (
+        ("ip_unprivileged_port_start", "0"),
+        ("ping_group_range", f"{id_base} {id_base + 65535}"),
+    ):
+        with open(f"/proc/sys/net/ipv4/{key}", "w") as handle:
+            handle.write(value)
 
 
 def set_loopback_up() -> None:
@@ -319,11 +378,13 @@ def drop_capabilities(dropped: frozenset[Cap]) -> None:
     capset(keep, keep, 0)
 
 
-def make_console(channel: socket.socket) -> int:
+def make_console(channel: socket.socket, owner: int = 0) -> int:
     """Open a pty of the guest's own devpts, hand its master to the supervisor over ``channel``
     and bind its slave onto /dev/console; return the slave, the init's terminal. (A pty of the
     host's devpts cannot be bound here: its mount is not in this namespace.)"""
     master, slave = os.openpty()
+    if owner:
+        os.fchown(slave, owner, owner + 5)  # the guest's root and its tty group
     socket.send_fds(channel, [b"console"], [master])
     os.close(master)
     channel.close()
@@ -358,17 +419,21 @@ def setup_and_exec(spec: SandboxSpec, *, console: socket.socket, report_fd: int)
     cgroup): build the guest and exec its init. Never returns; errors reach the caller as
     exceptions before exec, and report_fd (close-on-exec) tells the supervisor exec happened."""
     unshare(CLONE_NEWCGROUP)  # the guest sees its own cgroup as the root of the hierarchy
-    ops = build_mounts(tmpfs_mb=spec.tmpfs_mb)
-    enter_root(spec.rootfs)
+    ops = build_mounts(tmpfs_mb=spec.tmpfs_mb, id_base=spec.id_base)
+    if spec.id_base:
+        open_low_ports_and_ping(spec.id_base)
+    enter_root(spec.rootfs, spec.userns_fd)
     for op in ops:
         try:
             op.execute()
         except OSError as exc:
             raise OSError(exc.errno, f"{op.describe()}: {exc.strerror}") from None
-    console_fd = make_console(console)
+    console_fd = make_console(console, spec.id_base)
     sethostname(spec.hostname)
     set_loopback_up()
     set_console(console_fd)
+    if spec.userns_fd >= 0:
+        become_root_of(spec.userns_fd)  # last: what the host owns is set up by now
     install_seccomp(no_new_privs=spec.no_new_privs)
     if spec.no_new_privs:
         prctl(PR_SET_NO_NEW_PRIVS, 1)

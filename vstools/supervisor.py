@@ -22,6 +22,7 @@ from dataclasses import asdict
 from typing import BinaryIO
 
 from vstools.cgroup import Cgroup, CgroupLayout, host_cpu_count
+from vstools.config.guest import USERNS_SIZE
 from vstools.errors import HostError, StateError
 from vstools.gueststate import (
     CONSOLE_LOG,
@@ -32,6 +33,7 @@ from vstools.gueststate import (
     process_start_time,
 )
 from vstools.journal import log
+from vstools.namespaces import make_user_namespace
 from vstools.sandbox import SandboxSpec, setup_and_exec
 from vstools.syscalls import (
     CLONE_NEWIPC,
@@ -111,6 +113,15 @@ class Supervisor:
         prctl(PR_SET_CHILD_SUBREAPER, 1)  # adopt the guest's init when its parent exits
         report_r, report_w = os.pipe2(os.O_CLOEXEC)
         go_r, go_w = os.pipe2(os.O_CLOEXEC)
+        userns_fd = -1
+        if plan.userns_base:
+            userns_fd = make_user_namespace(plan.userns_base, USERNS_SIZE)
+            log.info(
+                "step: user namespace with ids 0-%d mapped to %d-%d",
+                USERNS_SIZE - 1,
+                plan.userns_base,
+                plan.userns_base + USERNS_SIZE - 1,
+            )
         spec = SandboxSpec(
             rootfs=plan.rootfs,
             hostname=plan.hostname,
@@ -118,11 +129,17 @@ class Supervisor:
             argv=plan.init,
             env=plan.env,
             no_new_privs=plan.no_new_privs,
+            userns_fd=userns_fd,
+            id_base=plan.userns_base,
         )
-        first = os.fork()
-        if first == 0:  # pragma: no cover - runs in the child, reported through the pipe
-            console_parent.close()
-            _first_child(spec, console_child, report_w, go_r, (report_r, go_w))
+        try:
+            first = os.fork()
+            if first == 0:  # pragma: no cover - runs in the child, reported through the pipe
+                console_parent.close()
+                _first_child(spec, console_child, report_w, go_r, (report_r, go_w))
+        finally:
+            if userns_fd >= 0:
+                os.close(userns_fd)  # the guest's first process holds its own copy
         os.close(report_w)
         os.close(go_r)
         console_child.close()

@@ -1,5 +1,6 @@
 """Thin ctypes wrappers for the Linux system calls the guest runtime needs and Python 3.11 lacks
-(unshare, setns, mount, umount2, pivot_root, sethostname, capget/capset, prctl). Each raises
+(unshare, setns, mount, umount2, pivot_root, sethostname, capget/capset, prctl, and the new
+mount API's open_tree, mount_setattr and move_mount for idmapped mounts). Each raises
 OSError with the errno and the arguments, as mkosi's sandbox does; nothing here decides policy.
 
 Constants come from the kernel's uapi headers, named as there: <linux/sched.h> (CLONE_*),
@@ -37,6 +38,16 @@ MS_SILENT = 32768
 MS_PRIVATE = 1 << 18
 MS_SLAVE = 1 << 19
 MNT_DETACH = 2
+# The new mount API (<linux/mount.h>, <linux/fcntl.h>): an idmapped clone of a tree.
+OPEN_TREE_CLONE = 1
+OPEN_TREE_CLOEXEC = os.O_CLOEXEC
+AT_EMPTY_PATH = 0x1000
+AT_RECURSIVE = 0x8000
+MOVE_MOUNT_F_EMPTY_PATH = 0x4
+MOUNT_ATTR_RDONLY = 0x1
+MOUNT_ATTR_NOSUID = 0x2
+MOUNT_ATTR_NODEV = 0x4
+MOUNT_ATTR_IDMAP = 0x00100000
 
 # <linux/prctl.h>
 PR_SET_PDEATHSIG = 1
@@ -47,10 +58,12 @@ PR_GET_NO_NEW_PRIVS = 39
 PR_CAP_AMBIENT = 47
 PR_CAP_AMBIENT_CLEAR_ALL = 4
 
-# System call numbers without a libc wrapper in every libc we run on.
+# System call numbers without a libc wrapper in every libc we run on. The mount API's calls were
+# added after the tables were unified, so they have one number on every architecture.
+_NEW_MOUNT_API = {"open_tree": 428, "move_mount": 429, "mount_setattr": 442}
 _SYSCALLS = {
-    "x86_64": {"pivot_root": 155, "capget": 125, "capset": 126},
-    "aarch64": {"pivot_root": 41, "capget": 90, "capset": 91},
+    "x86_64": {"pivot_root": 155, "capget": 125, "capset": 126, **_NEW_MOUNT_API},
+    "aarch64": {"pivot_root": 41, "capget": 90, "capset": 91, **_NEW_MOUNT_API},
 }
 
 
@@ -148,6 +161,59 @@ def pivot_root(new_root: str, put_old: str) -> None:
     _check(
         _libc.syscall(number, os.fsencode(new_root), os.fsencode(put_old)),
         f"pivot_root({new_root!r}, {put_old!r})",
+    )
+
+
+class _MountAttr(ctypes.Structure):
+    """struct mount_attr of <linux/mount.h> (MOUNT_ATTR_SIZE_VER0)."""
+
+    _fields_ = [
+        ("attr_set", ctypes.c_uint64),
+        ("attr_clr", ctypes.c_uint64),
+        ("propagation", ctypes.c_uint64),
+        ("userns_fd", ctypes.c_uint64),
+    ]
+
+
+def open_tree(path: str, flags: int, dirfd: int = -100) -> int:
+    """A descriptor of ``path``'s mount (with OPEN_TREE_CLONE: a detached copy of it)."""
+    number = _syscall_number("open_tree")
+    return _check(
+        _libc.syscall(number, ctypes.c_int(dirfd), os.fsencode(path), ctypes.c_uint(flags)),
+        f"open_tree({path!r}, 0x{flags:x})",
+    )
+
+
+def mount_setattr(fd: int, attr_set: int, *, userns_fd: int = 0, recursive: bool = True) -> None:
+    """Set ``attr_set`` (MOUNT_ATTR_*) on the mount behind ``fd``; MOUNT_ATTR_IDMAP maps its
+    owners through the user namespace ``userns_fd``."""
+    attr = _MountAttr(attr_set, 0, 0, userns_fd)
+    flags = AT_EMPTY_PATH | (AT_RECURSIVE if recursive else 0)
+    _check(
+        _libc.syscall(
+            _syscall_number("mount_setattr"),
+            ctypes.c_int(fd),
+            b"",
+            ctypes.c_uint(flags),
+            ctypes.byref(attr),
+            ctypes.c_size_t(ctypes.sizeof(attr)),
+        ),
+        f"mount_setattr(fd {fd}, 0x{attr_set:x})",
+    )
+
+
+def move_mount(fd: int, target: str) -> None:
+    """Attach the detached mount behind ``fd`` at ``target``."""
+    _check(
+        _libc.syscall(
+            _syscall_number("move_mount"),
+            ctypes.c_int(fd),
+            b"",
+            ctypes.c_int(-100),  # AT_FDCWD
+            os.fsencode(target),
+            ctypes.c_uint(MOVE_MOUNT_F_EMPTY_PATH),
+        ),
+        f"move_mount(fd {fd}, {target!r})",
     )
 
 

@@ -63,6 +63,7 @@ def guest_stats(ctx: Context, name: str) -> dict[str, object]:
         "host": ctx.hostname,
         "vserver": name,
         "context": conf.context,
+        "userns": _userns_range(conf.context) if conf.userns else "no",
         "ip": str(conf.ip),
         "enabled": "yes" if conf.enabled else "no",
         "state": "frozen" if frozen else ("running" if state else "stopped"),
@@ -82,6 +83,13 @@ def guest_stats(ctx: Context, name: str) -> dict[str, object]:
         "disk_used_mb": round(usage.disk_mb, 1),
         "disk_limit_mb": conf.disk_limit_mb,
     }
+
+
+def _userns_range(context: int) -> str:
+    from vstools.config.guest import USERNS_SIZE, userns_base
+
+    base = userns_base(context)
+    return f"{base}-{base + USERNS_SIZE - 1}"
 
 
 def _meminfo() -> dict[str, int]:

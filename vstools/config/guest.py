@@ -8,6 +8,7 @@ from typing import ClassVar
 
 from vstools.config.create import StorageKind, _enum, count, mb
 from vstools.config.keyvalue import Field, KeyValueFile, meta_fields
+from vstools.config.lexer import Collector
 from vstools.config.values import (
     CpuRatio,
     parse_bool,
@@ -22,12 +23,29 @@ from vstools.config.values import (
 from vstools.errors import Problem
 
 MAX_CONTEXT = 2**31 - 1
+# With USERNS=yes a guest's uids and gids 0..65535 are the host's CONTEXT * 65536 onwards: the
+# 65536 ids a Debian system uses (nobody is 65534), in a range no other guest shares. Ids stay
+# below 2**31, the range every tool reads right (systemd calls the rest unsafe; the kernel's
+# ping_group_range stops there), which leaves room for contexts up to 32767.
+USERNS_SIZE = 65536
+MAX_USERNS_CONTEXT = (2**31 - USERNS_SIZE) // USERNS_SIZE
 
 
 def parse_context(text: str) -> int:
-    # Context numbers name host objects; `dec` gives up to 1000 * 4094 + 255. The user-namespace
-    # id map is allocated from it by the runtime, not by multiplying it.
+    # Context numbers name host objects; `dec` gives up to 1000 * 4094 + 255.
     return parse_uint(text, minimum=1, maximum=MAX_CONTEXT, what="context number")
+
+
+def userns_base(context: int) -> int:
+    """The first host id of the guest's user namespace; ValueError when the context is too
+    large for a map of its own."""
+    if not 1 <= context <= MAX_USERNS_CONTEXT:
+        raise ValueError(
+            f"USERNS=yes needs a context number up to {MAX_USERNS_CONTEXT} (its ids are"
+            f" CONTEXT * {USERNS_SIZE} onwards); context {context} is too large: choose one with"
+            " vs-create --context, or CONTEXT_METHOD=cnt or hex"
+        )
+    return context * USERNS_SIZE
 
 
 _PATH, _LINES, _PROBLEMS = meta_fields()
@@ -71,5 +89,12 @@ class GuestConf(KeyValueFile):
         Field("ENABLED", "enabled", parse_bool),
         Field("STORAGE", "storage", _enum(StorageKind)),
         Field("INIT", "init", parse_command, doc="the guest's first program and its arguments"),
-        Field("USERNS", "userns", parse_bool),
+        Field("USERNS", "userns", parse_bool, doc="run the guest in a user namespace of its own"),
     )
+
+    def cross_check(self, out: Collector) -> None:
+        if self.userns:
+            try:
+                userns_base(self.context)
+            except ValueError as exc:
+                out.error(self.line_of("USERNS") or 0, 1, str(exc))
