@@ -241,3 +241,30 @@ def test_create_conf_default_init_reaches_guest_conf(host: Host, tarballs: dict[
     assert Path(f"/proc/{host.state('web')['init_pid']}/cmdline").read_bytes() == (  # type: ignore[index]
         b"/bin/sleep\x001000\x00"
     )
+
+
+@pytest.mark.e2e
+def test_default_userns_reaches_guest_conf_and_needs_a_small_context(
+    host: Host, tarballs: dict[str, Path]
+) -> None:
+    _configure(host, f"DEFAULT_TEMPLATE={tarballs['.tar']}\nDEFAULT_USERNS=yes\n")
+    host.run("vs-create", "--name", "web", "--interface", "198.51.100.10", "--context", "7")
+    host.guests.append("web")
+    assert "USERNS=yes" in (host.guests_dir / "web" / "guest.conf").read_text()
+    host.run("vs-control", "--name", "web", "--start")
+    assert host.exec("web", "id", "-u").strip() == "0"
+    stats = host.run("vs-stats", "--name", "web").stdout.splitlines()
+    assert f"userns:{7 * 65536}-{8 * 65536 - 1}" in stats
+    host.run("vs-control", "--name", "web", "--stop")
+    big = host.run(
+        "vs-create",
+        "--name",
+        "db",
+        "--interface",
+        "198.51.100.11",
+        "--context",
+        "40000",
+        check=False,
+    )
+    assert big.returncode == 2 and "DEFAULT_USERNS=yes in create.conf" in big.stderr
+    assert not (host.guests_dir / "db").exists() and not host.rootfs("db").exists()

@@ -10,7 +10,7 @@ from ipaddress import IPv4Address
 from pathlib import Path
 
 from vstools.config.create import ContextMethod, CreateConf, CreateMethod
-from vstools.config.guest import MAX_CONTEXT, GuestConf
+from vstools.config.guest import MAX_CONTEXT, GuestConf, userns_base
 from vstools.config.networks import Network, NetworksConf
 from vstools.config.values import CpuRatio
 from vstools.errors import NotFoundError, StateError, UsageError
@@ -178,6 +178,11 @@ def plan_create(
 ) -> CreatePlan:
     """The checked request and the steps that build the guest."""
     conf, method, source, network = check_request(paths, defaults, networks, request)
+    if conf.userns:
+        try:
+            userns_base(conf.context)
+        except ValueError as exc:
+            raise UsageError(f"DEFAULT_USERNS=yes in create.conf: {exc}") from None
     if method is CreateMethod.TEMPLATE and not Path(source).is_file():
         raise NotFoundError(f"template {source} does not exist")
     if method is CreateMethod.CLONE:
