@@ -6,9 +6,10 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 # Debian packages the toolkit and its tests use (kept in one list so demo and test agree).
 # qemu-system-x86, seabios, ipxe-qemu (virtio-net ROM), dmsetup: the VM lab (tests/lab.py).
+# iputils-arping: vs-create probes a new address on its network.
 DEB_PACKAGES := python3-venv python3-dev gcc iproute2 nftables iptables busybox-static debootstrap libc6-dev \
 	rsync openssh-server openssh-client systemd procps util-linux uidmap btrfs-progs \
-	zstd munin-node strace qemu-system-x86 seabios ipxe-qemu dmsetup
+	zstd munin-node strace qemu-system-x86 seabios ipxe-qemu dmsetup iputils-arping
 
 .PHONY: all deps venv demo test lint bench clean
 all: test

@@ -137,7 +137,8 @@ def run(work: Path, parent: str, rounds: int) -> int:
     }
     available = {k: v for k, v in peers.items() if v is None or shutil.which(v[0])}
     for label, argv in list(available.items()):
-        if argv is not None and subprocess.run(argv, capture_output=True).returncode != 0:
+        tried = argv and subprocess.run(argv, capture_output=True, check=False)
+        if argv is not None and tried and tried.returncode != 0:
             print(f"{label}: fails here, not measured: {' '.join(argv)}")
             del available[label]
     times: dict[str, list[float]] = {k: [] for k in available}

@@ -41,7 +41,9 @@ say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 show() { printf '$ %s\n' "$*"; "$@"; }
 
 say "Install the sample configuration (vs-setup) into $VS_ETC_DIR"
-show vs-setup --etc-dir "$VS_ETC_DIR" --unit-dir "$scratch/units" | head -n 4
+# --munin-dir: a scratch directory that does not exist, so the demo links no Munin plugin.
+show vs-setup --etc-dir "$VS_ETC_DIR" --unit-dir "$scratch/units" --munin-dir "$scratch/munin" \
+  | head -n 4
 echo "..."
 printf 'CGROUP_PARENT=%s\nSTOP_TIMEOUT=10\n' "$cgroup_parent" >> "$VS_ETC_DIR/vs-tools.conf"
 # This kernel has no 802.1Q module: the demo's network is VLAN 0, on the uplink up0 itself.

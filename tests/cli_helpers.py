@@ -25,5 +25,13 @@ class Outcome:
 def invoke(command: str, argv: list[str], env: Mapping[str, str]) -> Outcome:
     module = importlib.import_module(f"vstools.cli.{command.replace('-', '_')}")
     out, err = io.StringIO(), io.StringIO()
-    code = run_command(module.build_parser(), module.handle, argv, env=env, stdout=out, stderr=err)
+    code = run_command(
+        module.build_parser(),
+        module.handle,
+        argv,
+        env=env,
+        stdout=out,
+        stderr=err,
+        stdin=io.StringIO(),  # not a terminal: no confirmation prompt
+    )
     return Outcome(code, out.getvalue(), err.getvalue())

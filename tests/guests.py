@@ -101,7 +101,8 @@ class Host:
             env=self.env,
             text=True,
             capture_output=True,
-            input=input,
+            # Never the terminal pytest may run on: a command asks for confirmation only there.
+            input=input if input is not None else "",
             timeout=timeout,
             check=False,
         )

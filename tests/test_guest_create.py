@@ -7,13 +7,14 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 from dataclasses import replace
 from ipaddress import IPv4Address
 from pathlib import Path
 
 import pytest
 
-from tests.guests import Host
+from tests.guests import HOST_LAN_IP, PEERS, UPLINK, Host, Lan, netns_prefix
 from vstools.config.create import ContextMethod, CreateConf
 from vstools.config.networks import parse_networks
 from vstools.create import CreateRequest, compute_context, plan_create
@@ -167,11 +168,12 @@ def test_a_failure_at_any_step_leaves_nothing(host: Host, tarballs: dict[str, Pa
     defaults = CreateConf.parse("c", Path(host.env["VS_ETC_DIR"], "create.conf").read_text())
     networks = parse_networks("n", NETWORKS)
     request = CreateRequest(name="web", ip=IPv4Address("198.51.100.10"))
-    count = len(plan_create(paths, defaults, networks, request).steps)
+    # This process runs in the machine's own network namespace: never probe from it.
+    count = len(plan_create(paths, defaults, networks, request, probe_network=False).steps)
     assert count == 7
     snapshot = sorted(str(p) for p in host.root.rglob("*"))
     for failing in range(count):
-        plan = plan_create(paths, defaults, networks, request)
+        plan = plan_create(paths, defaults, networks, request, probe_network=False)
 
         def boom() -> None:
             raise OSError(28, "No space left on device")
@@ -221,7 +223,9 @@ def test_a_real_debian_guest_by_debootstrap(host: Host) -> None:
         "--debootstrap",
         "bookworm",
         timeout=1800,
-        machine_network=True,  # debootstrap downloads; vs-create changes no network
+        # debootstrap downloads; vs-create changes no network, and with the host fixture's
+        # NETWORK=none it sends no ARP probe on the machine's network either.
+        machine_network=True,
     )
     host.guests.append("deb")
     assert "method:debootstrap" in created.stdout
@@ -268,3 +272,93 @@ def test_default_userns_reaches_guest_conf_and_needs_a_small_context(
     )
     assert big.returncode == 2 and "DEFAULT_USERNS=yes in create.conf" in big.stderr
     assert not (host.guests_dir / "db").exists() and not host.rootfs("db").exists()
+
+
+# -- the address must be free on the host and on its network (DESIGN §4) -----------------------
+
+
+def _tree(host: Host) -> list[str]:
+    return sorted(str(p) for p in host.root.rglob("*") if "guests" in str(p))
+
+
+@pytest.mark.e2e
+def test_an_address_in_use_on_the_network_is_refused(
+    routed: tuple[Host, Lan], tarballs: dict[str, Path]
+) -> None:
+    """The LAN namespace plays the guest's network: a peer holding an address, another host
+    answering for a guest of its own by proxy ARP; the probes never leave the test's
+    namespaces."""
+    host, lan = routed
+    etc = Path(host.env["VS_ETC_DIR"])
+    (etc / "create.conf").write_text(
+        f"DEFAULT_DEVICE={UPLINK}\nDEFAULT_TEMPLATE={tarballs['.tar']}\n"
+    )
+    # Another host of the pool with a guest at .77: proxy ARP on its uplink, the guest routed
+    # away from it (here to its loopback; the kernel answers proxy ARP only when forwarding).
+    assert lan.run("sysctl", "-qw", "net.ipv4.ip_forward=1").returncode == 0
+    for argv in (["neigh", "add", "proxy", "198.51.100.77", "dev", "lan0"],
+                 ["route", "add", "198.51.100.77/32", "dev", "lo"]):  # fmt: skip
+        subprocess.run(["ip", "-n", lan.netns, *argv], check=True)
+    before = _tree(host)
+    for ip, words in (
+        (PEERS["monitoring"], f"{PEERS['monitoring']} answers ARP on {UPLINK} from "),
+        ("198.51.100.77", f"198.51.100.77 answers ARP on {UPLINK} from "),
+        (HOST_LAN_IP, f"{HOST_LAN_IP} is already configured on {UPLINK} of this host"),
+    ):
+        for dry in ([], ["--dry-run"]):
+            result = host.run("vs-create", *dry, "--name", "db", "--interface", ip, check=False)
+            assert (result.returncode, words in result.stderr) == (4, True), result.stderr
+    assert _tree(host) == before and not host.rootfs("db").exists()
+
+    started = time.monotonic()
+    dry = host.run("vs-create", "--dry-run", "--name", "web", "--interface", "198.51.100.10")
+    elapsed = time.monotonic() - started
+    assert (
+        f"checked: no answer to ARP for 198.51.100.10 on {UPLINK} within 1 s"
+        f" (request from {HOST_LAN_IP})"
+    ) in dry.stderr
+    assert "checked: 198.51.100.10 is configured on no interface of this host" in dry.stderr
+    assert elapsed < 5, f"vs-create --dry-run of a free address took {elapsed:.1f} s"
+    assert _tree(host) == before
+    host.run("vs-create", "--name", "web", "--interface", "198.51.100.10")
+    host.guests.append("web")
+
+    # A guest of this host answers for its own address once it runs (proxy ARP on up0): a
+    # second guest at that address is refused by the guest.conf check, with its name.
+    host.run("vs-control", "--name", "web", "--start")
+    again = host.run("vs-create", "--name", "db", "--interface", "198.51.100.10", check=False)
+    assert again.returncode == 4, again.stderr
+    assert "198.51.100.10 is already the address of guest web" in again.stderr
+
+    # Without an address of its own in the network on the uplink, the host sends an RFC 5227
+    # probe (sender 0.0.0.0), which the peer answers.
+    subprocess.run(
+        [*netns_prefix(host.netns), "ip", "addr", "del", f"{HOST_LAN_IP}/24", "dev", UPLINK],
+        check=True,
+    )
+    taken = host.run("vs-create", "--name", "db", "--interface", PEERS["admin"], check=False)
+    assert taken.returncode == 4 and f"{PEERS['admin']} answers ARP on" in taken.stderr
+    free = host.run("vs-create", "--dry-run", "--name", "db", "--interface", "198.51.100.11")
+    assert "(RFC 5227 probe from 0.0.0.0)" in free.stderr
+    assert not host.rootfs("db").exists() and not (host.guests_dir / "db").exists()
+
+
+@pytest.mark.e2e
+def test_the_probe_is_skipped_with_its_reason(host: Host, tarballs: dict[str, Path]) -> None:
+    """NETWORK=none (the test hosts' default), a VLAN uplink not created yet, an address in no
+    network: the address is still checked against the host's interfaces."""
+    _configure(host, f"DEFAULT_TEMPLATE={tarballs['.tar']}\nDEFAULT_DEVICE=vstnope0\n")
+    argv = ["vs-create", "--dry-run", "--name", "db", "--interface", "198.51.100.12"]
+    none = host.run(*argv).stderr
+    assert "198.51.100.12 not probed on the network: NETWORK=none in vs-tools.conf" in none
+    assert "checked: 198.51.100.12 is configured on no interface of this host" in none
+    settings = Path(host.env["VS_ETC_DIR"]) / "vs-tools.conf"
+    settings.write_text(settings.read_text().replace("NETWORK=none", "NETWORK=routed"))
+    vlan = host.run(*argv).stderr
+    assert "its uplink vstnope0.1 does not exist yet (created when the first guest of" in vlan
+    (Path(host.env["VS_ETC_DIR"]) / "networks.conf").write_text("")
+    alone = host.run(*argv).stderr
+    assert "it is in no network of networks.conf" in alone
+    subprocess.run([*netns_prefix(host.netns), "ip", "link", "set", "lo", "up"], check=True)
+    local = host.run("vs-create", "--name", "db", "--interface", "127.0.0.1", check=False)
+    assert local.returncode == 4 and "127.0.0.1 is already configured on lo" in local.stderr

@@ -103,3 +103,53 @@ def test_munin_run_and_suggest_on_a_running_guest(host: Host, munin_dirs: Path) 
     # The plugin runs unprivileged: a state directory only root may read is out of its reach.
     state_dir.chmod(0o700)
     assert munin("munin-run", *dirs, "vs_rss", "autoconf").startswith("no ")
+
+
+@pytest.mark.privileged
+def test_vs_setup_links_the_plugin(etc_tree: dict[str, str], munin_dirs: Path) -> None:
+    """vs-setup links vs_ as every graph into munin-node's plugin directory (a temporary one
+    here, never /etc/munin), idempotently, and Munin runs the links it made."""
+    from tests.cli_helpers import invoke
+
+    plugins = munin_dirs / "plugins"
+    base = ["--etc-dir", etc_tree["VS_ETC_DIR"], "--unit-dir", str(munin_dirs / "units")]
+    base += ["--munin-dir", str(plugins)]
+
+    def setup(*extra: str) -> dict[str, str]:
+        outcome = invoke("vs-setup", [*base, *extra], etc_tree)
+        assert outcome.code == 0, outcome.err
+        rows = [line.split(":", 1)[::-1] for line in outcome.out.splitlines()]
+        return {file: action for file, action in rows if file.startswith(str(plugins))}
+
+    links = {str(plugins / f"vs_{graph}") for graph in GRAPHS}
+    # No munin-node (no plugin directory): skipped, nothing made.
+    assert setup() == {str(plugins): "skipped"}
+    assert not plugins.exists()
+    plugins.mkdir()
+    assert setup("--dry-run") == dict.fromkeys(links, "would be installed")
+    assert list(plugins.iterdir()) == []
+    assert setup() == dict.fromkeys(links, "installed")
+    assert {str(p) for p in plugins.iterdir()} == links
+    assert all(Path(link).resolve() == PLUGIN.resolve() for link in links)
+    # A second run changes nothing; a link left by an old install is refreshed; an
+    # administrator's own file is kept as it is.
+    assert setup() == dict.fromkeys(links, "kept")
+    (plugins / "vs_cpu").unlink()
+    (plugins / "vs_cpu").symlink_to("/nonexistent/vs_")
+    (plugins / "vs_load").unlink()
+    (plugins / "vs_load").write_text("#!/bin/sh\necho mine\n")
+    assert setup() == dict(dict.fromkeys(links, "kept"), **{str(plugins / "vs_cpu"): "refreshed"})
+    assert (plugins / "vs_cpu").resolve() == PLUGIN.resolve()
+    assert (plugins / "vs_load").read_text() == "#!/bin/sh\necho mine\n"
+    assert sorted(p.name for p in plugins.iterdir()) == sorted(f"vs_{g}" for g in GRAPHS)
+
+    # Munin runs what vs-setup linked (as its unprivileged plugin user).
+    result = subprocess.run(
+        ["munin-run", "--servicedir", str(plugins), "vs_rss", "config"],
+        env={"PATH": os.environ["PATH"]},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert "graph_title Memory of the guests" in result.stdout, result.stdout + result.stderr

@@ -42,6 +42,18 @@ class CreateRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class CheckedRequest:
+    """A request that passed the read-only checks: the guest.conf to write, how to fill the
+    rootfs and from what, and what was checked of the host (for --dry-run and the log)."""
+
+    conf: GuestConf
+    method: CreateMethod
+    source: str
+    network: Network | None
+    checks: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
 class CreatePlan:
     conf: GuestConf
     method: CreateMethod
@@ -49,6 +61,7 @@ class CreatePlan:
     network: Network | None
     rootfs: Path
     steps: list[Step] = field(default_factory=list)
+    checks: list[str] = field(default_factory=list)
 
     def summary(self) -> dict[str, object]:
         net = self.network
@@ -91,10 +104,17 @@ def compute_context(method: ContextMethod, ip: IPv4Address, vlan: int, counter: 
 
 
 def check_request(
-    paths: Paths, defaults: CreateConf, networks: NetworksConf, request: CreateRequest
-) -> tuple[GuestConf, CreateMethod, str, Network | None]:
+    paths: Paths,
+    defaults: CreateConf,
+    networks: NetworksConf,
+    request: CreateRequest,
+    *,
+    probe_network: bool,
+) -> CheckedRequest:
     """Read-only checks and defaults: the guest.conf to write, how to fill the rootfs, from what.
-    Raises before anything is changed."""
+    The address must be no other guest's, configured on no interface of this host and, when
+    ``probe_network`` (NETWORK=routed), unanswered on its uplink. Raises before anything is
+    changed."""
     name = request.name
     if (paths.guest_dir(name)).exists() or paths.guest_root(name).exists():
         raise StateError(f"guest {name} already exists on this host")
@@ -124,6 +144,11 @@ def check_request(
     )
     if context in used:
         raise StateError(f"context {context} is already used by guest {used[context]}")
+    # Last: the ARP probe is the one check that takes time (about a second for a free address).
+    from vstools.network import check_address_free
+
+    checks = [f"{request.ip} is the address of no other guest of this host"]
+    checks += check_address_free(request.ip, network, defaults, probe_network=probe_network)
     conf = GuestConf(
         name=name,
         context=context,
@@ -143,7 +168,7 @@ def check_request(
         init=defaults.init,
         userns=defaults.userns,
     )
-    return conf, method, source, network
+    return CheckedRequest(conf, method, source, network, checks)
 
 
 def _source(defaults: CreateConf, request: CreateRequest) -> tuple[CreateMethod, str]:
@@ -174,10 +199,17 @@ def _peek_counter(paths: Paths, defaults: CreateConf) -> int:
 
 
 def plan_create(
-    paths: Paths, defaults: CreateConf, networks: NetworksConf, request: CreateRequest
+    paths: Paths,
+    defaults: CreateConf,
+    networks: NetworksConf,
+    request: CreateRequest,
+    *,
+    probe_network: bool,
 ) -> CreatePlan:
-    """The checked request and the steps that build the guest."""
-    conf, method, source, network = check_request(paths, defaults, networks, request)
+    """The checked request and the steps that build the guest (``probe_network``: see
+    check_request)."""
+    checked = check_request(paths, defaults, networks, request, probe_network=probe_network)
+    conf, method, source, network = checked.conf, checked.method, checked.source, checked.network
     if conf.userns:
         try:
             userns_base(conf.context)
@@ -189,7 +221,7 @@ def plan_create(
         _check_clone_source(paths, source)
     rootfs = paths.guest_root(conf.name)
     directory = paths.guest_dir(conf.name)
-    plan = CreatePlan(conf, method, source, network, rootfs)
+    plan = CreatePlan(conf, method, source, network, rootfs, checks=checked.checks)
     plan.steps.extend(
         [
             Step(

@@ -18,6 +18,7 @@ class ExitCode(IntEnum):
     STATE = 4  # the guest or host is not in a state that allows this (running, locked, in use)
     HOST = 5  # the host refused an operation; what was done has been rolled back
     ROLLBACK = 6  # an operation failed AND its rollback was incomplete: look at the host
+    DECLINED = 7  # the administrator answered no to a confirmation prompt: nothing changed
     NOT_IMPLEMENTED = (
         69  # sysexits EX_UNAVAILABLE: the command exists but its work is not built yet
     )
@@ -73,6 +74,12 @@ class HostError(VSError):
 
 class RollbackError(VSError):
     exit_code = ExitCode.ROLLBACK
+
+
+class Declined(VSError):
+    """The administrator did not confirm (no, or end of file at the prompt)."""
+
+    exit_code = ExitCode.DECLINED
 
 
 class NotImplementedYet(VSError):

@@ -13,7 +13,7 @@ import contextlib
 import errno
 import os
 from collections.abc import Iterator
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from typing import Any
 
 from pyroute2 import IPRoute
@@ -99,6 +99,25 @@ class Netns:
             "up": bool(link["flags"] & 1),
             "kind": (link.get(("IFLA_LINKINFO", "IFLA_INFO_KIND"))),
         }
+
+    def addresses(self, name: str | None = None) -> list[tuple[str, IPv4Interface]]:
+        """The IPv4 addresses of one interface, or of every interface, as (interface, address)
+        pairs (read-only)."""
+        spec: dict[str, Any] = {"family": 2}
+        if name is not None:
+            index = self.index(name)
+            if index is None:
+                return []
+            spec["index"] = index
+        names: dict[int, str] = {}
+        found = []
+        for msg in self.ipr.get_addr(**spec):
+            index = int(msg["index"])
+            if index not in names:
+                names[index] = str(self.ipr.get_links(index)[0].get("IFLA_IFNAME"))
+            address = f"{msg.get('IFA_LOCAL') or msg.get('IFA_ADDRESS')}/{msg['prefixlen']}"
+            found.append((names[index], IPv4Interface(address)))
+        return found
 
     def add_vlan(self, name: str, parent: str, vlan: int, mtu: int | None) -> None:
         link = self.require(parent)

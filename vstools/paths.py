@@ -21,6 +21,9 @@ DEFAULT_DIRS: Mapping[str, str] = {
 
 # Where vs-setup installs the systemd units (override with --unit-dir).
 DEFAULT_UNIT_DIR = "/etc/systemd/system"
+# munin-node's plugin directory, where vs-setup links the vs_ plugin when it exists
+# (override with --munin-dir).
+DEFAULT_MUNIN_PLUGIN_DIR = "/etc/munin/plugins"
 
 ENV_VARS: Mapping[str, str] = {attr: "VS_" + attr.upper() for attr in DEFAULT_DIRS}
 

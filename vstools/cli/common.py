@@ -15,15 +15,15 @@ from typing import Any, TextIO
 
 from vstools import __version__
 from vstools.config.settings import Settings
-from vstools.errors import ConfigError, ExitCode, NotImplementedYet, VSError
+from vstools.errors import ConfigError, Declined, ExitCode, NotImplementedYet, VSError
 from vstools.journal import log, setup_logging
 from vstools.paths import Paths
 from vstools.serialize import to_jsonable
 
 EXIT_CODES_EPILOG = (
     "exit codes: 0 ok, 1 invalid configuration, 2 usage, 3 not found, 4 wrong state or locked,"
-    " 5 host error (rolled back), 6 rollback incomplete, 69 not implemented yet, 70 internal"
-    " error, 130 interrupted"
+    " 5 host error (rolled back), 6 rollback incomplete, 7 not confirmed (nothing changed),"
+    " 69 not implemented yet, 70 internal error, 130 interrupted"
 )
 
 
@@ -37,6 +37,7 @@ class Context:
     stdout: TextIO
     stderr: TextIO
     _settings: tuple[Settings, Paths] | None = field(default=None, repr=False)
+    stdin: TextIO = field(default_factory=lambda: sys.stdin, repr=False)
 
     @property
     def json(self) -> bool:
@@ -168,6 +169,35 @@ def emit_record(ctx: Context, record: Mapping[str, object]) -> None:
         ctx.emit_lines(f"{key}:{'' if value is None else value}" for key, value in record.items())
 
 
+def confirm(ctx: Context, question: str) -> None:
+    """Ask ``question`` before a wide or destructive change, on a terminal only: nothing is
+    asked with --yes or --dry-run, or when stdin is not a terminal (scripts, cron, the master
+    over SSH). Anything but y or yes, and end of file, raises Declined (exit 7)."""
+    if getattr(ctx.args, "yes", False) or ctx.dry_run or not _is_terminal(ctx.stdin):
+        return
+    print(f"{question} [y/N] ", end="", file=ctx.stderr, flush=True)
+    answer = ctx.stdin.readline()
+    if not answer.endswith("\n"):
+        print(file=ctx.stderr)  # end of file: end the prompt's line
+    if answer.strip().lower() not in ("y", "yes"):
+        raise Declined("not confirmed: nothing was changed")
+
+
+def guests_phrase(names: Sequence[str], *, shown: int = 8) -> str:
+    """``3 guests (a, b, c)`` for a prompt; long lists are cut."""
+    listed = ", ".join(names[:shown])
+    if len(names) > shown:
+        listed += f", ... ({len(names) - shown} more)"
+    return f"{len(names)} guest{'s' if len(names) != 1 else ''} ({listed})"
+
+
+def _is_terminal(stream: TextIO) -> bool:
+    try:
+        return os.isatty(stream.fileno())
+    except (AttributeError, OSError, ValueError):  # a StringIO, a closed stream
+        return False
+
+
 def not_implemented(what: str) -> Handler:
     """The handler of a command whose work is not built yet: a clear error, no fake output."""
 
@@ -185,6 +215,7 @@ def run_command(
     env: Mapping[str, str] | None = None,
     stdout: TextIO | None = None,
     stderr: TextIO | None = None,
+    stdin: TextIO | None = None,
 ) -> int:
     """Parse ``argv``, run ``handler``, and turn what it raised into an exit code."""
     out = stdout or sys.stdout
@@ -194,7 +225,9 @@ def run_command(
             args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse: --help/--version exit 0, usage errors exit 2
         return int(exc.code or 0)
-    ctx = Context(parser.prog, args, os.environ if env is None else env, out, err)
+    ctx = Context(
+        parser.prog, args, os.environ if env is None else env, out, err, stdin=stdin or sys.stdin
+    )
     try:
         try:
             syslog_socket = ctx.settings.syslog_socket if ctx.settings.syslog else None

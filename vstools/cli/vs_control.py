@@ -5,16 +5,27 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from vstools.cli.common import Context, add_guest_selection, new_parser, run_command
+from vstools.cli.common import (
+    Context,
+    add_guest_selection,
+    confirm,
+    guests_phrase,
+    new_parser,
+    run_command,
+)
 from vstools.errors import VSError
 
 DESCRIPTION = """\
 Show or change the state of guests: enabled or disabled (started with the host), running or
 stopped, frozen. Without an action, shows the state. Several guests (--all) are handled one after
-the other; a failure on one is reported and the others are still handled.
+the other; a failure on one is reported and the others are still handled. --all with --stop,
+--restart, --freeze or --disable asks for confirmation first when stdin is a terminal (not with
+--yes); any answer but y/yes exits 7 and changes nothing.
 Output: host:vserver:enabled|disabled:running|stopped"""
 
 FIELDS = ("host", "vserver", "enabled", "running")
+# What --all asks to confirm: the actions that take guests down or away from the next boot.
+CONFIRMED = ("stop", "restart", "freeze", "disable")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -118,6 +129,9 @@ def handle(ctx: Context) -> int:
     names = list_guests(ctx.paths) if ctx.args.all else [ctx.args.name]
     if ctx.args.enabled_only:
         names = [n for n in names if _enabled(ctx, n)]
+    wide = [flag for flag in CONFIRMED if getattr(ctx.args, flag)]
+    if ctx.args.all and wide and names:
+        confirm(ctx, f"{' and '.join(wide).capitalize()} {guests_phrase(names)}?")
     failures: list[VSError] = []
     rows = []
     STOP_REQUESTED.clear()

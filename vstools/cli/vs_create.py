@@ -25,7 +25,10 @@ DESCRIPTION = """\
 Build a guest from a template archive (tar, tar.gz, tar.zst, tar.xz), a debootstrap run or a
 copy of another (stopped) guest. Only --name and --interface are needed when create.conf and
 networks.conf are set up; the other options override their defaults (networks.conf's domain and
-nameservers win over create.conf's). Refuses a name or an address already used on this host.
+nameservers win over create.conf's). Refuses a name already used on this host, and an address
+that another guest has, that is configured on an interface of this host, or that answers ARP on
+the guest's uplink (a one-second probe with arping; skipped, with a warning that says why, when
+NETWORK=none, the address is in no network or the uplink does not exist yet).
 Transactional: on failure every step done is undone and nothing is left behind.
 Output: the guest's parameters as key:value lines."""
 
@@ -67,10 +70,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def handle(ctx: Context) -> int:
+    from vstools.config.settings import NetworkMode
     from vstools.create import CreateRequest, plan_create
     from vstools.fsutil import locked
     from vstools.hostconfig import load_create, load_networks
-    from vstools.journal import operation
+    from vstools.journal import log, operation
     from vstools.plan import apply_steps
 
     args = ctx.args
@@ -96,7 +100,18 @@ def handle(ctx: Context) -> int:
     with locked(
         paths.run_dir / "locks" / "create.lock", what=f"vs-create {args.name}", timeout_s=600.0
     ):
-        plan = plan_create(paths, load_create(paths), load_networks(paths), request)
+        plan = plan_create(
+            paths,
+            load_create(paths),
+            load_networks(paths),
+            request,
+            probe_network=ctx.settings.network is NetworkMode.ROUTED,
+        )
+        for check in plan.checks:
+            if ctx.dry_run:
+                print(f"checked: {check}", file=ctx.stderr)
+            else:
+                log.debug("checked: %s", check)
         if ctx.dry_run:
             for step in plan.steps:
                 print(f"would: {step.description}", file=ctx.stderr)

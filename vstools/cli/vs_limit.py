@@ -9,6 +9,8 @@ from vstools.cli.common import (
     Context,
     add_guest_selection,
     add_limit_options,
+    confirm,
+    guests_phrase,
     new_parser,
     run_command,
 )
@@ -17,7 +19,9 @@ from vstools.errors import VSError
 DESCRIPTION = """\
 Show or change limits, hot on a running guest and persisted in guest.conf. A change is one
 operation: if a step fails (the kernel refuses to lower the memory limit below what the guest
-uses, say), the steps already done are undone and the error says so.
+uses, say), the steps already done are undone and the error says so. A change with --all asks
+for confirmation first when stdin is a terminal (not with --yes); any answer but y/yes exits 7
+and changes nothing.
 Output: host:vserver:rss:disk:tmpfs:proc:cpu, each used/limit: rss, disk and tmpfs in MB, proc
 in processes, cpu as CPU seconds used / share of the host's whole CPU capacity."""
 
@@ -42,6 +46,8 @@ def handle(ctx: Context) -> int:
     new = NewLimits(args.rss, args.disk, args.tmpfs, args.proc, args.cpu)
     changing = new != NewLimits()
     names = list_guests(ctx.paths) if args.all else [args.name]
+    if args.all and changing and names:
+        confirm(ctx, f"Change the limits of {guests_phrase(names)}?")
     rows, failures = [], []
     for name in names:
         try:

@@ -5,14 +5,23 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from vstools.cli.common import Context, add_guest_selection, new_parser, run_command
+from vstools.cli.common import (
+    Context,
+    add_guest_selection,
+    confirm,
+    guests_phrase,
+    new_parser,
+    run_command,
+)
 from vstools.errors import VSError
 
 DESCRIPTION = """\
 Show or change the three network layers of guests: vlan (uplink interface), route (policy
 rule, table, host route, proxy ARP) and fw (the guest's IN and OUT chains). Changes go up in
 the order vlan, route, fw and down in the order fw, route, vlan; an uplink or a network's rule
-still used by another running guest is kept.
+still used by another running guest is kept. --all with a layer down asks for confirmation
+first when stdin is a terminal (not with --yes); any answer but y/yes exits 7 and changes
+nothing.
 Output: host:vserver:ip:vlan:route:fwIN:fwOUT, each layer up, down, off (firewall.conf has no
 'enable') or - (no network of networks.conf holds the guest's address)."""
 
@@ -72,6 +81,9 @@ def handle(ctx: Context) -> int:
     changes = [(layer, getattr(args, layer)) for layer in ("vlan", "route", "fw")]
     ups = [(layer, "up") for layer, state in changes if state == "up"]
     downs = [(layer, "down") for layer, state in reversed(changes) if state == "down"]
+    if args.all and downs and names:
+        layers = ", ".join(f"--{layer} down" for layer, _ in downs)
+        confirm(ctx, f"Take {layers} for {guests_phrase(names)}?")
     rows, failures = [], []
     firewall = Firewall(ctx.paths, ctx.settings)  # one reading of the loaded rules for all rows
     if args.all and args.fw == "up" and not ctx.dry_run:
