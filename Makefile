@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 # qemu-system-x86, seabios, ipxe-qemu (virtio-net ROM), dmsetup: the VM lab (tests/lab.py).
 DEB_PACKAGES := python3-venv python3-dev gcc iproute2 nftables iptables busybox-static debootstrap libc6-dev \
 	rsync openssh-server openssh-client systemd procps util-linux uidmap btrfs-progs \
-	zstd munin-node strace qemu-system-x86 seabios ipxe-qemu dmsetup
+	zstd munin-node strace qemu-system-x86 seabios ipxe-qemu dmsetup lvm2
 
 .PHONY: all deps venv demo test lint bench clean
 all: test
