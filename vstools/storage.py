@@ -34,6 +34,15 @@ def _run(argv: list[str], timeout_s: float | None = None) -> None:
     run(argv, timeout_s=timeout_s)
 
 
+def _run_e2fs(argv: list[str]) -> None:
+    """resize2fs and e2fsck print their version banner first: the error keeps the cause."""
+    try:
+        _run(argv, 600.0)
+    except CommandError as exc:
+        lines = [line for line in exc.stderr.splitlines() if not line.startswith(argv[0] + " 1.")]
+        raise CommandError(exc.cmdline, exc.returncode, "\n".join(lines)) from None
+
+
 def _output(argv: list[str]) -> str:
     from vstools.run import run
 
@@ -460,12 +469,13 @@ class LvmStorage(Storage):
             )
         return [
             Step(
-                f"check the file system of {device}", partial(_run, ["e2fsck", "-f", "-p", device])
+                f"check the file system of {device}",
+                partial(_run_e2fs, ["e2fsck", "-f", "-p", device]),
             ),
             Step(
                 f"shrink the file system of {device} to {new_mb} MB",
-                partial(_run, ["resize2fs", device, f"{new_mb}M"]),
-                partial(_run, ["resize2fs", device]),
+                partial(_run_e2fs, ["resize2fs", device, f"{new_mb}M"]),
+                partial(_run_e2fs, ["resize2fs", device]),
             ),
             Step(
                 f"shrink {volume} to {new_mb} MB",
@@ -482,7 +492,7 @@ class LvmStorage(Storage):
             if self.options.fs == "xfs":
                 _run(["xfs_growfs", str(root)])
             else:
-                _run(["resize2fs", device])
+                _run_e2fs(["resize2fs", device])
         except BaseException:
             # The file system is still its old size: the volume can go back safely.
             with contextlib.suppress(HostError):
