@@ -102,7 +102,7 @@ class Storage:
     def clone_steps(self, name: str, size_mb: int, source: Storage, source_name: str) -> list[Step]:
         """Steps that make the root of ``name`` as a copy of the (stopped) guest
         ``source_name``; sparse files, hard links, xattrs and owners are kept."""
-        view_steps, view, drop_steps = source.read_view(source_name, f"clone-{name}")
+        view_steps, view, drop_steps = source.read_view(source_name, "clone")
         copy = [
             "cp",
             "-a",
