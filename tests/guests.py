@@ -369,3 +369,58 @@ def routed(host: Host, net_probe_binary: Path) -> Iterator[tuple[Host, Lan]]:
     """The test host wired to a LAN, its network on VLAN 0 (see ``wired_to_lan``)."""
     with wired_to_lan(host, net_probe_binary) as lan:
         yield host, lan
+
+
+# -- btrfs on a loop device (STORAGE=btrfs): a sparse image named with the run prefix, its
+# loop device, the file system mounted at a directory named with the prefix too, quotas on.
+# The loop device is detached and the image removed also when the test fails.
+
+
+@contextlib.contextmanager
+def btrfs_loop(directory: Path, prefix: str, size_mb: int = 1024) -> Iterator[Path]:
+    image = directory / f"{prefix}-btrfs.img"
+    mountpoint = directory / f"{prefix}-btrfs"
+    with open(image, "wb") as handle:
+        handle.truncate(size_mb << 20)
+    try:
+        device = subprocess.run(
+            ["losetup", "--find", "--show", str(image)],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+        try:
+            subprocess.run(["mkfs.btrfs", "-q", device], check=True, capture_output=True)
+            mountpoint.mkdir()
+            subprocess.run(["mount", device, str(mountpoint)], check=True, capture_output=True)
+            try:
+                subprocess.run(
+                    ["btrfs", "quota", "enable", str(mountpoint)], check=True, capture_output=True
+                )
+                yield mountpoint
+            finally:
+                if subprocess.run(["umount", str(mountpoint)], check=False).returncode != 0:
+                    # Something still holds it (a test's stray process): detach it lazily so
+                    # the loop device below is released with the last user.
+                    subprocess.run(["umount", "--lazy", str(mountpoint)], check=False)
+        finally:
+            subprocess.run(["losetup", "--detach", device], check=False)
+    finally:
+        image.unlink()
+
+
+@pytest.fixture
+def btrfs_fs(tmp_path: Path, run_prefix: str) -> Iterator[Path]:
+    """A fresh btrfs (quotas enabled) mounted for this test."""
+    with btrfs_loop(tmp_path, run_prefix) as mountpoint:
+        yield mountpoint
+
+
+@pytest.fixture
+def btrfs_host(btrfs_fs: Path, host: Host) -> Host:
+    """The test host with its root filesystems (VS_ROOT_DIR) on ``btrfs_fs``. Set up after the
+    file system and so torn down before it: the guests are stopped before it is unmounted."""
+    root = btrfs_fs / "vservers"
+    root.mkdir()
+    host.env["VS_ROOT_DIR"] = str(root)
+    return host

@@ -1,5 +1,6 @@
 """Find kernel objects whose name starts with a prefix (TESTING.md safety rule 3): network
-namespaces, links, cgroups, mounts, nft tables, loop devices and processes."""
+namespaces, links, cgroups, mounts, nft tables, loop devices, LVM volumes, device-mapper
+devices and processes."""
 
 from __future__ import annotations
 
@@ -37,6 +38,10 @@ def find_leaks(prefix: str) -> list[str]:
         found += [f"mount {line.split()[1]}" for line in mounts if prefix in line.split()[1]]
     found += [f"nft {line}" for line in _lines(["nft", "list", "tables"]) if prefix in line]
     found += [f"loop {line}" for line in _lines(["losetup", "-a"]) if prefix in line]
+    # LVM volumes and groups, and any device-mapper device (the VM lab: this kernel has none).
+    lvs = ["lvs", "--noheadings", "-o", "vg_name,lv_name"]
+    found += [f"lvm {line.strip()}" for line in _lines(lvs) if prefix in line]
+    found += [f"dm {line.split()[0]}" for line in _lines(["dmsetup", "ls"]) if prefix in line]
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
             with open(f"/proc/{pid}/cmdline", "rb") as handle:

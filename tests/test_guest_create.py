@@ -162,18 +162,38 @@ def test_clone_needs_a_stopped_source(host: Host, tarballs: dict[str, Path]) -> 
     assert (host.rootfs("copy") / "etc" / "hostname").read_text() == "copy\n"
 
 
-def test_a_failure_at_any_step_leaves_nothing(host: Host, tarballs: dict[str, Path]) -> None:
-    _configure(host, f"DEFAULT_TEMPLATE={tarballs['.tar']}\nCONTEXT_METHOD=cnt\n")
+@pytest.mark.parametrize(
+    ("storage", "clone", "count"),
+    [("dir", False, 7), ("dir", True, 7), ("btrfs", False, 8), ("btrfs", True, 7)],
+)
+def test_a_failure_at_any_step_leaves_nothing(
+    request: pytest.FixtureRequest,
+    tarballs: dict[str, Path],
+    storage: str,
+    clone: bool,
+    count: int,
+) -> None:
+    """Each step fails in turn (dir: directories; btrfs: subvolume, qgroup limit; from the
+    template or cloned from another guest, a btrfs snapshot then): nothing is left."""
+    host: Host = request.getfixturevalue("btrfs_host" if storage == "btrfs" else "host")
+    _configure(
+        host, f"DEFAULT_TEMPLATE={tarballs['.tar']}\nCONTEXT_METHOD=cnt\nSTORAGE={storage}\n"
+    )
+    if clone:
+        host.run("vs-create", "--name", "origin", "--interface", "198.51.100.9")
+        host.guests.append("origin")
     paths = resolve_paths(host.env)
     defaults = CreateConf.parse("c", Path(host.env["VS_ETC_DIR"], "create.conf").read_text())
     networks = parse_networks("n", NETWORKS)
-    request = CreateRequest(name="web", ip=IPv4Address("198.51.100.10"))
     # This process runs in the machine's own network namespace: never probe from it.
-    count = len(plan_create(paths, defaults, networks, request, probe_network=False).steps)
-    assert count == 7
+    request_ = CreateRequest(
+        name="web", ip=IPv4Address("198.51.100.10"), clone="origin" if clone else None
+    )
+    assert len(plan_create(paths, defaults, networks, request_, probe_network=False).steps) == count
     snapshot = sorted(str(p) for p in host.root.rglob("*"))
+    subvolumes = _btrfs_subvolumes(paths.root_dir) if storage == "btrfs" else []
     for failing in range(count):
-        plan = plan_create(paths, defaults, networks, request, probe_network=False)
+        plan = plan_create(paths, defaults, networks, request_, probe_network=False)
 
         def boom() -> None:
             raise OSError(28, "No space left on device")
@@ -185,6 +205,19 @@ def test_a_failure_at_any_step_leaves_nothing(host: Host, tarballs: dict[str, Pa
         with pytest.raises(HostError, match="No space left on device"):
             apply_steps(steps)
         assert sorted(str(p) for p in host.root.rglob("*")) == snapshot, failing
+        if storage == "btrfs":
+            assert _btrfs_subvolumes(paths.root_dir) == subvolumes, failing
+    apply_steps(
+        plan_create(paths, defaults, networks, request_, probe_network=False).steps
+    )  # and it still works
+    host.guests.append("web")
+
+
+def _btrfs_subvolumes(root: Path) -> list[str]:
+    listed = subprocess.run(
+        ["btrfs", "subvolume", "list", str(root)], check=True, capture_output=True, text=True
+    )
+    return sorted(line.split()[-1] for line in listed.stdout.splitlines())
 
 
 def test_h1_h2_template_symlinks_never_make_the_host_write_outside(

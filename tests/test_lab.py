@@ -145,3 +145,10 @@ def test_a_guest_routed_on_an_802_1q_vlan_in_the_vm(lab_vm: LabVM) -> None:
     """vs-control creates the guest's VLAN uplink (802.1Q, with create.conf's MTU) and routes
     the guest through it behind its firewall; the inner run must pass and skip nothing."""
     run_inner_tests(lab_vm, "tests/test_lab_inside_vlan.py", modules=["8021q"])
+
+
+def test_lvm_guest_storage_in_the_vm(lab_vm: LabVM) -> None:
+    """STORAGE=lvm (a volume group on a loop device in the VM): the volume mounted while the
+    guest runs, its size the disk limit, grown hot, snapshots, clones and rollback; the inner
+    run must pass and skip nothing."""
+    run_inner_tests(lab_vm, "tests/test_lab_inside_lvm.py", modules=["loop", "dm-snapshot", "ext4"])

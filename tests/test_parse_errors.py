@@ -239,3 +239,19 @@ def test_colon_form_with_comma_separated_nameservers() -> None:
 
 def test_smtp_host_may_be_an_address() -> None:
     assert Settings.parse("s", "SMTP_HOST=198.51.100.25\n").smtp_host == "198.51.100.25"
+
+
+GUEST_BASE = "NAME=web\nCONTEXT=5\nIP=198.51.100.10\nRSS_LIMIT=1\nDISK_LIMIT=1\nTMPFS_LIMIT=1\n"
+GUEST_BASE += "PROC_LIMIT=1\nCPU_LIMIT=1/2\n"
+
+
+def test_lvm_storage_needs_its_volume_group_and_a_valid_name() -> None:
+    with pytest.raises(ConfigError) as missing:
+        GuestConf.parse("guest.conf", GUEST_BASE + "STORAGE=lvm\n")
+    assert [str(p) for p in missing.value.problems] == ["guest.conf:9:1: STORAGE=lvm needs LVM_VG"]
+    with pytest.raises(ConfigError) as bad:
+        CreateConf.parse("create.conf", "STORAGE=lvm\nLVM_VG=-vg\n")
+    problem = str(bad.value.problems[0])
+    assert problem.startswith("create.conf:2:8: LVM_VG: '-vg' is not a volume group")
+    conf = GuestConf.parse("guest.conf", GUEST_BASE + "STORAGE=lvm\nLVM_VG=vg0\nLVM_FS=xfs\n")
+    assert (conf.lvm_vg, conf.lvm_fs) == ("vg0", "xfs")

@@ -4,12 +4,13 @@ list of steps, each undone if a later one fails, so a failed creation leaves not
 from __future__ import annotations
 
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from ipaddress import IPv4Address
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from vstools.config.create import ContextMethod, CreateConf, CreateMethod
+from vstools.config.create import ContextMethod, CreateConf, CreateMethod, StorageKind
 from vstools.config.guest import MAX_CONTEXT, GuestConf, userns_base
 from vstools.config.networks import Network, NetworksConf
 from vstools.config.values import CpuRatio
@@ -17,6 +18,9 @@ from vstools.errors import NotFoundError, StateError, UsageError
 from vstools.hostconfig import list_guests, load_guest
 from vstools.paths import Paths
 from vstools.plan import Step
+
+if TYPE_CHECKING:
+    from vstools.storage import Storage
 
 TEMPLATE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.zst", ".tzst", ".tar.xz", ".txz")
 
@@ -144,6 +148,9 @@ def check_request(
     )
     if context in used:
         raise StateError(f"context {context} is already used by guest {used[context]}")
+    _check_source_and_storage(
+        paths, defaults, request, method=method, source=source, context=context
+    )
     # Last: the ARP probe is the one check that takes time (about a second for a free address).
     from vstools.network import check_address_free
 
@@ -210,18 +217,25 @@ def plan_create(
     check_request)."""
     checked = check_request(paths, defaults, networks, request, probe_network=probe_network)
     conf, method, source, network = checked.conf, checked.method, checked.source, checked.network
-    if conf.userns:
-        try:
-            userns_base(conf.context)
-        except ValueError as exc:
-            raise UsageError(f"DEFAULT_USERNS=yes in create.conf: {exc}") from None
-    if method is CreateMethod.TEMPLATE and not Path(source).is_file():
-        raise NotFoundError(f"template {source} does not exist")
-    if method is CreateMethod.CLONE:
-        _check_clone_source(paths, source)
     rootfs = paths.guest_root(conf.name)
     directory = paths.guest_dir(conf.name)
+    storage = _storage(paths, defaults)
+    conf = replace(
+        conf,
+        lvm_vg=defaults.lvm_vg if storage.kind is StorageKind.LVM else None,
+        lvm_fs=defaults.lvm_fs,
+    )
     plan = CreatePlan(conf, method, source, network, rootfs, checks=checked.checks)
+    if method is CreateMethod.CLONE:
+        from vstools.storage import guest_storage
+
+        origin = guest_storage(paths, load_guest(paths, source).conf)
+        root_steps = storage.clone_steps(conf.name, conf.disk_limit_mb, origin, source)
+    else:
+        root_steps = [
+            *storage.make_steps(conf.name, conf.disk_limit_mb),
+            _fill_step(defaults, method, source, rootfs),
+        ]
     plan.steps.extend(
         [
             Step(
@@ -229,10 +243,7 @@ def plan_create(
                 lambda: directory.mkdir(parents=True),
                 lambda: shutil.rmtree(directory),
             ),
-            Step(
-                f"create {rootfs}", lambda: _make_rootfs_dir(rootfs), lambda: shutil.rmtree(rootfs)
-            ),
-            _fill_step(paths, defaults, method, source, rootfs),
+            *root_steps,
             Step(
                 f"write /etc/hostname, /etc/hosts and /etc/resolv.conf in {rootfs}",
                 lambda: _write_guest_files(rootfs, conf),
@@ -241,6 +252,7 @@ def plan_create(
                 f"write {directory}/firewall.conf and monitor.conf from the templates",
                 lambda: _copy_templates(paths, directory),
             ),
+            *storage.close_steps(conf.name),
             Step(f"write {directory / GuestConf.FILE_NAME}", lambda: _write_conf(directory, conf)),
         ]
     )
@@ -256,24 +268,51 @@ def plan_create(
     return plan
 
 
+def _check_source_and_storage(
+    paths: Paths,
+    defaults: CreateConf,
+    request: CreateRequest,
+    *,
+    method: CreateMethod,
+    source: str,
+    context: int,
+) -> None:
+    """What the rootfs is made from and where, and the user namespace's room: all read-only."""
+    if defaults.userns:
+        try:
+            userns_base(context)
+        except ValueError as exc:
+            raise UsageError(f"DEFAULT_USERNS=yes in create.conf: {exc}") from None
+    if method is CreateMethod.TEMPLATE and not Path(source).is_file():
+        raise NotFoundError(f"template {source} does not exist")
+    if method is CreateMethod.CLONE:
+        _check_clone_source(paths, source)
+    _storage(paths, defaults).check_create(request.name, request.disk_mb or defaults.disk_limit_mb)
+
+
 def _check_clone_source(paths: Paths, source: str) -> None:
     from vstools.gueststate import read_state
+    from vstools.storage import guest_storage
 
-    load_guest(paths, source)
-    if not paths.guest_root(source).is_dir():
+    if not guest_storage(paths, load_guest(paths, source).conf).is_present(source):
         raise NotFoundError(f"guest {source} has no root filesystem to clone")
     if read_state(paths.guest_run_dir(source)) is not None:
         raise StateError(f"guest {source} is running: stop it to clone it consistently")
 
 
-def _make_rootfs_dir(rootfs: Path) -> None:
-    rootfs.parent.mkdir(parents=True, exist_ok=True)
-    rootfs.mkdir(mode=0o755)
+def _storage(paths: Paths, defaults: CreateConf) -> Storage:
+    from vstools.storage import storage_for
+
+    return storage_for(
+        paths,
+        defaults.storage,
+        lvm_vg=defaults.lvm_vg,
+        lvm_fs=defaults.lvm_fs,
+        snapshot_size_mb=defaults.snapshot_size_mb,
+    )
 
 
-def _fill_step(
-    paths: Paths, defaults: CreateConf, method: CreateMethod, source: str, rootfs: Path
-) -> Step:
+def _fill_step(defaults: CreateConf, method: CreateMethod, source: str, rootfs: Path) -> Step:
     if method is CreateMethod.TEMPLATE:
         # GNU tar detects the compression (gzip, zstd, xz) itself; --numeric-owner keeps the
         # template's uids instead of mapping them through the host's /etc/passwd.
@@ -288,9 +327,6 @@ def _fill_step(
             str(rootfs),
         ]
         return Step(f"unpack {source}", partial(_run, argv))
-    if method is CreateMethod.CLONE:
-        argv = ["cp", "-a", "--reflink=auto", "--", f"{paths.guest_root(source)}/.", str(rootfs)]
-        return Step(f"copy the root filesystem of {source}", partial(_run, argv))
     argv = ["debootstrap", "--variant=minbase", source, str(rootfs), defaults.main_mirror]
     return Step(
         f"debootstrap {source} from {defaults.main_mirror}", partial(_run, argv, timeout_s=3600.0)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from vstools.config.create import StorageKind
 from vstools.config.guest import GuestConf, userns_base
 from vstools.config.settings import Settings
 from vstools.errors import HostError, NotFoundError, StateError
@@ -104,30 +105,74 @@ def running_state(paths: Paths, name: str) -> GuestState:
 def start_guest(
     paths: Paths, settings: Settings, name: str, *, foreground: bool = False, dry_run: bool = False
 ) -> GuestPlan:
-    """Start the guest; returns once it runs (or, with ``foreground``, once it has stopped)."""
+    """Start the guest; returns once it runs (or, with ``foreground``, once it has stopped).
+
+    A root on its own volume (STORAGE=lvm) is mounted first, by the process that runs the
+    supervisor, and unmounted after the guest has stopped (or when the start fails)."""
+    from vstools.storage import guest_storage, is_mount_point
+
     files = load_guest(paths, name)
-    plan = build_plan(paths, settings, files.conf)
-    if read_state(plan.run_dir) is not None:
+    if read_state(paths.guest_run_dir(name)) is not None:
         raise StateError(f"guest {name} is already running")
-    if not Path(plan.rootfs).is_dir():
-        raise NotFoundError(f"guest {name}: its root filesystem {plan.rootfs} does not exist")
+    storage = guest_storage(paths, files.conf)
+    if not storage.is_present(name):
+        raise NotFoundError(
+            f"guest {name}: its root filesystem {paths.guest_root(name)} does not exist"
+        )
+    readable = storage.kind is not StorageKind.LVM or is_mount_point(paths.guest_root(name))
+    if dry_run or (_under_systemd() and not foreground):
+        plan = build_plan(paths, settings, files.conf)
+        if readable:
+            _check_init(plan)
+        if not dry_run:
+            from vstools.run import run
+
+            run(["systemctl", "start", f"vs-guest@{name}.service"])
+        return plan
+    mounted = storage.mount(name)
+    try:
+        plan = build_plan(paths, settings, files.conf)
+        _check_init(plan)
+        _supervise(paths, settings, files, plan, foreground=foreground, mounted=mounted)
+    except BaseException:
+        if mounted:
+            storage.unmount(name)  # a supervisor that got as far as its after_stop did already
+        raise
+    return plan
+
+
+def _check_init(plan: GuestPlan) -> None:
     from vstools.rootfs import GuestRoot
 
     with GuestRoot(plan.rootfs) as root:
         has_init = root.exists(plan.init[0]) or root.readlink(plan.init[0]) is not None
     if not has_init:
-        raise NotFoundError(f"guest {name}: no {plan.init[0]} in {plan.rootfs}")
-    if dry_run:
-        return plan
-    if _under_systemd() and not foreground:
-        from vstools.run import run
+        raise NotFoundError(f"guest {plan.name}: no {plan.init[0]} in {plan.rootfs}")
 
-        run(["systemctl", "start", f"vs-guest@{name}.service"])
-        return plan
+
+def _supervise(
+    paths: Paths,
+    settings: Settings,
+    files: GuestFiles,
+    plan: GuestPlan,
+    *,
+    foreground: bool,
+    mounted: bool,
+) -> None:
     from vstools.cgroup import probe_layout
+    from vstools.storage import guest_storage
     from vstools.supervisor import Supervisor
 
-    before_go, after_stop = _network_hooks(paths, settings, files)
+    before_go, network_after_stop = _network_hooks(paths, settings, files)
+
+    def after_stop() -> None:
+        try:
+            if network_after_stop is not None:
+                network_after_stop()
+        finally:
+            if mounted:
+                guest_storage(paths, files.conf).unmount(plan.name)
+
     supervisor = Supervisor(
         plan,
         probe_layout(),
@@ -139,7 +184,6 @@ def start_guest(
         supervisor.run()
     else:
         _detach(supervisor)
-    return plan
 
 
 def _network_hooks(

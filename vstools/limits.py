@@ -7,12 +7,11 @@ from __future__ import annotations
 import contextlib
 import os
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 from vstools.cgroup import Cgroup, host_cpu_count, probe_layout
 from vstools.config.guest import GuestConf
 from vstools.config.values import CpuRatio
-from vstools.errors import HostError
+from vstools.errors import HostError, VSError
 from vstools.gueststate import GuestState, read_state
 from vstools.paths import Paths
 from vstools.plan import Step, apply_steps
@@ -34,33 +33,16 @@ class Usage:
     proc_hits: int = 0
 
 
-def disk_usage_bytes(rootfs: Path) -> int:
-    """Bytes allocated under ``rootfs`` (st_blocks, so sparse files count what they use), each
-    hard-linked inode once, never following symlinks or leaving the file system."""
-    total = 0
-    seen: set[tuple[int, int]] = set()
+def disk_used_bytes(paths: Paths, conf: GuestConf) -> int:
+    """What the guest's root uses, as its storage backend counts it: allocated blocks on
+    ``dir``, the qgroup's referenced bytes on ``btrfs``, the file system's used blocks on
+    ``lvm``. A backend that cannot answer (a missing tool, a vanished volume) counts 0."""
+    from vstools.storage import guest_storage
+
     try:
-        top_dev = rootfs.lstat().st_dev
-    except FileNotFoundError:
+        return guest_storage(paths, conf).used_bytes(conf.name)
+    except VSError:
         return 0
-    stack = [str(rootfs)]
-    while stack:
-        directory = stack.pop()
-        with contextlib.suppress(OSError), os.scandir(directory) as entries:
-            for entry in entries:
-                with contextlib.suppress(OSError):
-                    info = entry.stat(follow_symlinks=False)
-                    if info.st_dev != top_dev:
-                        continue
-                    if info.st_nlink > 1:
-                        key = (info.st_dev, info.st_ino)
-                        if key in seen:
-                            continue
-                        seen.add(key)
-                    total += info.st_blocks * 512
-                    if entry.is_dir(follow_symlinks=False):
-                        stack.append(entry.path)
-    return total
 
 
 def tmpfs_used_bytes(init_pid: int) -> int:
@@ -81,7 +63,7 @@ def tmpfs_used_bytes(init_pid: int) -> int:
 
 
 def measure(paths: Paths, conf: GuestConf, state: GuestState | None) -> Usage:
-    disk_mb = disk_usage_bytes(paths.guest_root(conf.name)) / MB
+    disk_mb = disk_used_bytes(paths, conf) / MB
     if state is None:
         return Usage(0.0, disk_mb, 0.0, 0, 0.0)
     cgroup = Cgroup(probe_layout(), state.cgroup)
@@ -176,6 +158,11 @@ def plan_limits(paths: Paths, conf: GuestConf, new: NewLimits) -> list[Step]:
                     lambda: resize_tmp(state.init_pid, conf.tmpfs_limit_mb),
                 )
             )
+    if updated.disk_limit_mb != conf.disk_limit_mb:
+        from vstools.storage import guest_storage
+
+        storage = guest_storage(paths, conf)
+        steps += storage.limit_steps(conf.name, conf.disk_limit_mb, updated.disk_limit_mb)
     if updated != conf:
         target = paths.guest_dir(conf.name) / GuestConf.FILE_NAME
         old_text = target.read_text()

@@ -49,7 +49,7 @@ from vstools.config.monitor import MonitorConf
 from vstools.config.settings import Settings
 from vstools.errors import VSError
 from vstools.gueststate import read_state
-from vstools.limits import disk_usage_bytes, tmpfs_used_bytes
+from vstools.limits import disk_used_bytes, tmpfs_used_bytes
 from vstools.mail import Spool, compose
 from vstools.monitorsample import (
     Figures,
@@ -313,7 +313,7 @@ class Monitor:
             tmpfs_limit_mb=conf.tmpfs_limit_mb,
         )
         if watch.disk_time is None or now - watch.disk_time >= DISK_INTERVAL_S:
-            watch.disk_mb = bytes_mb(disk_usage_bytes(self.paths.guest_root(watch.name)))
+            watch.disk_mb = bytes_mb(disk_used_bytes(self.paths, conf))
             watch.disk_time = now
         fig.disk_mb = watch.disk_mb
         levels: list[Level | None] = []

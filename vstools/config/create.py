@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from enum import StrEnum
 from functools import partial
@@ -86,6 +87,16 @@ def _fs(text: str) -> str:
     return text
 
 
+def _vg_name(text: str) -> str:
+    # lvm(8): VG and LV names are letters, digits and "+_.-", not starting with "-", at most
+    # 127 characters; "." and ".." are refused by the first character.
+    if not re.fullmatch(r"[A-Za-z0-9+_][A-Za-z0-9+_.-]{0,126}", text, re.ASCII):
+        raise ValueProblem(
+            f"{text!r} is not a volume group name (letters, digits, '+_.-', at most 127)"
+        )
+    return text
+
+
 _PATH, _LINES, _PROBLEMS = meta_fields()
 
 
@@ -148,7 +159,7 @@ class CreateConf(KeyValueFile):
         Field("MAIN_MIRROR", "main_mirror", parse_url),
         Field("UPDATE_MIRROR", "update_mirror", parse_url),
         Field("STORAGE", "storage", _enum(StorageKind)),
-        Field("LVM_VG", "lvm_vg", parse_word),
+        Field("LVM_VG", "lvm_vg", _vg_name),
         Field("LVM_FS", "lvm_fs", _fs),
         Field("SNAPSHOT_SIZE", "snapshot_size_mb", mb),
         Field("DEFAULT_USERNS", "userns", parse_bool),

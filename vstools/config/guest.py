@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address
 from typing import ClassVar
 
-from vstools.config.create import StorageKind, _enum, count, mb
+from vstools.config.create import StorageKind, _enum, _fs, _vg_name, count, mb
 from vstools.config.keyvalue import Field, KeyValueFile, meta_fields
 from vstools.config.lexer import Collector
 from vstools.config.values import (
@@ -68,6 +68,8 @@ class GuestConf(KeyValueFile):
     cpu_limit: CpuRatio
     enabled: bool = False
     storage: StorageKind = StorageKind.DIR
+    lvm_vg: str | None = None
+    lvm_fs: str = "ext4"
     init: str = "/sbin/init"
     userns: bool = False
     path: str = _PATH
@@ -88,11 +90,15 @@ class GuestConf(KeyValueFile):
         Field("CPU_LIMIT", "cpu_limit", parse_cpu_ratio),
         Field("ENABLED", "enabled", parse_bool),
         Field("STORAGE", "storage", _enum(StorageKind)),
+        Field("LVM_VG", "lvm_vg", _vg_name, doc="volume group of the guest's logical volume"),
+        Field("LVM_FS", "lvm_fs", _fs, doc="file system on the guest's logical volume"),
         Field("INIT", "init", parse_command, doc="the guest's first program and its arguments"),
         Field("USERNS", "userns", parse_bool, doc="run the guest in a user namespace of its own"),
     )
 
     def cross_check(self, out: Collector) -> None:
+        if self.storage is StorageKind.LVM and self.lvm_vg is None:
+            out.error(self.line_of("STORAGE") or 0, 1, "STORAGE=lvm needs LVM_VG")
         if self.userns:
             try:
                 userns_base(self.context)
