@@ -90,10 +90,18 @@ def test_create_from_a_template_and_clone_as_a_snapshot(btrfs_host: Host) -> Non
     assert referenced > 8 * MB and exclusive < MB, shown
     assert limit == 48 * MB
     print(f"btrfs: create from the template {created_s:.2f} s, clone {cloned_s:.2f} s")
-    # Both run (btrfs roots need no mount).
+    # Both run (btrfs roots need no mount), the clone in a user namespace: its subvolume is
+    # mounted idmapped, and what its root writes is owned by 0 on disk.
+    conf = host.guests_dir / "copy" / "guest.conf"
+    conf.write_text(conf.read_text().replace("USERNS=no", "USERNS=yes"))
     host.run("vs-control", "--name", "web", "--start")
     host.run("vs-control", "--name", "copy", "--start")
     assert host.exec("copy", "hostname") == "copy\n"
+    context = int(conf.read_text().split("CONTEXT=")[1].split()[0])
+    uid_map = host.exec("copy", "cat", "/proc/self/uid_map").split()
+    assert uid_map == ["0", str(context * 65536), "65536"]
+    host.exec("copy", "touch", "/root/mine")
+    assert (host.rootfs("copy") / "root" / "mine").stat().st_uid == 0
     assert host.exec("web", "cat", "/etc/hostname") == "web\n"
     host.run("vs-control", "--name", "copy", "--stop")
     host.run("vs-control", "--name", "web", "--stop")
