@@ -289,7 +289,11 @@ class Supervisor:
             try:
                 self.after_stop()
             except Exception as exc:  # the rest of the cleanup still runs
-                log.error("guest %s: network not fully removed: %s", self.plan.name, exc)
+                log.error(
+                    "guest %s: network or storage not fully released after the stop: %s",
+                    self.plan.name,
+                    exc,
+                )
         if self.console_master >= 0:
             with contextlib.suppress(OSError):
                 os.close(self.console_master)
