@@ -6,49 +6,22 @@ from __future__ import annotations
 
 import shlex
 import signal
-import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from tests.monitor_fakehost import FakeHost
-from vstools.cli.vs_setup import unit_text
+from tests.units import directive as _directive
+from tests.units import notify_socket, verify
+from tests.units import unit as _unit
 
-ROOT = Path(__file__).resolve().parents[1]
-BIN = str(Path(sys.executable).parent)
 UNITS = ("vs-monitor.service", "vs-monitor@.service")
 
 
-def _unit(name: str) -> str:
-    return unit_text((ROOT / "systemd" / name).read_text(), BIN)
-
-
-def _directive(text: str, key: str) -> str:
-    return next(line.split("=", 1)[1] for line in text.splitlines() if line.startswith(key + "="))
-
-
 def test_units_verify(tmp_path: Path) -> None:
-    for name in UNITS:
-        (tmp_path / name).write_text(_unit(name))
-    (tmp_path / "vs-monitor@web.service").symlink_to("vs-monitor@.service")
-    result = subprocess.run(
-        [
-            "systemd-analyze",
-            "verify",
-            "--man=no",
-            str(tmp_path / "vs-monitor.service"),
-            str(tmp_path / "vs-monitor@web.service"),
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-        cwd=tmp_path,
-    )
-    assert result.returncode == 0, result.stderr
-    assert "vs-monitor" not in result.stderr
+    assert "vs-monitor" not in verify(tmp_path, UNITS, "web")
 
 
 @pytest.mark.parametrize("name", UNITS)
@@ -69,34 +42,31 @@ def test_execstart_notifies_ready_pings_and_stops_on_sigterm(
     fake.define("web", "MONITOR_POOLING=1\nTMPFS_THRESHOLD=0\nMONITOR_SOCKETS=no\n")
     fake.start("web")
     notify = tmp_path / "notify"
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    listener.bind(str(notify))
-    listener.settimeout(20)
     command = _directive(_unit(name), "ExecStart")
     argv = shlex.split(command.replace("%i", instance or ""))
     env = dict(fake.env, NOTIFY_SOCKET=str(notify), WATCHDOG_USEC="400000")
-    service = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        assert b"READY=1" in listener.recv(4096)
-        got = [listener.recv(4096) for _ in range(3)]
-        assert got == [b"WATCHDOG=1"] * 3
-        deadline = time.monotonic() + 10
-        while fake.state_of("web") is None:
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
-        service.send_signal(signal.SIGTERM)  # systemctl stop
-        assert service.wait(timeout=20) == 0
-        messages = []
-        listener.settimeout(0.5)
-        while True:
-            try:
-                messages.append(listener.recv(4096))
-            except TimeoutError:
-                break
-        assert b"STOPPING=1" in messages
-    finally:
-        if service.poll() is None:
-            service.kill()
-            service.wait()
-        listener.close()
-        fake.close()
+    with notify_socket(notify) as listener:
+        service = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            assert b"READY=1" in listener.recv(4096)
+            got = [listener.recv(4096) for _ in range(3)]
+            assert got == [b"WATCHDOG=1"] * 3
+            deadline = time.monotonic() + 10
+            while fake.state_of("web") is None:
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+            service.send_signal(signal.SIGTERM)  # systemctl stop
+            assert service.wait(timeout=20) == 0
+            messages = []
+            listener.settimeout(0.5)
+            while True:
+                try:
+                    messages.append(listener.recv(4096))
+                except TimeoutError:
+                    break
+            assert b"STOPPING=1" in messages
+        finally:
+            if service.poll() is None:
+                service.kill()
+                service.wait()
+            fake.close()

@@ -5,49 +5,23 @@ from __future__ import annotations
 
 import shlex
 import signal
-import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from tests.guests import Host
-from vstools.cli.vs_setup import unit_text
+from tests.units import directive as _directive
+from tests.units import notify_socket, verify
+from tests.units import unit as _unit
 
-ROOT = Path(__file__).resolve().parents[1]
-BIN = str(Path(sys.executable).parent)
 UNITS = ("vs-guest@.service", "vs-guests.service")
 
 
-def _unit(name: str) -> str:
-    return unit_text((ROOT / "systemd" / name).read_text(), BIN)
-
-
-def _directive(text: str, key: str) -> str:
-    return next(line.split("=", 1)[1] for line in text.splitlines() if line.startswith(key + "="))
-
-
 def test_units_verify(tmp_path: Path) -> None:
-    for name in UNITS:
-        (tmp_path / name).write_text(_unit(name))
-    (tmp_path / "vs-guest@web.service").symlink_to("vs-guest@.service")
-    result = subprocess.run(
-        [
-            "systemd-analyze",
-            "verify",
-            "--man=no",
-            str(tmp_path / "vs-guest@web.service"),
-            str(tmp_path / "vs-guests.service"),
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-        cwd=tmp_path,
-    )
-    assert result.returncode == 0, result.stderr
-    assert "vs-guest" not in result.stderr  # no warning about our units either
+    warnings = verify(tmp_path, UNITS, "web")
+    assert "vs-guest" not in warnings  # no warning about our units either
 
 
 def test_units_call_existing_commands() -> None:
@@ -64,23 +38,21 @@ def test_units_call_existing_commands() -> None:
 def test_vs_guest_execstart_runs_the_supervisor_and_notifies(host: Host, tmp_path: Path) -> None:
     host.define("web", "198.51.100.10")
     notify = tmp_path / "notify"
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    listener.bind(str(notify))
-    listener.settimeout(20)
     argv = shlex.split(_directive(_unit("vs-guest@.service"), "ExecStart").replace("%i", "web"))
     env = dict(host.env, NOTIFY_SOCKET=str(notify))
-    service = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        assert b"READY=1" in listener.recv(4096)
-        assert host.run("vs-control", "--name", "web").stdout == "vsh-test:web:disabled:running\n"
-        assert host.state("web")["supervisor_pid"] == service.pid  # type: ignore[index]
-        service.send_signal(signal.SIGTERM)  # what systemctl stop does (KillMode=mixed)
-        assert service.wait(timeout=30) == 0
-    finally:
-        if service.poll() is None:
-            service.kill()
-            service.wait()
-        listener.close()
+    with notify_socket(notify) as listener:
+        service = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            assert b"READY=1" in listener.recv(4096)
+            status = host.run("vs-control", "--name", "web").stdout
+            assert status == "vsh-test:web:disabled:running\n"
+            assert host.state("web")["supervisor_pid"] == service.pid  # type: ignore[index]
+            service.send_signal(signal.SIGTERM)  # what systemctl stop does (KillMode=mixed)
+            assert service.wait(timeout=30) == 0
+        finally:
+            if service.poll() is None:
+                service.kill()
+                service.wait()
     assert host.state("web") is None
     assert not host.cgroup_dir("memory", "web").exists()
 
