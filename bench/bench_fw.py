@@ -31,6 +31,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench_start import scratch_env  # this script's own directory is on sys.path
+
 from vstools.config.firewall import parse_firewall
 from vstools.firewall import Nftables
 from vstools.fwmodel import Ruleset, compile_guest, no_resolver
@@ -209,15 +211,7 @@ def starts(rounds: int) -> None:
     work = Path(tempfile.mkdtemp(prefix="vstbench-"))
     parent = f"vstbench{os.getpid()}"
     host, lan = f"{parent}-host", f"{parent}-lan"
-    env = {
-        "VS_ETC_DIR": str(work / "etc"),
-        "VS_GUESTS_CONF_DIR": str(work / "guests"),
-        "VS_ROOT_DIR": str(work / "root"),
-        "VS_STATE_DIR": str(work / "state"),
-        "VS_RUN_DIR": str(work / "run"),
-        "VS_NO_SYSTEMD": "1",
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-    }
+    env = scratch_env(work)
     for name in ("etc", "guests", "root", "state", "run"):
         (work / name).mkdir()
     (work / "etc" / "vs-tools.conf").write_text(f"CGROUP_PARENT={parent}\nSTOP_TIMEOUT=5\n")

@@ -48,7 +48,7 @@ def main() -> int:
     finally:
         subprocess.run(
             [str(BIN / "vs-control"), "--all", "--stop"],
-            env=_env(work),
+            env=scratch_env(work),
             capture_output=True,
             check=False,
         )
@@ -61,7 +61,8 @@ def main() -> int:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _env(work: Path) -> dict[str, str]:
+def scratch_env(work: Path) -> dict[str, str]:
+    """The VS_* directories of a scratch host under ``work`` (also used by bench_fw)."""
     return {
         "VS_ETC_DIR": str(work / "etc"),
         "VS_GUESTS_CONF_DIR": str(work / "guests"),
@@ -76,7 +77,7 @@ def _env(work: Path) -> dict[str, str]:
 def run(work: Path, parent: str, rounds: int) -> int:
     for name in ("etc", "guests", "root", "state", "run"):
         (work / name).mkdir()
-    env = _env(work)
+    env = scratch_env(work)
     (work / "etc" / "vs-tools.conf").write_text(f"CGROUP_PARENT={parent}\nSTOP_TIMEOUT=5\n")
     rootfs = build_busybox_rootfs(work / "root" / "b")
     (work / "guests" / "b").mkdir()
@@ -90,25 +91,14 @@ def run(work: Path, parent: str, rounds: int) -> int:
     lxc_conf.write_text(
         f"lxc.rootfs.path = dir:{rootfs}\nlxc.uts.name = bench\nlxc.net.0.type = empty\n"
     )
+    nspawn = ["systemd-nspawn", "-q", "-D", str(rootfs), "--register=no", "--keep-unit"]
     peers: dict[str, list[str] | None] = {
         "vs-control --start": None,
         "vs-control, USERNS=yes": None,
-        "systemd-nspawn": [
-            "systemd-nspawn",
-            "-q",
-            "-D",
-            str(rootfs),
-            "--register=no",
-            "--keep-unit",
-            "/bin/true",
-        ],
-        "systemd-nspawn -U": [  # its user namespace, with the rootfs idmapped as ours is
-            "systemd-nspawn",
-            "-q",
-            "-D",
-            str(rootfs),
-            "--register=no",
-            "--keep-unit",
+        "systemd-nspawn": [*nspawn, "/bin/true"],
+        # its user namespace, with the rootfs idmapped as ours is
+        "systemd-nspawn -U": [
+            *nspawn,
             "--private-users=pick",
             "--private-users-ownership=map",
             "/bin/true",
