@@ -47,6 +47,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "vstools.templates",
             "vstools.namespaces",
             "vstools.storage",
+            "vstools.storagelvm",
             "vstools.ssh",
             "vstools.mail",
         ),
