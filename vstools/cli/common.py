@@ -150,7 +150,12 @@ def add_limit_options(parser: argparse.ArgumentParser) -> None:
     from vstools.config.values import parse_cpu_ratio
 
     parser.add_argument("--rss", metavar="MB", type=arg_type(mb), help="memory limit")
-    parser.add_argument("--disk", metavar="MB", type=arg_type(mb), help="disk limit")
+    parser.add_argument(
+        "--disk",
+        metavar="MB",
+        type=arg_type(mb),
+        help="disk limit (STORAGE: btrfs qgroup limit, lvm volume size; measured only on dir)",
+    )
     parser.add_argument("--tmpfs", metavar="MB", type=arg_type(mb), help="size of /tmp")
     parser.add_argument("--proc", metavar="N", type=arg_type(count), help="process limit")
     parser.add_argument(
