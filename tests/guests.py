@@ -24,6 +24,7 @@ from vstools.templates import build_busybox_rootfs
 BIN = Path(sys.executable).parent
 PROBE_SOURCE = Path(__file__).parent / "probe" / "vstprobe.c"
 NET_PROBE_SOURCE = Path(__file__).parent / "probe" / "vstnet.c"
+ATTACK_SOURCE = Path(__file__).parent / "probe" / "vstattack.c"
 GUEST_CONF = (
     "NAME={name}\nCONTEXT={context}\nIP={ip}\nRSS_LIMIT={rss}\nDISK_LIMIT=256\n"
     "TMPFS_LIMIT={tmpfs}\nPROC_LIMIT={proc}\nCPU_LIMIT={cpu}\n"
@@ -41,6 +42,7 @@ class Host:
     probe: Path
     netns: str  # every test host runs in a network namespace of its own (TESTING.md rule 1)
     net_probe: Path | None = None
+    attack: Path | None = None  # the adversarial probe, copied into guests when set
     guests: list[str] = field(default_factory=list)
 
     @property
@@ -67,6 +69,8 @@ class Host:
         shutil.copy2(self.probe, self.rootfs(name) / "usr" / "bin" / "vstprobe")
         if self.net_probe is not None:
             shutil.copy2(self.net_probe, self.rootfs(name) / "usr" / "bin" / "vstnet")
+        if self.attack is not None:
+            shutil.copy2(self.attack, self.rootfs(name) / "usr" / "bin" / "vstattack")
         directory = self.guests_dir / name
         directory.mkdir()
         (directory / "guest.conf").write_text(
@@ -112,6 +116,17 @@ class Host:
             )
         return result
 
+    def popen(self, *argv: str) -> subprocess.Popen[str]:
+        """Start an installed vs-* command in the background (stop it by this PID)."""
+        return subprocess.Popen(
+            [*netns_prefix(self.netns), str(BIN / argv[0]), *argv[1:]],
+            env=self.env,
+            text=True,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+
     def exec(self, name: str, *command: str, check: bool = True) -> str:
         return self.run("vs-exec", "-T", name, "--", *command, check=check).stdout
 
@@ -143,6 +158,11 @@ def _static_binary(directory: Path, source: Path) -> Path:
 @pytest.fixture(scope="session")
 def probe_binary(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return _static_binary(tmp_path_factory.mktemp("probe"), PROBE_SOURCE)
+
+
+@pytest.fixture(scope="session")
+def attack_binary(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _static_binary(tmp_path_factory.mktemp("attack"), ATTACK_SOURCE)
 
 
 @pytest.fixture(scope="session")
@@ -203,8 +223,10 @@ def _teardown(test_host: Host) -> None:
     deadline = time.monotonic() + 15
     while any(test_host.state(n) for n in test_host.guests) and time.monotonic() < deadline:
         time.sleep(0.05)
-    # "": the one tree of a cgroup v2 host (the VM lab), /sys/fs/cgroup/<parent>.
-    for controller in ("memory", "pids", "cpu", "cpuacct", "freezer", "unified", ""):
+    # Every hierarchy (a guest has a group in each), and "": the one tree of a cgroup v2 host
+    # (the VM lab), /sys/fs/cgroup/<parent>.
+    hierarchies = sorted(p.name for p in Path("/sys/fs/cgroup").iterdir() if p.is_dir())
+    for controller in (*hierarchies, ""):
         top = test_host.cgroup_dir(controller)
         if not top.exists():
             continue

@@ -730,7 +730,11 @@ def make_group(
         return group
 
     yield make
-    roots = [*host_layout.v1_roots.values(), host_layout.cgroup2_root or Path("/nonexistent")]
+    roots = [
+        *host_layout.v1_roots.values(),
+        *host_layout.membership_roots,
+        host_layout.cgroup2_root or Path("/nonexistent"),
+    ]
     left = remove_test_cgroups(roots, top)
     assert not left, f"test cgroups left behind: {left}"
 
@@ -779,9 +783,16 @@ def test_probe_layout_on_this_host(host_layout: CgroupLayout) -> None:
 @privileged
 def test_real_create_makes_every_hierarchy(group: Cgroup) -> None:
     assert group.exists()
-    assert len(group.directories()) == 6  # memory, pids, cpu, cpuacct, freezer, cgroup2 mirror
+    # memory, pids, cpu, cpuacct, freezer, the cgroup2 mirror, and every other hierarchy
+    # mounted here (cpuset, devices, blkio, name=systemd), where the guest only has a group.
+    others = group.layout.membership_roots
+    assert {p.name for p in others} == {"cpuset", "devices", "blkio", "systemd"}
+    assert len(group.directories()) == 6 + len(others)
     for directory in group.directories():
         assert (directory / "cgroup.procs").is_file()
+    cpuset = Path("/sys/fs/cgroup/cpuset") / group.relpath
+    for name in ("cpuset.cpus", "cpuset.mems"):  # a process can join it: it has CPUs
+        assert (cpuset / name).read_text().strip()
     assert group.pids() == []
     assert group.memory_limit_bytes() is None
     assert group.cpu_limit() is None

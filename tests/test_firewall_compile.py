@@ -276,3 +276,19 @@ def test_rendered_rules_agree_with_a_naive_evaluator(
     guest = compile_guest(conf, "g", GUEST_IP, "vs1", no_resolver)
     for packet in packet_list:
         assert rendered(guest, packet) == naive(conf, packet), (packet, [str(r) for r in rule_list])
+
+
+def test_removing_a_guest_never_takes_another_guests_entry() -> None:
+    """A6: when the verdict maps send an address to another guest's chains, taking a guest
+    with that address out leaves the entry and the address's isolation membership alone."""
+    state = parse_nft_state((GOLDEN / "loaded.json").read_text())  # 198.51.100.12 is "old"'s
+    impostor = GuestFirewall("web", IPv4Address("198.51.100.12"), "vs1099", enabled=True)
+    text = render_nft_update(state, [], [impostor])
+    assert "delete element inet vstools fw_in" not in text
+    assert "delete element inet vstools fw_out" not in text
+    assert "guest_addrs" not in text and "guest_src" not in text
+    assert 'delete element inet vstools guest_ifs { "vs1099" }' in text
+    owner = GuestFirewall("old", IPv4Address("198.51.100.12"), "vs1012", enabled=True)
+    own = render_nft_update(state, [], [owner])
+    assert "delete element inet vstools fw_in { 198.51.100.12 }" in own
+    assert "delete element inet vstools guest_addrs { 198.51.100.12 }" in own

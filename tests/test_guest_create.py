@@ -164,7 +164,7 @@ def test_clone_needs_a_stopped_source(host: Host, tarballs: dict[str, Path]) -> 
 
 @pytest.mark.parametrize(
     ("storage", "clone", "count"),
-    [("dir", False, 7), ("dir", True, 7), ("btrfs", False, 8), ("btrfs", True, 7)],
+    [("dir", False, 8), ("dir", True, 8), ("btrfs", False, 9), ("btrfs", True, 8)],
 )
 def test_a_failure_at_any_step_leaves_nothing(
     request: pytest.FixtureRequest,

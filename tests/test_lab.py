@@ -60,6 +60,7 @@ def run_inner_tests(
     *,
     modules: list[str] | None = None,
     env: dict[str, str] | None = None,
+    timeout_s: float = 240,
 ) -> None:
     """Run a test file inside the VM; every one of its tests must have run and passed (none
     lost to a collection problem, none skipped)."""
@@ -68,7 +69,7 @@ def run_inner_tests(
         "--junitxml=/run/vs-lab/junit.xml\n",
         modules=modules or [],
         env={"CI": "true", **(env or {})},
-        timeout_s=240,
+        timeout_s=timeout_s,
     )
     print(result.output)
     result.check()
@@ -82,7 +83,13 @@ def run_inner_tests(
 
 def test_cgroup_v2_guest_limits_in_the_vm(lab_vm: LabVM) -> None:
     """The inner run must pass every test, skip none, and prove it ran on cgroup v2."""
-    run_inner_tests(lab_vm, INNER_TESTS, env={"VS_LAB_REPORT": "/run/vs-lab/report.json"})
+    run_inner_tests(
+        lab_vm,
+        INNER_TESTS,
+        modules=["loop", "ext4"],  # USERNS=yes guests need a file system that maps ids
+        env={"VS_LAB_REPORT": "/run/vs-lab/report.json"},
+        timeout_s=420,
+    )
     report = json.loads((lab_vm.io() / "report.json").read_text())
     assert report["version"] == "v2" and report["root"] == "/sys/fs/cgroup"
     assert {"memory", "pids", "cpu"} <= set(report["subtree_control"])

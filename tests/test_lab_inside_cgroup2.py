@@ -14,6 +14,7 @@ import json
 import os
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -202,3 +203,62 @@ def test_lowering_memory_below_what_cannot_be_reclaimed_is_refused(host: Host) -
     assert Path(f"/proc/{init}").exists()
     assert host.exec("web", "echo", "alive").strip() == "alive"
     assert "RSS_LIMIT=64" in (host.guests_dir / "web" / "guest.conf").read_text()
+
+
+@pytest.fixture
+def ext4_root(host: Host, tmp_path: Path, run_prefix: str) -> Iterator[Host]:
+    """The test host's root filesystems on ext4 (a loop device): the VM's /tmp is a tmpfs,
+    which Debian 12's kernel (6.1) cannot mount idmapped, as USERNS=yes guests need. Set up
+    after the host, so torn down before it goes: the guests are stopped first."""
+    image = tmp_path / f"{run_prefix}-ext4.img"
+    mountpoint = tmp_path / f"{run_prefix}-ext4"
+    with open(image, "wb") as handle:
+        handle.truncate(256 << 20)
+    subprocess.run(["mkfs.ext4", "-q", "-F", str(image)], check=True)
+    mountpoint.mkdir()
+    subprocess.run(["mount", "-o", "loop", str(image), str(mountpoint)], check=True)
+    previous = host.env["VS_ROOT_DIR"]
+    host.env["VS_ROOT_DIR"] = str(mountpoint / "vservers")
+    try:
+        yield host
+    finally:
+        for name in host.guests:
+            host.run("vs-control", "--name", name, "--stop", check=False)
+        host.env["VS_ROOT_DIR"] = previous
+        subprocess.run(["umount", "-d", str(mountpoint)], check=False)
+
+
+def test_guest_hardening_on_debians_own_kernel(ext4_root: Host, attack_binary: Path) -> None:
+    """On Debian's kernel (no real-time group scheduling, cgroup v2, a root with every
+    capability): a guest in either mode cannot take SCHED_FIFO (there it would escape its CPU
+    quota) though the host's root can; the supervisor is kept from the OOM killer and its guest
+    is not; a nested user namespace reaches no cgroup (A2 on v2)."""
+    subprocess.run(["chrt", "-f", "1", "true"], check=True)  # the host's root may: the kernel
+    host = ext4_root
+    host.attack = attack_binary
+    for name, ip, userns in (
+        ("rootmode", "198.51.100.10", False),
+        ("unpriv", "198.51.100.11", True),
+    ):
+        host.define(name, ip, userns=userns)
+        host.run("vs-control", "--name", name, "--start")
+        rt = dict(line.split(" ", 1) for line in host.exec(name, "vstattack", "rt").splitlines())
+        assert rt == {"sched-fifo": "errno=1", "sched-rr": "errno=1"}, (name, rt)
+        state = host.state(name)
+        assert state is not None
+        supervisor, init = state["supervisor_pid"], state["init_pid"]
+        assert Path(f"/proc/{supervisor}/oom_score_adj").read_text().strip() == "-1000"
+        assert Path(f"/proc/{init}/oom_score_adj").read_text().strip() == "0"
+        limit = (CGROUP2 / host.cgroup_parent / name / "memory.max").read_text()
+        out = host.exec(name, "vstattack", "cgescape")
+        results = dict(line.split(" ", 1) for line in out.splitlines() if " " in line)
+        if not userns:
+            assert results["unshare-newuser"] == "errno=1", out
+            assert results["clone3-newuser"] == "errno=38", out
+        mounted = [k[6:] for k, v in results.items() if k.startswith("mount-") and v == "ok"]
+        assert userns or not mounted, out
+        for hierarchy in mounted:
+            assert results[f"subdirs-{hierarchy}"] == "0" and results[f"mkdir-{hierarchy}"] != "ok"
+        assert not [k for k, v in results.items() if k.startswith("write-") and v == "ok"], out
+        assert (CGROUP2 / host.cgroup_parent / name / "memory.max").read_text() == limit
+        host.run("vs-control", "--name", name, "--stop")

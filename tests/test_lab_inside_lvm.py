@@ -169,8 +169,8 @@ def test_a_failed_lvm_create_leaves_no_volume(lvm_host: Host, vg: str, tmp_path:
     request = CreateRequest(name="web", ip=IPv4Address("198.51.100.10"), disk_mb=16)
     count = len(plan_create(paths, defaults, networks, request, probe_network=False).steps)
     # directory, root, lvcreate, mkfs, mount, unpack, guest files, templates, unmount,
-    # guest.conf, counter
-    assert count == 11
+    # guest.conf, complete, counter
+    assert count == 12
     before = sorted(str(p) for p in host.root.rglob("*"))
     for failing in range(count):
         plan = plan_create(paths, defaults, networks, request, probe_network=False)

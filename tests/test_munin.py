@@ -18,11 +18,12 @@ from pathlib import Path
 import pytest
 
 from tests.guests import Host
+from vstools.cli.vs_setup import plugin_conf
 from vstools.munin import GRAPHS, read_figures, render_config, render_values
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-PLUGIN = ROOT / "bin" / "vs_"
+PLUGIN = ROOT / "vstools" / "munin.py"
 
 
 def test_values_are_unknown_for_stopped_or_stale_guests(tmp_path: Path) -> None:
@@ -72,8 +73,11 @@ def test_munin_run_and_suggest_on_a_running_guest(host: Host, munin_dirs: Path) 
     lib, plugins, conf_d = (munin_dirs / d for d in ("lib", "plugins", "plugin-conf.d"))
     for directory in (lib, plugins, conf_d):
         directory.mkdir()
-    (lib / "vs_").symlink_to(PLUGIN)
-    (conf_d / "vs-tools").write_text(f"[vs_*]\nenv.VS_STATE_DIR {state_dir}\n")
+    # The plugin as vs-setup installs it: a standalone copy, whatever the checkout's path
+    # (which may be under a 0700 directory that Munin's user cannot reach).
+    (lib / "vs_").write_bytes(PLUGIN.read_bytes())
+    (lib / "vs_").chmod(0o755)
+    (conf_d / "vs-tools").write_text(plugin_conf(state_dir))
     dirs = ["--servicedir", str(plugins), "--sconfdir", str(conf_d)]
     munin_env = {"PATH": os.environ["PATH"]}
 
@@ -111,35 +115,42 @@ def test_vs_setup_links_the_plugin(etc_tree: dict[str, str], munin_dirs: Path) -
     here, never /etc/munin), idempotently, and Munin runs the links it made."""
     from tests.cli_helpers import invoke
 
-    plugins = munin_dirs / "plugins"
+    plugins, lib, conf_d = (munin_dirs / d for d in ("plugins", "lib", "plugin-conf.d"))
     base = ["--etc-dir", etc_tree["VS_ETC_DIR"], "--unit-dir", str(munin_dirs / "units")]
-    base += ["--munin-dir", str(plugins)]
+    base += ["--munin-dir", str(plugins), "--munin-lib", str(lib)]
+    base += ["--munin-conf-dir", str(conf_d)]
+    conf_d.mkdir()
+    installed = lib / "vs_"
 
     def setup(*extra: str) -> dict[str, str]:
         outcome = invoke("vs-setup", [*base, *extra], etc_tree)
         assert outcome.code == 0, outcome.err
         rows = [line.split(":", 1)[::-1] for line in outcome.out.splitlines()]
-        return {file: action for file, action in rows if file.startswith(str(plugins))}
+        ours = (str(plugins), str(lib), str(conf_d))
+        return {file: action for file, action in rows if file.startswith(ours)}
 
     links = {str(plugins / f"vs_{graph}") for graph in GRAPHS}
+    made = {*links, str(installed), str(conf_d / "vs-tools")}
     # No munin-node (no plugin directory): skipped, nothing made.
     assert setup() == {str(plugins): "skipped"}
-    assert not plugins.exists()
+    assert not plugins.exists() and not lib.exists()
     plugins.mkdir()
-    assert setup("--dry-run") == dict.fromkeys(links, "would be installed")
+    assert setup("--dry-run") == dict.fromkeys(made, "would be installed")
     assert list(plugins.iterdir()) == []
-    assert setup() == dict.fromkeys(links, "installed")
+    assert setup() == dict.fromkeys(made, "installed")
     assert {str(p) for p in plugins.iterdir()} == links
-    assert all(Path(link).resolve() == PLUGIN.resolve() for link in links)
+    assert all(Path(link).resolve() == installed for link in links)
+    assert installed.read_bytes() == PLUGIN.read_bytes() and installed.stat().st_mode & 0o755
+    assert "env.VS_STATE_DIR" in (conf_d / "vs-tools").read_text()
     # A second run changes nothing; a link left by an old install is refreshed; an
     # administrator's own file is kept as it is.
-    assert setup() == dict.fromkeys(links, "kept")
+    assert setup() == dict.fromkeys(made, "kept")
     (plugins / "vs_cpu").unlink()
     (plugins / "vs_cpu").symlink_to("/nonexistent/vs_")
     (plugins / "vs_load").unlink()
     (plugins / "vs_load").write_text("#!/bin/sh\necho mine\n")
-    assert setup() == dict(dict.fromkeys(links, "kept"), **{str(plugins / "vs_cpu"): "refreshed"})
-    assert (plugins / "vs_cpu").resolve() == PLUGIN.resolve()
+    assert setup() == dict(dict.fromkeys(made, "kept"), **{str(plugins / "vs_cpu"): "refreshed"})
+    assert (plugins / "vs_cpu").resolve() == installed
     assert (plugins / "vs_load").read_text() == "#!/bin/sh\necho mine\n"
     assert sorted(p.name for p in plugins.iterdir()) == sorted(f"vs_{g}" for g in GRAPHS)
 

@@ -177,8 +177,15 @@ class Cgroup:
         return list(seen.values())
 
     def directories(self) -> list[Path]:
-        """The group's directory in every hierarchy it uses."""
-        return [self._path(c) for c in self._controllers()]
+        """The group's directory in every hierarchy it uses (the ones it only joins last)."""
+        return [self._path(c) for c in self._controllers()] + self._membership_dirs()
+
+    def _membership_dirs(self, depth: int | None = None) -> list[Path]:
+        """The group's directory in the v1 hierarchies it only joins (see CgroupLayout)."""
+        parts = self._parts if depth is None else self._parts[:depth]
+        if self._v2:
+            return []
+        return [root.joinpath(*parts) for root in self.layout.membership_roots]
 
     def _read(self, controller: Controller, name: str, *, depth: int | None = None) -> str:
         path = self._path(controller, name, depth)
@@ -259,6 +266,18 @@ class Cgroup:
                         raise HostError(
                             f"cannot create cgroup directory {directory}: {_errno_text(exc)}"
                         ) from exc
+            for root in [] if self._v2 else self.layout.membership_roots:
+                directory = root
+                for part in self._parts:
+                    parent, directory = directory, directory / part
+                    try:
+                        if self._make_dir(directory):
+                            created.append(directory)
+                            _inherit_cpuset(parent, directory)
+                    except OSError as exc:
+                        raise HostError(
+                            f"cannot create cgroup directory {directory}: {_errno_text(exc)}"
+                        ) from exc
         except HostError as exc:
             left = self._remove_dirs(reversed(created))
             if left:
@@ -307,7 +326,9 @@ class Cgroup:
                 f"cgroup {self.relpath} is not empty: pids {', '.join(map(str, remaining))} "
                 "still run in it; stop or kill them first"
             )
-        left = self._remove_dirs(self._path(c) for c in reversed(self._controllers()))
+        left = self._remove_dirs(
+            [*self._membership_dirs(), *(self._path(c) for c in reversed(self._controllers()))]
+        )
         if left:
             raise HostError(
                 f"cannot remove cgroup {self.relpath}: {'; '.join(left)} "
@@ -316,6 +337,12 @@ class Cgroup:
 
     def add_pid(self, pid: int) -> None:
         """Move process ``pid`` (all its threads) into the group in every hierarchy."""
+        for directory in self._membership_dirs():
+            path = directory / "cgroup.procs"
+            try:
+                _write_file(path, str(pid))
+            except OSError as exc:
+                raise HostError(f"cannot write {pid} to {path}: {_errno_text(exc)}") from exc
         for controller in self._controllers():
             # cgroup.procs moves the whole thread group; "tasks" (v1) would move one thread.
             self._write(
@@ -396,7 +423,10 @@ class Cgroup:
 
     def set_cpu_limit(self, ratio: CpuRatio | None, cpu_count: int) -> None:
         """Give the group ``ratio`` of ``cpu_count`` CPUs as a CFS quota (None: unlimited)."""
-        quota = None if ratio is None else cfs_quota_us(ratio, cpu_count)
+        self.set_cpu_quota(None if ratio is None else cfs_quota_us(ratio, cpu_count))
+
+    def set_cpu_quota(self, quota: int | None) -> None:
+        """A CFS quota in microseconds per 100 ms period (None: unlimited)."""
         if self._v2:
             self._write(Controller.CPU, "cpu.max", f"{_or_max(quota)} {CFS_PERIOD_US}")
             return
@@ -565,6 +595,14 @@ class Cgroup:
                 f"cgroup {self.relpath}: processes still running {timeout_s} s after "
                 f"SIGKILL: pids {remaining}"
             )
+
+
+def _inherit_cpuset(parent: Path, child: Path) -> None:
+    """A new v1 cpuset group starts with no CPU and no memory node, and a process cannot join
+    it: give it its parent's (cgroup.clone_children does the same when it is set)."""
+    for name in ("cpuset.cpus", "cpuset.mems"):
+        if (child / name).exists() and not _read_file(child / name).strip():
+            _write_file(child / name, _read_file(parent / name).strip() or "\n")
 
 
 def _or_max(value: int | None) -> str:

@@ -53,11 +53,15 @@ class CgroupLayout:
 
     ``cgroup2_root``: on V2 the hierarchy itself; on V1 an optional controller-less cgroup2
     mount used for ``cgroup.kill``. ``v1_roots``: controller name -> mount point (V1 only).
+    ``membership_roots``: the other v1 hierarchies (blkio, cpuset, devices, name=systemd...),
+    where a guest gets a group of its own with no limit in it, so that nothing the guest may
+    ever see of a hierarchy is the host's root group (catalogue A2).
     """
 
     version: CgroupVersion
     cgroup2_root: Path | None = None
     v1_roots: Mapping[str, Path] = field(default_factory=dict, hash=False)
+    membership_roots: tuple[Path, ...] = ()
 
     def __post_init__(self) -> None:
         if self.version is CgroupVersion.V2 and self.cgroup2_root is None:
@@ -74,13 +78,18 @@ class CgroupLayout:
 
     @classmethod
     def v1(
-        cls, roots: Mapping[str, str | Path], cgroup2_root: str | Path | None = None
+        cls,
+        roots: Mapping[str, str | Path],
+        cgroup2_root: str | Path | None = None,
+        membership_roots: tuple[str | Path, ...] = (),
     ) -> CgroupLayout:
-        """A cgroup v1 layout, optionally with a cgroup2 mount used for ``cgroup.kill``."""
+        """A cgroup v1 layout, optionally with a cgroup2 mount used for ``cgroup.kill`` and
+        the hierarchies a guest only joins."""
         return cls(
             CgroupVersion.V1,
             cgroup2_root=None if cgroup2_root is None else Path(cgroup2_root),
             v1_roots={name: Path(path) for name, path in roots.items()},
+            membership_roots=tuple(Path(p) for p in membership_roots),
         )
 
 
@@ -93,6 +102,7 @@ def probe_layout(
         lines = handle.read().splitlines()
     cgroup2_mounts: list[Path] = []
     v1_roots: dict[str, Path] = {}
+    hierarchies: dict[str, Path] = {}  # every v1 hierarchy by its controllers (or name=)
     for line in lines:
         fields = line.split()
         if len(fields) < 4:
@@ -105,9 +115,12 @@ def probe_layout(
         elif fields[2] == "cgroup":
             # A hierarchy may carry several controllers ("cpu,cpuacct"); the first mount of a
             # controller wins, later ones are bind mounts of the same hierarchy.
-            for option in fields[3].split(","):
+            options = fields[3].split(",")
+            for option in options:
                 if option in _V1_KNOWN:
                     v1_roots.setdefault(option, mount_point)
+            key = ",".join(sorted(o for o in options if o in _V1_KNOWN or o.startswith("name=")))
+            hierarchies.setdefault(key, mount_point)
     for mount_point in cgroup2_mounts:
         if set(V2_CONTROLLERS) <= _listed_controllers(mount_point):
             return CgroupLayout.v2(mount_point)
@@ -119,7 +132,9 @@ def probe_layout(
             f"no usable cgroup hierarchy in {mounts_file}: no cgroup2 mount offers "
             f"{', '.join(V2_CONTROLLERS)}, and cgroup v1 lacks {', '.join(missing)}"
         )
-    return CgroupLayout.v1(v1_roots, cgroup2_mounts[0] if cgroup2_mounts else None)
+    used = {v1_roots[c] for c in V1_CONTROLLERS}
+    others = tuple(p for p in hierarchies.values() if p not in used)
+    return CgroupLayout.v1(v1_roots, cgroup2_mounts[0] if cgroup2_mounts else None, others)
 
 
 def _listed_controllers(cgroup2_dir: Path) -> set[str]:

@@ -3,6 +3,8 @@ list of steps, each undone if a later one fails, so a failed creation leaves not
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
 from dataclasses import dataclass, field, replace
 from functools import partial
@@ -16,6 +18,7 @@ from vstools.config.networks import Network, NetworksConf
 from vstools.config.values import CpuRatio
 from vstools.errors import NotFoundError, StateError, UsageError
 from vstools.hostconfig import list_guests, load_guest
+from vstools.paths import INCOMPLETE_MARKER as INCOMPLETE
 from vstools.paths import Paths
 from vstools.plan import Step
 
@@ -239,8 +242,8 @@ def plan_create(
     plan.steps.extend(
         [
             Step(
-                f"create {directory}",
-                lambda: directory.mkdir(parents=True),
+                f"create {directory}, marked incomplete until the end",
+                lambda: _start_marked(directory, storage, conf),
                 lambda: shutil.rmtree(directory),
             ),
             *root_steps,
@@ -254,6 +257,11 @@ def plan_create(
             ),
             *storage.close_steps(conf.name),
             Step(f"write {directory / GuestConf.FILE_NAME}", lambda: _write_conf(directory, conf)),
+            Step(
+                f"mark {conf.name} complete",
+                (directory / INCOMPLETE).unlink,
+                lambda: _start_marked(directory, storage, conf),
+            ),
         ]
     )
     if defaults.context_method is ContextMethod.CNT and request.context is None:
@@ -368,6 +376,45 @@ def _write_conf(directory: Path, conf: GuestConf) -> None:
     from vstools.guest import HEADER
 
     atomic_write(directory / GuestConf.FILE_NAME, conf.render(header=HEADER))
+
+
+def _start_marked(directory: Path, storage: Storage, conf: GuestConf) -> None:
+    """The guest's configuration directory, holding the marker that says how to remove what
+    this creation makes if it is killed halfway (its storage, known before any guest.conf)."""
+    from vstools.fsutil import atomic_write
+
+    directory.mkdir(parents=True, exist_ok=True)
+    marker = {"storage": storage.kind.value, "lvm_vg": conf.lvm_vg, "lvm_fs": conf.lvm_fs}
+    atomic_write(directory / INCOMPLETE, json.dumps(marker) + "\n")
+
+
+def clean_interrupted(paths: Paths) -> list[str]:
+    """Remove what killed vs-create runs left: every guest directory still marked incomplete,
+    with its root. Called under the host's create lock, so none of them is being made now."""
+    from vstools.names import guest_name_problem
+    from vstools.storage import storage_for
+
+    removed = []
+    try:
+        entries = sorted(os.listdir(paths.guests_conf_dir))
+    except FileNotFoundError:
+        return []
+    for name in entries:
+        marker = paths.guests_conf_dir / name / INCOMPLETE
+        if guest_name_problem(name) is not None or not marker.is_file():
+            continue
+        try:
+            data = json.loads(marker.read_text())
+            kind = StorageKind(data.get("storage", "dir"))
+        except (ValueError, AttributeError):
+            kind, data = StorageKind.DIR, {}
+        storage = storage_for(
+            paths, kind, lvm_vg=data.get("lvm_vg"), lvm_fs=data.get("lvm_fs") or "ext4"
+        )
+        storage.remove_root(name)
+        shutil.rmtree(paths.guest_dir(name))
+        removed.append(name)
+    return removed
 
 
 def _write_counter(paths: Paths, value: int) -> None:

@@ -77,3 +77,19 @@ def locked(
         yield
     finally:
         os.close(fd)
+
+
+@contextmanager
+def try_lock(path: str | os.PathLike[str]) -> Iterator[bool]:
+    """Try once for an exclusive flock on ``path`` (created if missing): the block gets True
+    while it holds it, False when another process does."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)

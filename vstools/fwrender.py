@@ -292,9 +292,15 @@ def _nft_remove(state: NftState, guest: GuestFirewall, *, keep_membership: bool)
     set element is first added then deleted, which is valid whether it was there or not, so
     an update never needs to list the whole table (that costs 0.4 s with 1000 guests)."""
     lines: list[str] = []
+    ip = str(guest.ip)
+    # A verdict-map element is removed only if it leads to this guest's own chain: another
+    # guest's entry for the same address is never taken away (catalogue A6).
+    others = False
     for way, current in ((Way.IN, state.fw_in), (Way.OUT, state.fw_out)):
-        if str(guest.ip) in current:
+        if current.get(ip) == chain_name(guest.name, way):
             lines.append(f"delete element {TABLE} fw_{way} {{ {guest.ip} }}")
+        elif ip in current:
+            others = True
     for way in (Way.IN, Way.OUT):
         chain = chain_name(guest.name, way)
         lines += [
@@ -303,11 +309,9 @@ def _nft_remove(state: NftState, guest: GuestFirewall, *, keep_membership: bool)
             f"delete chain {TABLE} {chain}",
         ]
     if not keep_membership:
-        for name, key in (
-            ("guest_src", _src_key(guest)),
-            ("guest_addrs", str(guest.ip)),
-            ("guest_ifs", f'"{guest.ifname}"'),
-        ):
+        members = [] if others else [("guest_src", _src_key(guest)), ("guest_addrs", ip)]
+        members.append(("guest_ifs", f'"{guest.ifname}"'))
+        for name, key in members:
             lines += [
                 f"add element {TABLE} {name} {{ {key} }}",
                 f"delete element {TABLE} {name} {{ {key} }}",

@@ -12,12 +12,22 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from vstools.cgroup import Cgroup, probe_layout
 from vstools.config.create import StorageKind
 from vstools.config.guest import GuestConf, userns_base
 from vstools.config.settings import Settings
-from vstools.errors import HostError, NotFoundError, StateError
-from vstools.gueststate import GuestPlan, GuestState, read_state, signal_supervisor
-from vstools.hostconfig import GuestFiles, load_guest
+from vstools.errors import ConfigError, HostError, NotFoundError, StateError, VSError
+from vstools.gueststate import (
+    CorruptState,
+    GuestPlan,
+    GuestState,
+    is_alive,
+    is_running,
+    read_state,
+    read_state_file,
+    signal_supervisor,
+)
+from vstools.hostconfig import GuestFiles, load_guest, load_guest_conf
 from vstools.paths import Paths
 
 if TYPE_CHECKING:
@@ -32,9 +42,11 @@ STOP_SIGNALS = (("busybox", signal.SIGUSR2), ("systemd", signal.SIGRTMIN + 4))
 class GuestStatus:
     name: str
     enabled: bool
-    running: bool
+    running: bool  # a supervisor holds the lock, or processes of the guest run without one
     frozen: bool
     init_pid: int | None
+    orphaned: bool = False  # its processes run but its supervisor is gone (killed)
+    problem: str | None = None  # what could not be read (a corrupt state or guest.conf)
 
 
 def detect_stop_signal(rootfs: Path, init: str) -> int:
@@ -81,18 +93,78 @@ def build_plan(paths: Paths, settings: Settings, conf: GuestConf) -> GuestPlan:
     )
 
 
-def guest_status(paths: Paths, settings: Settings, name: str) -> GuestStatus:
-    conf = load_guest(paths, name).conf
-    state = read_state(paths.guest_run_dir(name))
-    frozen = False
-    if state is not None:
-        from vstools.cgroup import Cgroup, probe_layout
+def guest_cgroup(settings: Settings, name: str) -> Cgroup:
+    """The guest's cgroup, named from the settings (so that it is found without its state)."""
+    return Cgroup(probe_layout(), f"{settings.cgroup_parent}/{name}")
 
+
+def guest_status(
+    paths: Paths, settings: Settings, name: str, *, lenient: bool = False
+) -> GuestStatus:
+    """What runs, from the kernel's own records: the supervisor's lock, and processes left in
+    the guest's cgroup when the supervisor is gone. Only guest.conf is read (ENABLED); with
+    ``lenient`` a broken guest.conf is a ``problem`` instead of an error (after a stop, which
+    must always work)."""
+    problems: list[str] = []
+    try:
+        enabled = load_guest_conf(paths, name).enabled
+    except (ConfigError, NotFoundError) as exc:
+        if not lenient:
+            raise
+        enabled = enabled_leniently(paths, name)
+        problems.append(str(exc))
+    run_dir = paths.guest_run_dir(name)
+    running = is_running(run_dir)
+    state: GuestState | None = None
+    try:
+        state = read_state(run_dir)
+    except CorruptState as exc:
+        problems.append(str(exc))
+    cgroup = guest_cgroup(settings, name)
+    orphaned = not running and bool(_processes(cgroup))
+    frozen = False
+    if running or orphaned:
         with contextlib.suppress(HostError):
-            frozen = Cgroup(probe_layout(), state.cgroup).is_frozen()
+            frozen = cgroup.is_frozen()
+    if orphaned:
+        problems.append(
+            f"guest {name} runs without its supervisor (it was killed):"
+            f" vs-control --name {name} --stop stops it"
+        )
     return GuestStatus(
-        name, conf.enabled, state is not None, frozen, state.init_pid if state else None
+        name,
+        enabled,
+        running or orphaned,
+        frozen,
+        state.init_pid if state else None,
+        orphaned=orphaned,
+        problem="; ".join(problems) or None,
     )
+
+
+def is_active(paths: Paths, settings: Settings, name: str) -> bool:
+    """Running for the purpose of --all: a supervisor holds the lock, or the guest's processes
+    still run without one (an orphan, which a stop must reach and a start must skip)."""
+    return is_running(paths.guest_run_dir(name)) or bool(_processes(guest_cgroup(settings, name)))
+
+
+def enabled_leniently(paths: Paths, name: str) -> bool:
+    """ENABLED of a guest.conf that does not parse as a whole: its last ENABLED line."""
+    path = paths.guest_dir(name) / GuestConf.FILE_NAME
+    enabled = False
+    with contextlib.suppress(OSError):
+        for line in path.read_text(errors="replace").splitlines():
+            key, _, value = line.partition("=")
+            if key.strip() == "ENABLED":
+                enabled = value.strip().lower() in ("yes", "true", "1", "on")
+    return enabled
+
+
+def _processes(cgroup: Cgroup) -> list[int]:
+    try:
+        return cgroup.pids()
+    except HostError:
+        return []
 
 
 def running_state(paths: Paths, name: str) -> GuestState:
@@ -107,14 +179,16 @@ def start_guest(
 ) -> GuestPlan:
     """Start the guest; returns once it runs (or, with ``foreground``, once it has stopped).
 
-    A root on its own volume (STORAGE=lvm) is mounted first, by the process that runs the
-    supervisor, and unmounted after the guest has stopped (or when the start fails)."""
-    from vstools.storage import guest_storage, is_mount_point
+    What only the start that wins the guest's lock may do is done by the supervisor once it
+    holds it (``_prepare``): refuse a guest whose processes still run without a supervisor,
+    clean what a killed one left, mount a root on its own volume (STORAGE=lvm)."""
+    from vstools.storage import check_root_not_symlink, guest_storage, is_mount_point
 
     files = load_guest(paths, name)
-    if read_state(paths.guest_run_dir(name)) is not None:
+    if is_running(paths.guest_run_dir(name)):
         raise StateError(f"guest {name} is already running")
     storage = guest_storage(paths, files.conf)
+    check_root_not_symlink(paths.guest_root(name))
     if not storage.is_present(name):
         raise NotFoundError(
             f"guest {name}: its root filesystem {paths.guest_root(name)} does not exist"
@@ -129,15 +203,8 @@ def start_guest(
 
             run(["systemctl", "start", f"vs-guest@{name}.service"])
         return plan
-    mounted = storage.mount(name)
-    try:
-        plan = build_plan(paths, settings, files.conf)
-        _check_init(plan)
-        _supervise(paths, settings, files, plan, foreground=foreground, mounted=mounted)
-    except BaseException:
-        if mounted:
-            storage.unmount(name)  # a supervisor that got as far as its after_stop did already
-        raise
+    plan = build_plan(paths, settings, files.conf)
+    _supervise(paths, settings, files, plan, foreground=foreground)
     return plan
 
 
@@ -150,6 +217,35 @@ def _check_init(plan: GuestPlan) -> None:
         raise NotFoundError(f"guest {plan.name}: no {plan.init[0]} in {plan.rootfs}")
 
 
+def _prepare(
+    paths: Paths, settings: Settings, files: GuestFiles, plan: GuestPlan
+) -> tuple[GuestPlan, str]:
+    """In the supervisor, holding the guest's lock: refuse an orphan, clean what a killed
+    supervisor left, mount the root if it has a volume of its own. Returns the plan (built
+    again once the root is readable) and the mount point it mounted, if any."""
+    from vstools.storage import guest_storage, secure_root_dir
+
+    name = plan.name
+    secure_root_dir(paths.root_dir)
+    if _processes(guest_cgroup(settings, name)):
+        raise StateError(
+            f"guest {name} runs without its supervisor (it was killed):"
+            f" vs-control --name {name} --stop stops it first"
+        )
+    clean_leftovers(paths, settings, name)
+    storage = guest_storage(paths, files.conf)
+    mounted = storage.mount(name)
+    try:
+        if mounted:
+            plan = build_plan(paths, settings, files.conf)
+        _check_init(plan)
+    except BaseException:
+        if mounted:
+            storage.unmount(name)
+        raise
+    return plan, str(paths.guest_root(name)) if mounted else ""
+
+
 def _supervise(
     paths: Paths,
     settings: Settings,
@@ -157,21 +253,19 @@ def _supervise(
     plan: GuestPlan,
     *,
     foreground: bool,
-    mounted: bool,
 ) -> None:
-    from vstools.cgroup import probe_layout
-    from vstools.storage import guest_storage
+    from vstools.storage import unmount_root
     from vstools.supervisor import Supervisor
 
     before_go, network_after_stop = _network_hooks(paths, settings, files)
 
-    def after_stop() -> None:
+    def after_stop(attached: bool) -> None:
         try:
-            if network_after_stop is not None:
+            if attached and network_after_stop is not None:
                 network_after_stop()
         finally:
-            if mounted:
-                guest_storage(paths, files.conf).unmount(plan.name)
+            if supervisor.root_mounted:
+                unmount_root(Path(supervisor.root_mounted))
 
     supervisor = Supervisor(
         plan,
@@ -179,6 +273,7 @@ def _supervise(
         on_ready=_notify_systemd if foreground else None,
         before_go=before_go,
         after_stop=after_stop,
+        prepare=lambda: _prepare(paths, settings, files, plan),
     )
     if foreground:
         supervisor.run()
@@ -275,9 +370,16 @@ def _detach(supervisor: Supervisor) -> None:
     os.close(ready_r)
     message = b"".join(chunks).decode(errors="replace").strip()
     if message != "running":
-        raise HostError(
-            message.removeprefix("failed: ") or "the supervisor died before the guest ran"
-        )
+        raise error_from_ready(message)
+
+
+def error_from_ready(message: str) -> VSError:
+    """The error a supervisor reported as ``failed CODE: why``, with its own exit code."""
+    code, _, why = message.removeprefix("failed ").partition(": ")
+    kinds: dict[str, type[VSError]] = {"3": NotFoundError, "4": StateError}
+    if not why or not code.isdigit():
+        return HostError(message or "the supervisor died before the guest ran")
+    return kinds.get(code, HostError)(why)
 
 
 def stop_guest(
@@ -288,18 +390,123 @@ def stop_guest(
     timeout_s: float | None = None,
     dry_run: bool = False,
 ) -> None:
-    """Ask the supervisor to stop the guest and wait until it has cleaned up."""
+    """Stop the guest and wait until everything of it is gone. Needs nothing but the guest's
+    runtime records, so it works whatever its configuration files say (catalogue A9), and also
+    stops a guest whose supervisor was killed (A5)."""
     if request_stop(paths, name, dry_run=dry_run):
         wait_stopped(paths, settings, name, timeout_s=timeout_s)
+        return
+    if dry_run:
+        return
+    run_dir = paths.guest_run_dir(name)
+    cgroup = guest_cgroup(settings, name)
+    if not _processes(cgroup) and not _has_leftovers(paths, settings, name):
+        raise StateError(f"guest {name} is not running")
+    from vstools.fsutil import try_lock
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with try_lock(run_dir / "lock") as held:
+        if not held:  # a supervisor started meanwhile: it is the one to stop
+            request_stop(paths, name)
+            wait_stopped(paths, settings, name, timeout_s=timeout_s)
+            return
+        _stop_orphan(paths, settings, name, cgroup, timeout_s)
 
 
 def request_stop(paths: Paths, name: str, *, dry_run: bool = False) -> bool:
-    """Send the guest's supervisor its stop request (SIGTERM, by PID); False on a dry run."""
-    state = running_state(paths, name)
-    if dry_run:
+    """Send the guest's supervisor its stop request (SIGTERM, by PID); False when no supervisor
+    holds the guest's lock (or on a dry run)."""
+    run_dir = paths.guest_run_dir(name)
+    if not is_running(run_dir):
         return False
-    signal_supervisor(state, signal.SIGTERM)
-    return True
+    if not dry_run:
+        signal_supervisor(run_dir, name, signal.SIGTERM)
+    return not dry_run
+
+
+def _stop_orphan(
+    paths: Paths, settings: Settings, name: str, cgroup: Cgroup, timeout_s: float | None
+) -> None:
+    """The supervisor is gone: stop the guest as it would have (its init's shutdown signal,
+    then after the timeout every process of its cgroup killed) and clean up after it."""
+    from vstools.journal import log
+
+    try:
+        state = read_state_file(paths.guest_run_dir(name))
+    except CorruptState:
+        state = None
+    pids = _processes(cgroup)
+    if pids:
+        limit = timeout_s if timeout_s is not None else settings.stop_timeout_s
+        alive = state is not None and is_alive(state.init_pid, state.init_start)
+        if state is not None and alive and state.init_pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(state.init_pid, state.stop_signal)
+            limit = state.stop_timeout_s if timeout_s is None else timeout_s
+        deadline = time.monotonic() + limit
+        while _processes(cgroup) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if _processes(cgroup):
+            cgroup.kill()
+        log.info("step: guest %s, whose supervisor was gone, stopped", name)
+    clean_leftovers(paths, settings, name, state=state)
+
+
+def _has_leftovers(paths: Paths, settings: Settings, name: str) -> bool:
+    from vstools.network import NET_RECORD
+
+    run_dir = paths.guest_run_dir(name)
+    return (
+        (run_dir / "state.json").exists()
+        or (run_dir / NET_RECORD).exists()
+        or guest_cgroup(settings, name).exists()
+    )
+
+
+def clean_leftovers(
+    paths: Paths, settings: Settings, name: str, *, state: GuestState | None = None
+) -> list[str]:
+    """Remove what a guest that is not running left behind (its supervisor was killed): its
+    network and firewall as network.json records them, a root still mounted, its cgroup and
+    its state. Needs no configuration file. Returns what was removed (also logged)."""
+    from vstools.journal import log
+    from vstools.network import Registry, detach, plan_from_record
+    from vstools.storage import unmount_root
+
+    run_dir = paths.guest_run_dir(name)
+    if state is None:
+        with contextlib.suppress(CorruptState):
+            state = read_state_file(run_dir)
+    done: list[str] = []
+    registry = Registry(paths.run_dir)
+    record = registry.read(name)
+    if record is not None:
+        net = plan_from_record(record)
+        from vstools.firewall import Firewall
+        from vstools.fwmodel import GuestFirewall
+
+        firewall = Firewall(paths, settings)
+        guest_fw = GuestFirewall(net.name, net.ip, net.veth)
+        problems = detach(net, registry, lambda: _ignore(firewall.remove(guest_fw)))
+        done.append(f"network of {name} ({net.ip}, {net.veth})")
+        if problems:
+            raise HostError(f"guest {name}: could not remove its network: {'; '.join(problems)}")
+    if state is not None and state.root_mounted:
+        root = Path(state.root_mounted)
+        if root == paths.guest_root(name) and os.path.ismount(root):
+            unmount_root(root)
+            done.append(f"mount {root}")
+    cgroup = guest_cgroup(settings, name)
+    if cgroup.exists() or any(d.exists() for d in cgroup.directories()):
+        cgroup.destroy()
+        done.append(f"cgroup {cgroup.relpath}")
+    for leftover in (run_dir / "state.json",):
+        if leftover.exists():
+            leftover.unlink()
+            done.append(str(leftover))
+    for item in done:
+        log.info("step: removed what the stopped guest %s left: %s", name, item)
+    return done
 
 
 def wait_stopped(
@@ -309,21 +516,13 @@ def wait_stopped(
     limit = (timeout_s if timeout_s is not None else settings.stop_timeout_s) + 10.0
     deadline = time.monotonic() + limit
     run_dir = paths.guest_run_dir(name)
-    while _lock_held(run_dir):
+    while is_running(run_dir):
         if time.monotonic() > deadline:
             raise StateError(f"guest {name} did not stop within {limit:.0f} s")
         time.sleep(0.02)
 
 
-def _lock_held(run_dir: Path) -> bool:
-    from vstools.gueststate import is_running
-
-    return is_running(run_dir)
-
-
 def freeze_guest(paths: Paths, name: str, *, thaw: bool = False) -> None:
-    from vstools.cgroup import Cgroup, probe_layout
-
     state = running_state(paths, name)
     cgroup = Cgroup(probe_layout(), state.cgroup)
     if thaw:
@@ -340,7 +539,7 @@ def set_enabled(paths: Paths, name: str, enabled: bool) -> bool:
     with locked(
         paths.run_dir / "locks" / f"{name}.conf.lock", what=f"guest.conf of {name}", timeout_s=5.0
     ):
-        conf = load_guest(paths, name).conf
+        conf = load_guest_conf(paths, name)
         if conf.enabled == enabled:
             return False
         atomic_write(

@@ -8,7 +8,8 @@ import fcntl
 import json
 import os
 import signal
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
+from enum import StrEnum
 from pathlib import Path
 
 from vstools.config.values import CpuRatio
@@ -50,9 +51,17 @@ class GuestPlan:
         return f"{self.cgroup_parent}/{self.name}"
 
 
+class Phase(StrEnum):
+    STARTING = "starting"  # the supervisor holds the lock; the guest is being built
+    RUNNING = "running"
+
+
 @dataclass(frozen=True, slots=True)
 class GuestState:
-    """What ``state.json`` holds while the guest runs."""
+    """What ``state.json`` holds while the supervisor holds the lock: written as soon as it has
+    the lock (phase starting, no init yet), so a stop request during a start reaches it, and
+    again once the guest runs. Also what is needed to stop the guest and clean up after it
+    without its configuration (catalogue A9), or after its supervisor was killed (A5)."""
 
     name: str
     supervisor_pid: int
@@ -60,6 +69,51 @@ class GuestState:
     init_pid: int
     started_at: float
     cgroup: str
+    phase: Phase = Phase.RUNNING
+    init_start: int = 0  # the init's start time, for the same reason
+    stop_signal: int = signal.SIGPWR
+    stop_timeout_s: float = 30.0
+    root_mounted: str = ""  # a root the supervisor mounted (lvm), unmounted after the stop
+
+    @classmethod
+    def from_json(cls, text: str, path: Path) -> GuestState:
+        """Parse state.json; CorruptState names the file and what is wrong with it."""
+        try:
+            data = json.loads(text)
+            if not isinstance(data, dict):
+                raise TypeError("not an object")
+            state = cls(**data)
+            for key, kind in _STATE_TYPES.items():
+                value = getattr(state, key)
+                if not isinstance(value, kind) or isinstance(value, bool):
+                    raise TypeError(f"{key} is {value!r}")
+            return replace(state, phase=Phase(state.phase))
+        except (ValueError, TypeError) as exc:
+            raise CorruptState(
+                f"{path} is corrupt ({exc}); the guest's supervisor holds its lock, so the guest"
+                " counts as running: vs-control --stop still stops it"
+            ) from None
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self)) + "\n"
+
+
+_STATE_TYPES: dict[str, type | tuple[type, ...]] = {
+    "name": str,
+    "supervisor_pid": int,
+    "supervisor_start": int,
+    "init_pid": int,
+    "started_at": (int, float),
+    "cgroup": str,
+    "init_start": int,
+    "stop_signal": int,
+    "stop_timeout_s": (int, float),
+    "root_mounted": str,
+}
+
+
+class CorruptState(StateError):
+    """state.json of a guest whose supervisor holds the lock cannot be read."""
 
 
 def process_start_time(pid: int) -> int:
@@ -67,6 +121,14 @@ def process_start_time(pid: int) -> int:
     with open(f"/proc/{pid}/stat") as handle:
         data = handle.read()
     return int(data[data.rindex(")") + 2 :].split()[19])
+
+
+def is_alive(pid: int, start: int) -> bool:
+    """True while ``pid`` is the process that started at ``start`` (not a recycled PID)."""
+    try:
+        return pid > 0 and process_start_time(pid) == start
+    except (FileNotFoundError, ProcessLookupError, ValueError, IndexError):
+        return False
 
 
 def is_running(run_dir: Path) -> bool:
@@ -84,22 +146,67 @@ def is_running(run_dir: Path) -> bool:
     return False
 
 
+def read_state_file(run_dir: Path) -> GuestState | None:
+    """state.json as it is, whoever holds the lock (None when there is none): what a killed
+    supervisor left, too. CorruptState when it cannot be read."""
+    path = run_dir / STATE_FILE
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return None
+    return GuestState.from_json(text, path)
+
+
 def read_state(run_dir: Path) -> GuestState | None:
-    """The running guest's state, or None when it is not running."""
+    """The running guest's state, or None when it is not running (or still starting).
+    CorruptState when its supervisor holds the lock but its state.json cannot be read."""
     if not is_running(run_dir):
         return None
-    try:
-        data = json.loads((run_dir / STATE_FILE).read_text())
-    except (FileNotFoundError, ValueError):
-        return None  # starting: the lock is taken before the state is written
-    return GuestState(**data)
+    state = read_state_file(run_dir)
+    if state is None or state.phase is not Phase.RUNNING:
+        return None
+    return state
 
 
-def signal_supervisor(state: GuestState, signum: int) -> None:
-    """Signal the guest's supervisor by its PID, after checking the PID still is that process."""
+def lock_holder(run_dir: Path) -> int | None:
+    """The PID holding the guest's lock, as the kernel lists it in /proc/locks: the supervisor
+    even when its state.json cannot be read."""
     try:
-        if process_start_time(state.supervisor_pid) != state.supervisor_start:
-            raise StateError(f"guest {state.name}: supervisor {state.supervisor_pid} is gone")
+        info = os.stat(run_dir / LOCK_FILE)
+        with open("/proc/locks") as handle:
+            lines = handle.read().splitlines()
     except FileNotFoundError:
-        raise StateError(f"guest {state.name}: supervisor {state.supervisor_pid} is gone") from None
-    os.kill(state.supervisor_pid, signum)
+        return None
+    device = f"{os.major(info.st_dev):02x}:{os.minor(info.st_dev):02x}:{info.st_ino}"
+    for line in lines:
+        fields = line.split()
+        # "1: FLOCK  ADVISORY  WRITE 1234 00:1a:5678 0 EOF" ("->" marks a blocked waiter)
+        if fields[1:2] == ["FLOCK"] and fields[3:4] == ["WRITE"] and fields[5:6] == [device]:
+            return int(fields[4])
+    return None
+
+
+def signal_supervisor(run_dir: Path, name: str, signum: int) -> None:
+    """Signal the guest's supervisor by its PID: the one state.json names (checked by its start
+    time) or, when state.json cannot be read, the lock's holder as /proc/locks lists it. The
+    PID is held as a pidfd while it is checked, so a recycled PID is never signalled."""
+    try:
+        state = read_state_file(run_dir)
+    except CorruptState:
+        state = None
+    candidates = [] if state is None else [(state.supervisor_pid, state.supervisor_start)]
+    holder = lock_holder(run_dir)
+    if holder is not None:
+        candidates.append((holder, 0))
+    for pid, start in candidates:
+        try:
+            pidfd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            continue
+        try:
+            if (start and is_alive(pid, start)) or (not start and lock_holder(run_dir) == pid):
+                signal.pidfd_send_signal(pidfd, signum)
+                return
+        finally:
+            os.close(pidfd)
+    raise StateError(f"guest {name}: its supervisor is gone")

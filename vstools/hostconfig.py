@@ -20,7 +20,7 @@ from vstools.config.networks import NetworksConf, parse_networks
 from vstools.config.settings import Settings
 from vstools.errors import ConfigError, NotFoundError, Problem, Severity
 from vstools.names import check_guest_name, guest_name_problem
-from vstools.paths import Paths, etc_dir_from, resolve_paths
+from vstools.paths import INCOMPLETE_MARKER, Paths, etc_dir_from, resolve_paths
 
 T = TypeVar("T")
 
@@ -70,6 +70,7 @@ def list_guests(paths: Paths) -> list[str]:
         for name in entries
         if guest_name_problem(name) is None
         and (paths.guests_conf_dir / name / GuestConf.FILE_NAME).is_file()
+        and not (paths.guests_conf_dir / name / INCOMPLETE_MARKER).exists()
     )
 
 
@@ -85,6 +86,22 @@ def load_guest(paths: Paths, name: str) -> GuestFiles:
     if errors or conf is None or firewall is None or monitor is None:
         raise ConfigError(errors)
     return GuestFiles(conf, firewall, monitor)
+
+
+def load_guest_conf(paths: Paths, name: str) -> GuestConf:
+    """Parse the guest's guest.conf alone (status, enable, disable need nothing else):
+    NotFoundError when the guest is not defined, ConfigError when the file is invalid."""
+    path = paths.guest_dir(check_guest_name(name)) / GuestConf.FILE_NAME
+    if not path.is_file():
+        raise NotFoundError(f"no guest named {name} on this host ({path} does not exist)")
+    name_in_file, text = read_config(path)
+    conf = GuestConf.parse(name_in_file, text)
+    if conf.name != name:
+        line, col = conf.place_of("NAME")
+        raise ConfigError(
+            [Problem(conf.path, line, col, f"NAME={conf.name} but the guest's directory is {name}")]
+        )
+    return conf
 
 
 def read_guest_files(
@@ -175,6 +192,18 @@ def _check_guests(paths: Paths, networks: NetworksConf | None) -> list[Problem]:
         problem = guest_name_problem(entry)
         if problem is not None:
             problems.append(Problem(str(directory), WHOLE_FILE, WHOLE_FILE, problem))
+            continue
+        if (directory / INCOMPLETE_MARKER).is_file():
+            problems.append(
+                Problem(
+                    str(directory),
+                    WHOLE_FILE,
+                    WHOLE_FILE,
+                    f"incomplete: a vs-create of {entry} was interrupted; the next vs-create"
+                    " removes what it left",
+                    Severity.WARNING,
+                )
+            )
             continue
         if not (directory / GuestConf.FILE_NAME).is_file():
             problems.append(

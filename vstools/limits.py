@@ -7,8 +7,9 @@ from __future__ import annotations
 import contextlib
 import os
 from dataclasses import dataclass, replace
+from fractions import Fraction
 
-from vstools.cgroup import Cgroup, host_cpu_count, probe_layout
+from vstools.cgroup import CFS_PERIOD_US, Cgroup, cfs_quota_us, host_cpu_count, probe_layout
 from vstools.config.guest import GuestConf
 from vstools.config.values import CpuRatio
 from vstools.errors import HostError, VSError
@@ -45,8 +46,8 @@ def disk_used_bytes(paths: Paths, conf: GuestConf) -> int:
         return 0
 
 
-def tmpfs_used_bytes(init_pid: int) -> int:
-    """Bytes used on the guest's /tmp, looked up inside the guest's root (never through one of
+def _tmp_statvfs(init_pid: int) -> os.statvfs_result:
+    """statvfs of the guest's /tmp, looked up inside the guest's root (never through one of
     its symlinks to a host path)."""
     from vstools.rootfs import RESOLVE_GUEST, openat2
 
@@ -56,10 +57,21 @@ def tmpfs_used_bytes(init_pid: int) -> int:
     finally:
         os.close(root)
     try:
-        stats = os.fstatvfs(fd)
+        return os.fstatvfs(fd)
     finally:
         os.close(fd)
+
+
+def tmpfs_used_bytes(init_pid: int) -> int:
+    """Bytes used on the guest's /tmp."""
+    stats = _tmp_statvfs(init_pid)
     return (stats.f_blocks - stats.f_bfree) * stats.f_frsize
+
+
+def tmpfs_size_bytes(init_pid: int) -> int:
+    """The size of the guest's /tmp: what its mount enforces."""
+    stats = _tmp_statvfs(init_pid)
+    return stats.f_blocks * stats.f_frsize
 
 
 def measure(paths: Paths, conf: GuestConf, state: GuestState | None) -> Usage:
@@ -82,16 +94,93 @@ def measure(paths: Paths, conf: GuestConf, state: GuestState | None) -> Usage:
     )
 
 
-def limits_row(host: str, conf: GuestConf, usage: Usage) -> dict[str, object]:
-    """The vs-limit line's fields: each ``used/limit`` (MB, processes, CPU seconds/ratio)."""
+@dataclass(frozen=True, slots=True)
+class Enforced:
+    """A running guest's limits as the kernel enforces them (None: unlimited), read back from
+    its cgroup files and its /tmp, never from guest.conf (catalogue A8)."""
+
+    rss_mb: float | None
+    proc: int | None
+    cpu_quota_us: int | None  # per CFS period
+    tmpfs_mb: float
+
+    def cpu_ratio(self, cpus: int) -> Fraction | None:
+        """The quota as a share of the host's whole CPU capacity."""
+        if self.cpu_quota_us is None:
+            return None
+        return Fraction(self.cpu_quota_us, CFS_PERIOD_US * cpus)
+
+
+def read_enforced(state: GuestState) -> Enforced:
+    cgroup = Cgroup(probe_layout(), state.cgroup)
+    memory = cgroup.memory_limit_bytes()
+    cpu = cgroup.cpu_limit()
+    tmpfs = 0.0
+    with contextlib.suppress(OSError):
+        tmpfs = tmpfs_size_bytes(state.init_pid) / MB
+    return Enforced(
+        None if memory is None else memory / MB,
+        cgroup.pids_limit(),
+        None if cpu is None else round(cpu[0] * CFS_PERIOD_US / cpu[1]),
+        tmpfs,
+    )
+
+
+def drift(conf: GuestConf, enforced: Enforced, cpus: int) -> list[str]:
+    """Where the kernel enforces something else than guest.conf says (changed behind vs-tools'
+    back): one phrase per limit, empty when they agree."""
+    found = []
+    if enforced.rss_mb != conf.rss_limit_mb:
+        found.append(f"rss {_mb_text(enforced.rss_mb)} (guest.conf says {conf.rss_limit_mb} MB)")
+    if enforced.proc != conf.proc_limit:
+        found.append(f"proc {enforced.proc or 'unlimited'} (guest.conf says {conf.proc_limit})")
+    if enforced.cpu_quota_us != cfs_quota_us(conf.cpu_limit, cpus):
+        found.append(
+            f"cpu {_ratio_text(enforced.cpu_ratio(cpus))} (guest.conf says {conf.cpu_limit})"
+        )
+    if enforced.tmpfs_mb and round(enforced.tmpfs_mb) != conf.tmpfs_limit_mb:
+        found.append(
+            f"tmpfs {_mb_text(enforced.tmpfs_mb)} (guest.conf says {conf.tmpfs_limit_mb} MB)"
+        )
+    return found
+
+
+def _mb_text(value: float | None) -> str:
+    return "unlimited" if value is None else f"{_number(value)} MB"
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:.1f}"
+
+
+def _ratio_text(ratio: Fraction | None) -> str:
+    return "unlimited" if ratio is None else str(ratio)
+
+
+def limits_row(
+    host: str, conf: GuestConf, usage: Usage, enforced: Enforced | None = None, cpus: int = 1
+) -> dict[str, object]:
+    """The vs-limit line's fields: each ``used/limit`` (MB, processes, CPU seconds/ratio); the
+    limits of a running guest are the kernel's, a stopped one's are guest.conf's."""
+    rss: str = str(conf.rss_limit_mb)
+    proc: str = str(conf.proc_limit)
+    cpu: str = str(conf.cpu_limit)
+    tmpfs: str = str(conf.tmpfs_limit_mb)
+    if enforced is not None:
+        rss = "unlimited" if enforced.rss_mb is None else _number(enforced.rss_mb)
+        proc = "unlimited" if enforced.proc is None else str(enforced.proc)
+        if enforced.cpu_quota_us != cfs_quota_us(conf.cpu_limit, cpus):
+            cpu = _ratio_text(enforced.cpu_ratio(cpus))
+        if enforced.tmpfs_mb:
+            tmpfs = _number(round(enforced.tmpfs_mb, 1))
     return {
         "host": host,
         "vserver": conf.name,
-        "rss": f"{usage.rss_mb:.0f}/{conf.rss_limit_mb}",
+        "rss": f"{usage.rss_mb:.0f}/{rss}",
         "disk": f"{usage.disk_mb:.0f}/{conf.disk_limit_mb}",
-        "tmpfs": f"{usage.tmpfs_mb:.0f}/{conf.tmpfs_limit_mb}",
-        "proc": f"{usage.processes}/{conf.proc_limit}",
-        "cpu": f"{usage.cpu_s:.0f}/{conf.cpu_limit}",
+        "tmpfs": f"{usage.tmpfs_mb:.0f}/{tmpfs}",
+        "proc": f"{usage.processes}/{proc}",
+        "cpu": f"{usage.cpu_s:.0f}/{cpu}",
     }
 
 
@@ -124,38 +213,44 @@ def plan_limits(paths: Paths, conf: GuestConf, new: NewLimits) -> list[Step]:
     state = read_state(paths.guest_run_dir(conf.name))
     steps: list[Step] = []
     if state is not None:
+        # Compared with what the kernel enforces, not with guest.conf: the same values as
+        # guest.conf repair a limit changed behind vs-tools' back, and an undo puts back
+        # exactly what the kernel had.
         cgroup = Cgroup(probe_layout(), state.cgroup)
         cpus = host_cpu_count()
-        if updated.rss_limit_mb != conf.rss_limit_mb:
+        now = read_enforced(state)
+        old_rss = None if now.rss_mb is None else round(now.rss_mb * MB)
+        if now.rss_mb != updated.rss_limit_mb:
             steps.append(
                 Step(
                     f"set {conf.name} memory limit to {updated.rss_limit_mb} MB",
                     lambda: _set_memory(cgroup, updated.rss_limit_mb),
-                    lambda: cgroup.set_memory_limit(conf.rss_limit_mb * MB),
+                    lambda: cgroup.set_memory_limit(old_rss),
                 )
             )
-        if updated.proc_limit != conf.proc_limit:
+        if now.proc != updated.proc_limit:
             steps.append(
                 Step(
                     f"set {conf.name} process limit to {updated.proc_limit}",
                     lambda: cgroup.set_pids_limit(updated.proc_limit),
-                    lambda: cgroup.set_pids_limit(conf.proc_limit),
+                    lambda: cgroup.set_pids_limit(now.proc),
                 )
             )
-        if updated.cpu_limit != conf.cpu_limit:
+        if now.cpu_quota_us != cfs_quota_us(updated.cpu_limit, cpus):
             steps.append(
                 Step(
                     f"set {conf.name} cpu limit to {updated.cpu_limit} of {cpus} CPUs",
                     lambda: cgroup.set_cpu_limit(updated.cpu_limit, cpus),
-                    lambda: cgroup.set_cpu_limit(conf.cpu_limit, cpus),
+                    lambda: cgroup.set_cpu_quota(now.cpu_quota_us),
                 )
             )
-        if updated.tmpfs_limit_mb != conf.tmpfs_limit_mb:
+        old_tmpfs = round(now.tmpfs_mb) or conf.tmpfs_limit_mb
+        if old_tmpfs != updated.tmpfs_limit_mb:
             steps.append(
                 Step(
                     f"resize {conf.name} /tmp to {updated.tmpfs_limit_mb} MB",
                     lambda: resize_tmp(state.init_pid, updated.tmpfs_limit_mb),
-                    lambda: resize_tmp(state.init_pid, conf.tmpfs_limit_mb),
+                    lambda: resize_tmp(state.init_pid, old_tmpfs),
                 )
             )
     if updated.disk_limit_mb != conf.disk_limit_mb:

@@ -1,8 +1,20 @@
+#!/usr/bin/python3
+# Munin's magic markers (munin-node-configure reads them as they are):
+# fmt: off
+#%# family=auto
+#%# capabilities=autoconf suggest
+# fmt: on
 """The Munin plugin ``vs_``: a wildcard plugin linked as ``vs_rss``, ``vs_proc``, ``vs_cpu``,
 ``vs_disk``, ``vs_tmpfs`` or ``vs_load``, one line per guest. It reads the figures vs-monitor
 saves in ``STATE_DIR/monitor/guests/NAME.json`` (world-readable), so it needs no root and
 touches no cgroup. Munin calls it with ``config``, ``autoconf``, ``suggest`` or nothing
-(fetch); the launcher ``bin/vs_`` passes the name it was called by first."""
+(fetch).
+
+Munin runs plugins as ``nobody``, who may not reach the toolkit's installation (a checkout in
+root's home, say): so this file uses the standard library only, and ``vs-setup`` installs a
+copy of it, run by the system's python3, in a directory anyone can read. STATE_DIR comes from
+the environment (``env.VS_STATE_DIR`` in plugin-conf.d, which vs-setup writes), default
+/var/lib/vs-tools."""
 
 from __future__ import annotations
 
@@ -129,25 +141,21 @@ def _number(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else f"{value:.4f}"
 
 
+DEFAULT_STATE_DIR = "/var/lib/vs-tools"
+
+
+def figures_dir(environ: Mapping[str, str]) -> Path:
+    """Where vs-monitor saves each guest's figures: STATE_DIR/monitor/guests."""
+    return Path(environ.get("VS_STATE_DIR") or DEFAULT_STATE_DIR) / "monitor" / "guests"
+
+
 def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int:
     """``vs_GRAPH [config|autoconf|suggest]``; the first argument is the name linked as."""
-    from vstools.errors import VSError
-    from vstools.hostconfig import load_settings
-    from vstools.monitorsample import figures_dir
-
-    args = list(sys.argv[1:] if argv is None else argv)
+    args = list(sys.argv if argv is None else argv)
     stream = out or sys.stdout
     plugin = os.path.basename(args.pop(0)) if args else "vs_"
     command = args[0] if args else "fetch"
-    try:
-        _, paths = load_settings(os.environ)
-    except VSError as exc:
-        if command == "autoconf":
-            stream.write(f"no (vs-tools configuration: {exc})\n")
-            return 0
-        print(f"{plugin}: {exc}", file=sys.stderr)
-        return 1
-    directory = figures_dir(paths)
+    directory = figures_dir(os.environ)
     figures = read_figures(directory, time.time())
     if command == "autoconf":
         stream.write("yes\n" if figures else f"no (no figures in {directory}: run vs-monitor)\n")

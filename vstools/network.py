@@ -35,7 +35,7 @@ from vstools.config.create import CreateConf
 from vstools.config.guest import GuestConf
 from vstools.config.networks import Network, NetworksConf
 from vstools.errors import HostError, StateError, UsageError
-from vstools.gueststate import is_running
+from vstools.gueststate import is_alive, is_running
 from vstools.plan import Step, apply_steps
 
 if TYPE_CHECKING:
@@ -126,30 +126,50 @@ class Registry:
     def _guest_dir(self, name: str) -> Path:
         return self.run_dir / "guests" / name
 
-    def record(self, plan: NetPlan) -> None:
+    def record(self, plan: NetPlan, init_pid: int = 0) -> None:
+        """Write the guest's attachment, and its init (PID and start time: an attachment whose
+        guest still runs after its supervisor was killed keeps counting as in use)."""
         from vstools.fsutil import atomic_write
+        from vstools.gueststate import process_start_time
 
         data = {k: str(v) for k, v in asdict(plan).items()}
+        if init_pid:
+            data |= {"init_pid": str(init_pid), "init_start": str(process_start_time(init_pid))}
         atomic_write(self._guest_dir(plan.name) / NET_RECORD, json.dumps(data) + "\n")
+
+    def read(self, name: str) -> dict[str, str] | None:
+        """The attachment recorded for ``name``, or None (also when it cannot be read)."""
+        try:
+            data = json.loads((self._guest_dir(name) / NET_RECORD).read_text())
+        except (FileNotFoundError, ValueError):
+            return None
+        return data if isinstance(data, dict) else None
 
     def forget(self, name: str) -> None:
         (self._guest_dir(name) / NET_RECORD).unlink(missing_ok=True)
 
     def users(self, *, exclude: str) -> list[dict[str, str]]:
-        """Attachments of the other running guests."""
+        """Attachments of the other guests that run: a supervisor holds their lock, or their
+        init is still alive (a guest whose supervisor was killed still uses its network)."""
         found = []
         guests = self.run_dir / "guests"
         if not guests.is_dir():
             return []
         for directory in sorted(guests.iterdir()):
-            record = directory / NET_RECORD
-            if directory.name == exclude or not record.is_file():
+            if directory.name == exclude:
                 continue
-            if not is_running(directory):
+            record = self.read(directory.name)
+            if record is None:
                 continue
-            with contextlib.suppress(ValueError, OSError):
-                found.append(json.loads(record.read_text()))
+            init = int(record.get("init_pid", "0") or 0)
+            start = int(record.get("init_start", "0") or 0)
+            if is_running(directory) or is_alive(init, start):
+                found.append(record)
         return found
+
+    def user_of(self, key: str, value: str, *, exclude: str) -> str | None:
+        """The other running guest whose attachment has ``key`` = ``value``, if any."""
+        return next((u["name"] for u in self.users(exclude=exclude) if u.get(key) == value), None)
 
     def network_in_use(self, plan: NetPlan) -> bool:
         return any(u.get("network") == str(plan.network) for u in self.users(exclude=plan.name))
@@ -225,13 +245,18 @@ def route_up(host: Netns, plan: NetPlan) -> None:
 
 
 def route_down(host: Netns, registry: Registry, plan: NetPlan) -> None:
-    """The guest's own route and proxy ARP; the network's rule and table when no other running
-    guest is in that network."""
+    """The guest's own route and proxy ARP, unless another running guest has its address (a
+    stop never removes what another guest owns); the network's rule and table when no other
+    running guest is in that network."""
     from vstools.netlink import MAIN_TABLE
 
-    host.proxy_delete(plan.ip, plan.uplink)
-    for table in (MAIN_TABLE, plan.table):
-        host.route_delete(plan.host_route, table=table)
+    owner = registry.user_of("ip", str(plan.ip), exclude=plan.name)
+    if owner is not None:
+        log.warning("route and proxy ARP of %s kept: the running guest %s has it", plan.ip, owner)
+    else:
+        host.proxy_delete(plan.ip, plan.uplink)
+        for table in (MAIN_TABLE, plan.table):
+            host.route_delete(plan.host_route, table=table)
     if registry.network_in_use(plan):
         log.info("network %s kept: another running guest is in it", plan.network)
         return
@@ -277,6 +302,7 @@ def attach(
         Netns() as host,
         Netns(pid=init_pid) as guest,  # one socket per namespace, for every step
     ):
+        check_attachable(host, registry, plan)
         created: list[bool] = []
 
         def uplink_up() -> None:
@@ -287,6 +313,12 @@ def attach(
                 vlan_down(host, registry, plan, exclude=plan.name)
 
         steps = [
+            # First, so that whatever is done is known if this process is killed halfway.
+            Step(
+                f"record {plan.name} as a user of {plan.network}",
+                lambda: registry.record(plan, init_pid),
+                lambda: registry.forget(plan.name),
+            ),
             Step(f"uplink {plan.uplink} up", uplink_up, uplink_undo),
             Step(
                 f"veth {plan.veth} on the host, {GUEST_IFNAME} inside {plan.name}",
@@ -308,9 +340,43 @@ def attach(
                 f"{plan.name}'s {GUEST_IFNAME} up, default route via {plan.gateway}",
                 lambda: _guest_up(guest, plan),
             ),
-            Step(f"record {plan.name} as a user of {plan.network}", lambda: registry.record(plan)),
         ]
         apply_steps(steps)
+
+
+def check_attachable(host: Netns, registry: Registry, plan: NetPlan) -> None:
+    """Read-only, under the network lock: refuse an address or a host interface that a running
+    guest has (two guest.conf files edited to the same IP, catalogue A6; the same context
+    number gives the same interface). An interface of that name that no running guest has is
+    what a killed supervisor left: it is removed."""
+    for key, value, what in (
+        ("ip", str(plan.ip), f"the address {plan.ip}"),
+        ("veth", plan.veth, f"the interface {plan.veth} (the same context number)"),
+    ):
+        owner = registry.user_of(key, value, exclude=plan.name)
+        if owner is not None:
+            raise StateError(
+                f"guest {plan.name}: {what} is the running guest {owner}'s: refused"
+                " (vs-check reports the duplicate)"
+            )
+    if host.index(plan.veth) is not None:
+        log.info("step: interface %s left by a guest that is gone: removed", plan.veth)
+        host.delete_link(plan.veth)
+
+
+def plan_from_record(record: dict[str, str]) -> NetPlan:
+    """The NetPlan a network.json records (to detach a guest without its configuration)."""
+    mtu = record.get("mtu", "None")
+    return NetPlan(
+        name=record["name"],
+        ip=IPv4Address(record["ip"]),
+        network=IPv4Network(record["network"]),
+        gateway=IPv4Address(record["gateway"]),
+        vlan=int(record["vlan"]),
+        device=record["device"],
+        mtu=None if mtu in ("None", "") else int(mtu),
+        veth=record["veth"],
+    )
 
 
 def detach(plan: NetPlan, registry: Registry, unload_firewall: Callable[[], None]) -> list[str]:

@@ -24,6 +24,8 @@ DEFAULT_UNIT_DIR = "/etc/systemd/system"
 # munin-node's plugin directory, where vs-setup links the vs_ plugin when it exists
 # (override with --munin-dir).
 DEFAULT_MUNIN_PLUGIN_DIR = "/etc/munin/plugins"
+DEFAULT_MUNIN_LIB_DIR = "/usr/local/share/munin/plugins"
+DEFAULT_MUNIN_CONF_DIR = "/etc/munin/plugin-conf.d"
 
 ENV_VARS: Mapping[str, str] = {attr: "VS_" + attr.upper() for attr in DEFAULT_DIRS}
 
@@ -70,3 +72,8 @@ def resolve_paths(env: Mapping[str, str], settings: Settings | None = None) -> P
         from_conf = getattr(settings, attr, None) if settings is not None else None
         chosen[attr] = Path(env.get(ENV_VARS[attr]) or from_conf or default)
     return Paths(**chosen)
+
+
+# In a guest's configuration directory from the first step of vs-create to its last: a
+# directory holding it is what a vs-create killed halfway left (catalogue A8).
+INCOMPLETE_MARKER = ".vs-create-incomplete"

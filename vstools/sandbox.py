@@ -12,9 +12,11 @@ is gone, so a lazy import there would fail."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
+import resource
 import socket
 import struct
 from collections.abc import Mapping, Sequence
@@ -42,7 +44,9 @@ from vstools.syscalls import (
     PR_CAP_AMBIENT,
     PR_CAP_AMBIENT_CLEAR_ALL,
     PR_CAPBSET_DROP,
+    PR_SET_DUMPABLE,
     PR_SET_NO_NEW_PRIVS,
+    TIOCSCTTY,
     Cap,
     capget,
     capset,
@@ -85,6 +89,23 @@ DROPPED_CAPS: frozenset[Cap] = frozenset(
         Cap.BLOCK_SUSPEND,
     }
 )
+# Dropped too when the guest's root is the host's uid 0 (no user namespace), where these act on
+# the host itself, as Docker's default set drops them (docs/security.md):
+# - SYS_PTRACE: would override the ptrace checks that keep a non-dumpable process (the vs-exec
+#   helper before its exec, catalogue A1) out of reach;
+# - LINUX_IMMUTABLE: chattr +i on files the host must be able to remove (A8);
+# - SYS_NICE and SYS_RESOURCE: SCHED_FIFO/RR (directly, or by raising RLIMIT_RTPRIO) puts a task
+#   outside the CFS quota on kernels without RT group scheduling, the usual production build.
+# In a user namespace these only reach the guest's own namespace and are kept.
+ROOT_MODE_DROPPED_CAPS: frozenset[Cap] = frozenset(
+    {Cap.SYS_PTRACE, Cap.LINUX_IMMUTABLE, Cap.SYS_NICE, Cap.SYS_RESOURCE}
+)
+
+
+def guest_dropped_caps(*, in_user_namespace: bool) -> frozenset[Cap]:
+    """The capabilities a guest's processes never hold, by mode."""
+    return DROPPED_CAPS if in_user_namespace else DROPPED_CAPS | ROOT_MODE_DROPPED_CAPS
+
 
 # The seccomp denylist (DESIGN §5): these fail with EPERM even for a process that somehow holds
 # the capability they need.
@@ -107,6 +128,13 @@ DENIED_SYSCALLS = (
     "swapon",
     "swapoff",
 )
+# A root-mode guest must not make a user namespace: in one whose uid 0 is the host's uid 0 it
+# would hold every capability over new mount and cgroup namespaces, mount cgroup hierarchies
+# and write its own limits, or the host's root groups where it has no group of its own
+# (catalogue A2). As Docker's default profile: clone and unshare with CLONE_NEWUSER fail with
+# EPERM, and clone3, whose flags seccomp cannot read, fails with ENOSYS so that libc falls back
+# to clone.
+CLONE_NEWUSER_FLAG = 0x10000000
 # ioctl(fd, TIOCSTI) pushes characters into a terminal's input: a guest process must never be
 # able to type into a terminal it shares (catalogue S13). TIOCLINUX does the same on a VT.
 TIOCSTI = 0x5412
@@ -282,7 +310,6 @@ class SandboxSpec:
     tmpfs_mb: int
     argv: tuple[str, ...]
     env: Mapping[str, str] = field(default_factory=dict)
-    dropped_caps: frozenset[Cap] = DROPPED_CAPS
     no_new_privs: bool = False
     # With a user namespace: its descriptor (made by the supervisor, ids already mapped) and the
     # host uid of the guest's root; -1 and 0 without.
@@ -342,9 +369,10 @@ def set_loopback_up() -> None:
         fcntl.ioctl(sock, SIOCSIFFLAGS, struct.pack("16sH14x", b"lo", flags | IFF_UP))
 
 
-def install_seccomp(*, no_new_privs: bool) -> None:
-    """Load the denylist. Without no_new_privs the kernel wants CAP_SYS_ADMIN for this, so it
-    runs before the capabilities are dropped; the filter is inherited by everything after."""
+def install_seccomp(*, no_new_privs: bool, deny_user_namespaces: bool) -> None:
+    """Load the denylist (and, for a root-mode guest, the user-namespace rules). Without
+    no_new_privs the kernel wants CAP_SYS_ADMIN for this, so it runs before the capabilities
+    are dropped; the filter is inherited by everything after."""
     rules = pyseccomp.SyscallFilter(pyseccomp.ALLOW)
     # Apply the same rules to 32-bit x86 binaries; otherwise libseccomp kills any process of a
     # foreign architecture, which would break an i386 guest rather than protect it.
@@ -362,6 +390,14 @@ def install_seccomp(*, no_new_privs: bool) -> None:
             "ioctl",
             pyseccomp.Arg(1, pyseccomp.MASKED_EQ, 0xFFFFFFFF, request),
         )
+    if deny_user_namespaces:
+        flag = CLONE_NEWUSER_FLAG
+        for name in ("unshare", "clone"):  # the flags are the first argument of both
+            user = pyseccomp.Arg(0, pyseccomp.MASKED_EQ, flag, flag)
+            rules.add_rule(pyseccomp.ERRNO(errno.EPERM), name, user)
+        # A libseccomp too old to know clone3 is older than the kernels and libcs that use it.
+        with contextlib.suppress(OSError, ValueError, RuntimeError):
+            rules.add_rule(pyseccomp.ERRNO(errno.ENOSYS), "clone3")
     rules.load()
 
 
@@ -397,10 +433,24 @@ def make_console(channel: socket.socket, owner: int = 0) -> int:
 def set_console(console_fd: int) -> None:
     """Make the console the controlling terminal and the stdio of the guest's init."""
     os.setsid()
-    fcntl.ioctl(console_fd, 0x540E)  # TIOCSCTTY
+    fcntl.ioctl(console_fd, TIOCSCTTY)
     for target in (0, 1, 2):
         os.dup2(console_fd, target)
         os.set_inheritable(target, True)  # dup2 onto itself keeps close-on-exec
+
+
+def confine(*, in_user_namespace: bool, no_new_privs: bool = False, dumpable: bool = True) -> None:
+    """Give this process the guest's privileges and no more: no real-time priority, the
+    seccomp filter, no_new_privs if asked, the guest's capability set; not ``dumpable`` for a
+    host helper that must stay out of reach until its exec (then the kernel resets it).
+    Called by the guest's init and by the vs-exec helper, the same way for both."""
+    resource.setrlimit(resource.RLIMIT_RTPRIO, (0, 0))
+    install_seccomp(no_new_privs=no_new_privs, deny_user_namespaces=not in_user_namespace)
+    if no_new_privs:
+        prctl(PR_SET_NO_NEW_PRIVS, 1)
+    drop_capabilities(guest_dropped_caps(in_user_namespace=in_user_namespace))
+    if not dumpable:
+        prctl(PR_SET_DUMPABLE, 0)
 
 
 def close_fds(keep: Sequence[int]) -> None:
@@ -434,9 +484,6 @@ def setup_and_exec(spec: SandboxSpec, *, console: socket.socket, report_fd: int)
     set_console(console_fd)
     if spec.userns_fd >= 0:
         become_root_of(spec.userns_fd)  # last: what the host owns is set up by now
-    install_seccomp(no_new_privs=spec.no_new_privs)
-    if spec.no_new_privs:
-        prctl(PR_SET_NO_NEW_PRIVS, 1)
-    drop_capabilities(spec.dropped_caps)
+    confine(in_user_namespace=spec.userns_fd >= 0, no_new_privs=spec.no_new_privs)
     close_fds([0, 1, 2, report_fd])
     os.execve(spec.argv[0], list(spec.argv), dict(spec.env))  # noqa: S606 - the guest's init

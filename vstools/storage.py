@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -107,6 +108,15 @@ class Storage:
         """Steps that end a creation (lvm: unmount the new volume until the guest starts)."""
         return []
 
+    def remove_root(self, name: str) -> None:
+        """Delete the guest's root for good (nothing if there is none): what an interrupted
+        vs-create left, or a removed guest's. A root that is a symlink loses the link only."""
+        root = self.root(name)
+        if root.is_symlink():
+            root.unlink()
+        elif root.exists():
+            _rmtree(root)
+
     def read_view(self, name: str, tag: str) -> tuple[list[Step], Path, list[Step]]:
         """Where the files of a stopped guest can be read from: steps to prepare it, the path,
         steps to drop it. A directory or subvolume is read in place."""
@@ -115,7 +125,8 @@ class Storage:
     # -- run -------------------------------------------------------------------------------
 
     def is_present(self, name: str) -> bool:
-        return self.root(name).is_dir()
+        root = self.root(name)
+        return root.is_dir() and not root.is_symlink()
 
     def mount(self, name: str) -> bool:
         """Make the root available at ``root(name)`` for a start; True if this mounted it."""
@@ -190,8 +201,15 @@ class BtrfsStorage(Storage):
             self._limit_step(root, size_mb),
         ]
 
+    def remove_root(self, name: str) -> None:
+        root = self.root(name)
+        if root.is_dir() and not root.is_symlink() and is_subvolume(root):
+            _delete_subvolume(root)
+        else:
+            super().remove_root(name)
+
     def _create_subvolume(self, root: Path) -> None:
-        root.parent.mkdir(parents=True, exist_ok=True)
+        secure_root_dir(root.parent)
         run_cmd(["btrfs", "subvolume", "create", str(root)])
         root.chmod(0o755)
 
@@ -249,6 +267,11 @@ class BtrfsStorage(Storage):
 def _snapshot_ro(root: Path, target: Path) -> None:
     target.parent.mkdir(mode=0o700, exist_ok=True)
     run_cmd(["btrfs", "subvolume", "snapshot", "-r", str(root), str(target)])
+
+
+def is_subvolume(path: Path) -> bool:
+    """A btrfs subvolume's root directory has inode number 256."""
+    return path.stat().st_ino == 256 and filesystem_type(path) == "btrfs"
 
 
 def _delete_subvolume(path: Path) -> None:
@@ -314,14 +337,60 @@ def is_mount_point(path: Path) -> bool:
     return os.path.ismount(path)
 
 
+ROOT_DIR_MODE = 0o700
+
+
+def secure_root_dir(root_dir: Path) -> None:
+    """Make ROOT_DIR (mode 0700, owned by root) if it is missing, and close it if it is open:
+    a guest's root owns its files, set-id ones included, so no host user may reach them (a
+    setuid root binary planted in a guest would run as root for anyone, catalogue A3; LXC
+    and Docker keep their container directories 0700 for the same reason). Every path to a
+    guest root passes through it: the btrfs subvolumes, the LVM mount points and the
+    snapshots beneath are covered by it."""
+    root_dir.mkdir(mode=ROOT_DIR_MODE, parents=True, exist_ok=True)
+    info = root_dir.lstat()
+    if not stat.S_ISDIR(info.st_mode):
+        raise HostError(f"ROOT_DIR {root_dir} is not a directory (a symlink?): refused")
+    if info.st_uid != 0 and os.geteuid() == 0:
+        os.chown(root_dir, 0, 0, follow_symlinks=False)
+    if stat.S_IMODE(info.st_mode) & 0o077:
+        os.chmod(root_dir, stat.S_IMODE(info.st_mode) & ~0o077, follow_symlinks=False)
+
+
+def check_root_not_symlink(root: Path) -> None:
+    """A guest's root must be a directory of its own, never a symlink (whose target a start, a
+    walk or a copy would use instead). Refused with a message, not a traceback."""
+    try:
+        info = root.lstat()
+    except FileNotFoundError:
+        return  # the caller says what is missing
+    if stat.S_ISLNK(info.st_mode):
+        raise StateError(
+            f"the root filesystem {root} is a symlink: refused (it must be a directory)"
+        )
+
+
 def make_root_dir(root: Path) -> None:
-    root.parent.mkdir(parents=True, exist_ok=True)
+    secure_root_dir(root.parent)
     root.mkdir(mode=0o755)
+
+
+def unmount_root(root: Path) -> None:
+    """Unmount a guest's root (an LVM volume) once it has stopped; nothing if not mounted."""
+    from vstools.errors import CommandError
+
+    if is_mount_point(root):
+        try:
+            run_cmd(["umount", str(root)])
+        except CommandError:
+            if is_mount_point(root):  # another process may have unmounted it meanwhile
+                raise
 
 
 def _rmtree(root: Path) -> None:
     import shutil
 
+    # shutil.rmtree works with descriptors on Linux and unlinks symlinks without following them.
     shutil.rmtree(root)
 
 
@@ -332,30 +401,47 @@ def remove_empty_dir(root: Path) -> None:
 
 def disk_usage_bytes(rootfs: Path) -> int:
     """Bytes allocated under ``rootfs`` (st_blocks, so sparse files count what they use), each
-    hard-linked inode once, never following symlinks or leaving the file system."""
+    hard-linked inode once, never leaving the file system.
+
+    The guest owns every name below its root and may swap a directory for a symlink to the
+    host's / at any moment (RENAME_EXCHANGE, catalogue A7). So the walk holds descriptors, not
+    path strings: each directory is opened relative to its parent's descriptor with
+    O_NOFOLLOW | O_DIRECTORY, which refuses a symlink or anything but a directory at that very
+    moment, and nothing is ever looked up by its full path. A root that is a symlink counts 0."""
     total = 0
     seen: set[tuple[int, int]] = set()
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
     try:
-        top_dev = rootfs.lstat().st_dev
-    except FileNotFoundError:
+        top = os.open(rootfs, flags)
+    except (FileNotFoundError, NotADirectoryError, OSError):
         return 0
-    stack = [str(rootfs)]
+    top_dev = os.fstat(top).st_dev
+    stack = [top]
     while stack:
         directory = stack.pop()
-        with contextlib.suppress(OSError), os.scandir(directory) as entries:
-            for entry in entries:
-                with contextlib.suppress(OSError):
-                    info = entry.stat(follow_symlinks=False)
-                    if info.st_dev != top_dev:
-                        continue
-                    if info.st_nlink > 1:
-                        key = (info.st_dev, info.st_ino)
-                        if key in seen:
+        try:
+            with os.scandir(directory) as entries:
+                for entry in entries:
+                    with contextlib.suppress(OSError):
+                        info = entry.stat(follow_symlinks=False)  # fstatat(dirfd, name)
+                        if info.st_dev != top_dev:
                             continue
-                        seen.add(key)
-                    total += info.st_blocks * 512
-                    if entry.is_dir(follow_symlinks=False):
-                        stack.append(entry.path)
+                        if info.st_nlink > 1 and not stat.S_ISDIR(info.st_mode):
+                            key = (info.st_dev, info.st_ino)
+                            if key in seen:
+                                continue
+                            seen.add(key)
+                        total += info.st_blocks * 512
+                        if stat.S_ISDIR(info.st_mode):
+                            child = os.open(entry.name, flags, dir_fd=directory)
+                            if os.fstat(child).st_dev != top_dev:
+                                os.close(child)  # a mount point: another file system
+                                continue
+                            stack.append(child)
+        except OSError:
+            pass
+        finally:
+            os.close(directory)
     return total
 
 

@@ -25,6 +25,8 @@ from vstools.storage import (
     make_root_dir,
     remove_empty_dir,
     run_cmd,
+    secure_root_dir,
+    unmount_root,
 )
 
 
@@ -106,6 +108,11 @@ class LvmStorage(Storage):
             ),
         ]
 
+    def remove_root(self, name: str) -> None:
+        self.unmount(name)
+        self._lvremove(name)
+        remove_empty_dir(self.root(name))
+
     def close_steps(self, name: str) -> list[Step]:
         root = self.root(name)
         return [
@@ -141,6 +148,7 @@ class LvmStorage(Storage):
 
     def _mount_volume(self, name: str) -> None:
         root = self.root(name)
+        secure_root_dir(root.parent)
         root.mkdir(mode=0o755, exist_ok=True)
         run_cmd(["mount", "-t", self.options.fs, "-o", "nodev", self.device(name), str(root)])
 
@@ -156,13 +164,7 @@ class LvmStorage(Storage):
         return True
 
     def unmount(self, name: str) -> None:
-        root = self.root(name)
-        if is_mount_point(root):
-            try:
-                run_cmd(["umount", str(root)])
-            except CommandError:
-                if is_mount_point(root):  # another process may have unmounted it meanwhile
-                    raise
+        unmount_root(self.root(name))
 
     def limit_steps(self, name: str, old_mb: int, new_mb: int) -> list[Step]:
         """Grow: the volume then its file system, hot (ext4 and xfs both grow mounted; a

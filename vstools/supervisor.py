@@ -5,31 +5,38 @@ request sends init its shutdown signal, then after a timeout kills the whole cgr
 
 `vs-guest@NAME.service` runs it in the foreground; without systemd `vs-control --start`
 detaches it (double fork). Either way the caller learns "running" or why not through
-``on_ready``."""
+``on_ready``.
+
+What only one start may do happens after the lock is taken (``prepare``: clean what a killed
+supervisor left, mount the root): a start that loses the race for the lock changes nothing and
+leaves the running guest alone (catalogue A4). A stop request that arrives during the start is
+kept and carried out as soon as the guest runs. The supervisor protects itself from the OOM
+killer (its guest's processes do not inherit that), and its console reading is rate-limited so
+a guest flooding its console costs the host almost nothing outside the guest's cgroup."""
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import os
 import selectors
 import signal
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import asdict
 from typing import BinaryIO
 
 from vstools.cgroup import Cgroup, CgroupLayout, host_cpu_count
 from vstools.config.guest import USERNS_SIZE
-from vstools.errors import HostError, StateError
+from vstools.errors import ExitCode, HostError, StateError
+from vstools.fsutil import atomic_write
 from vstools.gueststate import (
     CONSOLE_LOG,
     LOCK_FILE,
     STATE_FILE,
     GuestPlan,
     GuestState,
+    Phase,
     process_start_time,
 )
 from vstools.journal import log
@@ -47,6 +54,12 @@ from vstools.syscalls import (
 
 PR_SET_CHILD_SUBREAPER = 36
 CONSOLE_LOG_MAX_BYTES = 1 << 20
+# The console is read at most this fast: beyond, the guest's writes wait (a pty buffers 4 KiB
+# or so), as on a serial console, and the supervisor spends nearly no CPU on a flood.
+CONSOLE_BYTES_PER_S = 64 << 10
+CONSOLE_CHUNK = 4 << 10
+OOM_SCORE_ADJ_MIN = -1000
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
 class Supervisor:
@@ -56,31 +69,60 @@ class Supervisor:
         self,
         plan: GuestPlan,
         layout: CgroupLayout,
+        *,
         on_ready: Callable[[str], None] | None = None,
         before_go: Callable[[int], None] | None = None,
-        after_stop: Callable[[], None] | None = None,
+        after_stop: Callable[[bool], None] | None = None,
+        prepare: Callable[[], tuple[GuestPlan, str]] | None = None,
     ) -> None:
         self.plan = plan
         self.layout = layout
         self.on_ready = on_ready or (lambda _: None)
         self.before_go = before_go or (lambda _: None)
-        self.after_stop = after_stop or (lambda: None)
+        # Run at the end once prepare ran; told whether before_go had succeeded.
+        self.after_stop = after_stop or (lambda attached: None)
+        # Run once the lock is held; returns the plan (built again once the root is there)
+        # and the root it mounted ("" for none).
+        self.prepare = prepare or (lambda: (plan, ""))
         self.attached = False  # before_go succeeded: after_stop undoes it at the end
+        self.prepared = False  # prepare ran: after_stop runs at the end, whatever happened
         self.cgroup = Cgroup(layout, plan.cgroup_path)
         self.init_pid = 0
+        self.init_start = 0
+        self.root_mounted = ""
         self.stop_requested = False
+        self.stop_sent = False
         self.stop_deadline: float | None = None
         self.lock_fd = -1
         self.console_master = -1
+        self.console_budget = float(CONSOLE_BYTES_PER_S)
+        self.console_refill_at = time.monotonic()
+        self.console_paused_until: float | None = None
+        self.console_master_closed = False
+        self.cgroup_made = False  # what this supervisor made, and so undoes
+        self.state_written = False
 
     # -- start ---------------------------------------------------------------------------------
 
     def run(self) -> int:
+        # A stop request from now on is kept (Python's default for SIGTERM would kill this
+        # process mid-start and orphan what it made); it is carried out once the guest runs.
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, self._on_stop_signal)
         try:
             self._take_lock()
+        except BaseException as exc:
+            self.on_ready(_failed(exc))  # the lock's holder runs the guest: leave it be
+            raise
+        try:
+            _protect_from_oom()
+            # prepare reads what a killed supervisor left (its state.json) before it is replaced.
+            self.plan, self.root_mounted = self.prepare()
+            self.prepared = True
+            self._write_state(Phase.STARTING)
             self._start()
         except BaseException as exc:
-            self.on_ready(f"failed: {exc}")
+            self.on_ready(_failed(exc))
             self._cleanup()
             raise
         self.on_ready("running")
@@ -91,19 +133,34 @@ class Supervisor:
 
     def _take_lock(self) -> None:
         self.plan.run_dir.mkdir(parents=True, exist_ok=True)
-        self.lock_fd = os.open(
-            self.plan.run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644
-        )
+        fd = os.open(self.plan.run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
-            fcntl.flock(self.lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            os.close(self.lock_fd)
-            self.lock_fd = -1
+            os.close(fd)
             raise StateError(f"guest {self.plan.name} is already running") from None
-        (self.plan.run_dir / STATE_FILE).unlink(missing_ok=True)
+        self.lock_fd = fd
+
+    def _write_state(self, phase: Phase) -> None:
+        state = GuestState(
+            self.plan.name,
+            os.getpid(),
+            process_start_time(os.getpid()),
+            self.init_pid,
+            time.time(),
+            self.plan.cgroup_path,
+            phase=phase,
+            init_start=self.init_start,
+            stop_signal=int(self.plan.stop_signal),
+            stop_timeout_s=self.plan.stop_timeout_s,
+            root_mounted=self.root_mounted,
+        )
+        atomic_write(self.plan.run_dir / STATE_FILE, state.to_json())
+        self.state_written = True
 
     def _start(self) -> None:
         plan = self.plan
+        self.cgroup_made = True  # create() undoes its own directories if it fails
         self.cgroup.create()
         self.cgroup.set_memory_limit(plan.rss_mb << 20)
         self.cgroup.set_pids_limit(plan.proc_limit)
@@ -146,6 +203,7 @@ class Supervisor:
         try:
             self._wait_first_child(first)
             self.init_pid = int(_read_line(report_r).removeprefix("pid "))
+            self.init_start = process_start_time(self.init_pid)
             self.cgroup.add_pid(self.init_pid)
             self.before_go(self.init_pid)
             self.attached = True
@@ -170,17 +228,7 @@ class Supervisor:
         finally:
             os.close(report_r)
             console_parent.close()
-        state = GuestState(
-            plan.name,
-            os.getpid(),
-            process_start_time(os.getpid()),
-            self.init_pid,
-            time.time(),
-            plan.cgroup_path,
-        )
-        from vstools.fsutil import atomic_write
-
-        atomic_write(plan.run_dir / STATE_FILE, json.dumps(asdict(state)) + "\n")
+        self._write_state(Phase.RUNNING)
         log.info("step: guest %s running, init pid %d", plan.name, self.init_pid)
 
     @staticmethod
@@ -194,9 +242,9 @@ class Supervisor:
     def _loop(self) -> int:
         wake_r, wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            signal.signal(signum, self._on_stop_signal)
         signal.signal(signal.SIGCHLD, lambda *_: None)
+        if self.stop_requested:
+            self._send_stop()  # asked for while the guest was starting
         selector = selectors.DefaultSelector()
         selector.register(wake_r, selectors.EVENT_READ)
         if self.console_master >= 0:
@@ -216,12 +264,8 @@ class Supervisor:
                     )
                     self.stop_deadline = None
                     self.cgroup.kill()
-                timeout = (
-                    None
-                    if self.stop_deadline is None
-                    else max(0.0, self.stop_deadline - time.monotonic())
-                )
-                for key, _ in selector.select(timeout):
+                self._resume_console(selector)
+                for key, _ in selector.select(self._timeout()):
                     if key.fd == wake_r:
                         with contextlib.suppress(BlockingIOError):
                             os.read(wake_r, 4096)
@@ -234,10 +278,20 @@ class Supervisor:
             os.close(wake_r)
             os.close(wake_w)
 
+    def _timeout(self) -> float | None:
+        """Until the stop deadline or the console's pause ends, whichever is first."""
+        ends = [t for t in (self.stop_deadline, self.console_paused_until) if t is not None]
+        return None if not ends else max(0.0, min(ends) - time.monotonic())
+
     def _on_stop_signal(self, signum: int, frame: object) -> None:
-        if self.stop_requested or not self.init_pid:
-            return
         self.stop_requested = True
+        if self.attached and self.init_pid:
+            self._send_stop()  # else _loop sends it once the guest runs
+
+    def _send_stop(self) -> None:
+        if self.stop_sent:
+            return
+        self.stop_sent = True
         with contextlib.suppress(Exception):
             if self.cgroup.is_frozen():
                 self.cgroup.thaw()  # a frozen init cannot handle its shutdown signal
@@ -260,34 +314,56 @@ class Supervisor:
                 return f"exit status {os.waitstatus_to_exitcode(status)}"
 
     def _copy_console(self, console: BinaryIO, selector: selectors.BaseSelector) -> None:
+        now = time.monotonic()
+        self.console_budget = min(
+            float(CONSOLE_BYTES_PER_S),
+            self.console_budget + (now - self.console_refill_at) * CONSOLE_BYTES_PER_S,
+        )
+        self.console_refill_at = now
         try:
-            data = os.read(self.console_master, 65536)
+            data = os.read(self.console_master, max(1, min(65536, int(self.console_budget))))
         except BlockingIOError:
             return
         except OSError:  # EIO: every writer of the console is gone
             data = b""
         if not data:
             selector.unregister(self.console_master)
+            self.console_master_closed = True
             return
+        self.console_budget -= len(data)
+        if self.console_budget < CONSOLE_CHUNK:
+            # Out of budget: stop reading until a chunk's worth has refilled (about 16 times a
+            # second at most); the guest's writes wait meanwhile.
+            selector.unregister(self.console_master)
+            missing = CONSOLE_CHUNK - self.console_budget
+            self.console_paused_until = now + missing / CONSOLE_BYTES_PER_S
         if console.tell() > CONSOLE_LOG_MAX_BYTES:  # keep the newest output, bounded
             console.truncate(0)
             console.seek(0)
         console.write(data)
         console.flush()
 
+    def _resume_console(self, selector: selectors.BaseSelector) -> None:
+        paused = self.console_paused_until
+        if paused is not None and time.monotonic() >= paused:
+            self.console_paused_until = None
+            if not self.console_master_closed:
+                selector.register(self.console_master, selectors.EVENT_READ)
+
     # -- end -----------------------------------------------------------------------------------
 
     def _cleanup(self) -> None:
         """Leave nothing behind: processes, cgroup, network, state; the lock goes with the
         process (last, so nobody sees the guest stopped before it is cleaned up)."""
-        with contextlib.suppress(Exception):
-            if self.cgroup.exists():
-                self.cgroup.kill()
-                self.cgroup.destroy()
-        if self.attached:
-            self.attached = False
+        if self.cgroup_made:
+            with contextlib.suppress(Exception):
+                if self.cgroup.exists():
+                    self.cgroup.kill()
+                    self.cgroup.destroy()
+        if self.prepared:
+            attached, self.prepared, self.attached = self.attached, False, False
             try:
-                self.after_stop()
+                self.after_stop(attached)
             except Exception as exc:  # the rest of the cleanup still runs
                 log.error(
                     "guest %s: network or storage not fully released after the stop: %s",
@@ -298,8 +374,9 @@ class Supervisor:
             with contextlib.suppress(OSError):
                 os.close(self.console_master)
             self.console_master = -1
-        with contextlib.suppress(FileNotFoundError):
-            (self.plan.run_dir / STATE_FILE).unlink()
+        if self.state_written:
+            with contextlib.suppress(FileNotFoundError):
+                (self.plan.run_dir / STATE_FILE).unlink()
         if self.lock_fd >= 0:
             os.close(self.lock_fd)
             self.lock_fd = -1
@@ -313,7 +390,11 @@ def _first_child(
     try:
         for fd in close:
             os.close(fd)
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        # Nothing of the supervisor's own handling, or its protection from the OOM killer,
+        # reaches the guest.
+        for signum in (signal.SIGCHLD, *STOP_SIGNALS):
+            signal.signal(signum, signal.SIG_DFL)
+        _set_oom_score_adj(_OOM_SCORE_ADJ_BEFORE[0])
         unshare(CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWNET)
         init = os.fork()
         if init == 0:
@@ -338,6 +419,33 @@ def _init_child(
         with contextlib.suppress(OSError):
             os.write(report_w, f"error: {exc}\n".encode())
     os._exit(127)
+
+
+def _failed(exc: BaseException) -> str:
+    """The ready line of a start that failed: ``failed CODE: why`` (the error's exit code)."""
+    return f"failed {int(getattr(exc, 'exit_code', ExitCode.HOST))}: {exc}"
+
+
+_OOM_SCORE_ADJ_BEFORE = [0]  # what this process had: what the guest gets back
+
+
+def _protect_from_oom() -> None:
+    """Keep the OOM killer away from the supervisor (a guest that loses its supervisor loses
+    its stop, its console and its cleanup). Lowering the score needs CAP_SYS_RESOURCE: where
+    the host withholds it (some sandboxes), the supervisor goes on unprotected and says so."""
+    with open("/proc/self/oom_score_adj") as handle:
+        _OOM_SCORE_ADJ_BEFORE[0] = int(handle.read())
+    try:
+        _set_oom_score_adj(OOM_SCORE_ADJ_MIN)
+    except PermissionError:
+        log.warning(
+            "warning: cannot protect the supervisor from the OOM killer (no CAP_SYS_RESOURCE)"
+        )
+
+
+def _set_oom_score_adj(value: int) -> None:
+    with open("/proc/self/oom_score_adj", "w") as handle:
+        handle.write(str(value))
 
 
 def _read_line(fd: int) -> str:

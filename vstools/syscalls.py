@@ -51,12 +51,18 @@ MOUNT_ATTR_IDMAP = 0x00100000
 
 # <linux/prctl.h>
 PR_SET_PDEATHSIG = 1
+PR_SET_DUMPABLE = 4  # 0: /proc/PID/* root-owned, ptrace and pidfd_getfd need CAP_SYS_PTRACE
 PR_CAPBSET_READ = 23
 PR_CAPBSET_DROP = 24
 PR_SET_NO_NEW_PRIVS = 38
 PR_GET_NO_NEW_PRIVS = 39
 PR_CAP_AMBIENT = 47
 PR_CAP_AMBIENT_CLEAR_ALL = 4
+
+# <asm-generic/ioctls.h>: terminals.
+TIOCSCTTY = 0x540E  # make this terminal the controlling terminal of the session
+TIOCSPTLCK = 0x40045431  # (un)lock a pty's slave
+TIOCGPTPEER = 0x5441  # open the slave of a pty master without a path lookup (Linux 4.13)
 
 # System call numbers without a libc wrapper in every libc we run on. The mount API's calls were
 # added after the tables were unified, so they have one number on every architecture.

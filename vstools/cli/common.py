@@ -146,18 +146,18 @@ def add_guest_selection(
 
 def add_limit_options(parser: argparse.ArgumentParser) -> None:
     """--rss, --disk, --tmpfs, --proc and --cpu, with the parsers of create.conf's values."""
-    from vstools.config.create import count, mb
+    from vstools.config.create import mb, memory_mb, processes
     from vstools.config.values import parse_cpu_ratio
 
-    parser.add_argument("--rss", metavar="MB", type=arg_type(mb), help="memory limit")
+    parser.add_argument("--rss", metavar="MB", type=arg_type(memory_mb), help="memory limit")
     parser.add_argument(
         "--disk",
         metavar="MB",
         type=arg_type(mb),
         help="disk limit (STORAGE: btrfs qgroup limit, lvm volume size; measured only on dir)",
     )
-    parser.add_argument("--tmpfs", metavar="MB", type=arg_type(mb), help="size of /tmp")
-    parser.add_argument("--proc", metavar="N", type=arg_type(count), help="process limit")
+    parser.add_argument("--tmpfs", metavar="MB", type=arg_type(memory_mb), help="size of /tmp")
+    parser.add_argument("--proc", metavar="N", type=arg_type(processes), help="process limit")
     parser.add_argument(
         "--cpu",
         metavar="A/B",

@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def handle(ctx: Context) -> int:
     from vstools.config.settings import NetworkMode
-    from vstools.create import CreateRequest, plan_create
+    from vstools.create import CreateRequest, clean_interrupted, plan_create
     from vstools.fsutil import locked
     from vstools.hostconfig import load_create, load_networks
     from vstools.journal import log, operation
@@ -100,6 +100,12 @@ def handle(ctx: Context) -> int:
     with locked(
         paths.run_dir / "locks" / "create.lock", what=f"vs-create {args.name}", timeout_s=600.0
     ):
+        if not ctx.dry_run:
+            for name in clean_interrupted(paths):
+                print(
+                    f"vs-create: removed {name}: an earlier vs-create of it was interrupted",
+                    file=ctx.stderr,
+                )
         plan = plan_create(
             paths,
             load_create(paths),
@@ -118,6 +124,10 @@ def handle(ctx: Context) -> int:
         else:
             with operation(f"vs-create {args.name}"):
                 apply_steps(plan.steps)
+    if args.disk is not None and plan.conf.storage == "dir":
+        from vstools.cli.vs_limit import DIR_DISK_WARNING
+
+        print(f"vs-create: warning: {DIR_DISK_WARNING}", file=ctx.stderr)
     summary = plan.summary()
     emit_record(ctx, summary)
     return 0

@@ -35,12 +35,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run_in_guest(ctx: Context, name: str, argv: list[str], *, use_tty: bool) -> int:
     from vstools.cgroup import Cgroup, probe_layout
-    from vstools.errors import StateError
+    from vstools.errors import NotFoundError, StateError
     from vstools.guest import running_state
     from vstools.guestexec import exec_in_guest
-    from vstools.hostconfig import load_guest
 
-    load_guest(ctx.paths, name)  # an unknown guest is "not found", not "not running"
+    # An unknown guest is "not found", not "not running". Nothing of its configuration is
+    # read: a running guest whose files broke meanwhile can still be entered to mend them.
+    if not ctx.paths.guest_dir(name).is_dir():
+        raise NotFoundError(f"no guest named {name} on this host")
     state = running_state(ctx.paths, name)
     if Cgroup(probe_layout(), state.cgroup).is_frozen():
         raise StateError(f"guest {name} is frozen: vs-control --name {name} --thaw first")

@@ -22,10 +22,17 @@ operation: if a step fails (the kernel refuses to lower the memory limit below w
 uses, say), the steps already done are undone and the error says so. A change with --all asks
 for confirmation first when stdin is a terminal (not with --yes); any answer but y/yes exits 7
 and changes nothing.
+The limits shown for a running guest are the ones the kernel enforces, read back from its
+cgroup and its /tmp; where they differ from guest.conf (changed behind vs-tools' back) a warning
+says so, and vs-limit with guest.conf's values puts them back.
 Output: host:vserver:rss:disk:tmpfs:proc:cpu, each used/limit: rss, disk and tmpfs in MB, proc
 in processes, cpu as CPU seconds used / share of the host's whole CPU capacity."""
 
 FIELDS = ("host", "vserver", "rss", "disk", "tmpfs", "proc", "cpu")
+DIR_DISK_WARNING = (
+    "STORAGE=dir enforces no disk limit: DISK_LIMIT is measured and vs-monitor alerts past"
+    " DISK_THRESHOLD (btrfs and lvm storage enforce it)"
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,11 +43,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def handle(ctx: Context) -> int:
+    from vstools.cgroup import host_cpu_count
     from vstools.fsutil import locked
     from vstools.gueststate import read_state
     from vstools.hostconfig import list_guests, load_guest
     from vstools.journal import operation
-    from vstools.limits import NewLimits, apply_limits, limits_row, measure
+    from vstools.limits import NewLimits, apply_limits, drift, limits_row, measure, read_enforced
 
     args = ctx.args
     new = NewLimits(args.rss, args.disk, args.tmpfs, args.proc, args.cpu)
@@ -67,8 +75,24 @@ def handle(ctx: Context) -> int:
                     conf = load_guest(ctx.paths, name).conf  # re-read under the lock
                     apply_limits(ctx.paths, conf, new, dry_run=False)
                 conf = load_guest(ctx.paths, name).conf
+            if changing and new.disk_mb is not None and conf.storage == "dir":
+                print(
+                    f"vs-limit: {name}: warning: {DIR_DISK_WARNING}",
+                    file=ctx.stderr,
+                )
             state = read_state(ctx.paths.guest_run_dir(name))
-            rows.append(limits_row(ctx.hostname, conf, measure(ctx.paths, conf, state)))
+            enforced, cpus = None, host_cpu_count()
+            if state is not None:
+                enforced = read_enforced(state)
+                drifted = drift(conf, enforced, cpus)
+                if drifted:
+                    print(
+                        f"vs-limit: {name}: warning: the kernel enforces {', '.join(drifted)};"
+                        f" vs-limit --name {name} with guest.conf's values restores them",
+                        file=ctx.stderr,
+                    )
+            usage = measure(ctx.paths, conf, state)
+            rows.append(limits_row(ctx.hostname, conf, usage, enforced, cpus))
         except VSError as exc:
             if args.name:
                 raise

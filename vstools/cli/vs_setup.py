@@ -10,16 +10,25 @@ from pathlib import Path
 
 from vstools.cli.common import Context, new_parser, run_command
 from vstools.errors import NotFoundError
-from vstools.paths import DEFAULT_MUNIN_PLUGIN_DIR, DEFAULT_UNIT_DIR
+from vstools.paths import (
+    DEFAULT_MUNIN_CONF_DIR,
+    DEFAULT_MUNIN_LIB_DIR,
+    DEFAULT_MUNIN_PLUGIN_DIR,
+    DEFAULT_UNIT_DIR,
+)
+from vstools.plan import Step
 
 DESCRIPTION = """\
 Install the sample configuration files into the configuration directory and the systemd units
 into the unit directory. Every sample is written as NAME.sample (refreshed on each run, like the
 original's *.conf.sample) and as NAME only where no such file exists: an administrator's file is
-never overwritten. When munin-node's plugin directory exists, links the Munin plugin vs_ there
-as vs_rss, vs_proc, vs_cpu, vs_disk, vs_tmpfs and vs_load (a link already right is kept, a link
-elsewhere is refreshed, a file that is not a link is never replaced). Prints one line per file:
-installed, refreshed, kept or skipped."""
+never overwritten. Makes ROOT_DIR, or closes it to mode 0700 (host users must not reach the
+guests' files). When munin-node's plugin directory exists, installs the Munin plugin vs_ (a
+standalone copy that Munin's unprivileged user can run, whatever the toolkit's own location),
+links it there as vs_rss, vs_proc, vs_cpu, vs_disk, vs_tmpfs and vs_load (a link already right
+is kept, a link elsewhere is refreshed, a file that is not a link is never replaced) and gives
+it STATE_DIR in plugin-conf.d. Prints one line per file: installed, refreshed, kept, secured or
+skipped."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,6 +50,18 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_MUNIN_PLUGIN_DIR,
         help="munin-node's plugin directory; the plugin links are skipped when it does not"
         f" exist (default: {DEFAULT_MUNIN_PLUGIN_DIR})",
+    )
+    parser.add_argument(
+        "--munin-lib",
+        metavar="DIR",
+        default=DEFAULT_MUNIN_LIB_DIR,
+        help=f"where the plugin itself is installed (default: {DEFAULT_MUNIN_LIB_DIR})",
+    )
+    parser.add_argument(
+        "--munin-conf-dir",
+        metavar="DIR",
+        default=DEFAULT_MUNIN_CONF_DIR,
+        help=f"munin-node's plugin-conf.d (default: {DEFAULT_MUNIN_CONF_DIR})",
     )
     parser.add_argument(
         "--source",
@@ -90,52 +111,87 @@ def plan_setup(source: Path, etc_dir: Path, unit_dir: Path) -> list[tuple[Path, 
     return actions
 
 
-def find_plugin(source: Path) -> Path | None:
-    """The shipped Munin plugin: ``munin/vs_`` of an installed share/vs-tools, ``bin/vs_`` of a
-    checkout."""
-    for candidate in (source / "munin" / "vs_", source / "bin" / "vs_"):
-        if candidate.is_file():
-            return candidate.resolve()
-    return None
+def plugin_source() -> Path:
+    """The Munin plugin: the standalone module vstools/munin.py."""
+    from vstools import munin
+
+    return Path(munin.__file__).resolve()
 
 
-def plan_munin(plugin: Path | None, munin_dir: Path) -> list[tuple[Path, Path, str]]:
-    """``(plugin, link, verb)`` for every graph of the wildcard plugin, or one ``skipped`` row
-    (the plugin directory itself) when munin-node is not there or the plugin was not found."""
+def plugin_conf(state_dir: Path) -> str:
+    header = "# Written by vs-setup: where vs-monitor keeps its figures."
+    return f"{header}\n[vs_*]\nenv.VS_STATE_DIR {state_dir}\n"
+
+
+def plan_munin(
+    source: Path, munin_dir: Path, lib_dir: Path, conf_dir: Path, state_dir: Path
+) -> list[tuple[Path, Path, str]]:
+    """``(from, to, verb)``: the plugin's copy, a link for every graph of the wildcard plugin,
+    its plugin-conf.d entry; or one ``skipped`` row (the plugin directory itself) when
+    munin-node is not there."""
     from vstools.munin import GRAPHS
 
-    if plugin is None or not munin_dir.is_dir():
+    if not munin_dir.is_dir():
         return [(munin_dir, munin_dir, "skipped")]
-    actions = []
+    plugin = lib_dir / "vs_"
+    if not plugin.exists():
+        verb = "installed"
+    else:
+        verb = "kept" if plugin.read_bytes() == source.read_bytes() else "refreshed"
+    actions = [(source, plugin, verb)]
     for graph in GRAPHS:
         link = munin_dir / f"vs_{graph}"
         if link.is_symlink():
-            verb = "kept" if link.resolve() == plugin else "refreshed"
+            verb = "kept" if link.resolve() == plugin.resolve() else "refreshed"
         else:
             # An administrator's own file of that name is never replaced.
             verb = "kept" if link.exists() else "installed"
         actions.append((plugin, link, verb))
+    if conf_dir.is_dir():
+        conf = conf_dir / "vs-tools"
+        verb = "kept" if conf.exists() else "installed"
+        actions.append((state_dir, conf, verb))
     return actions
+
+
+def _munin_step(source: Path, target: Path, verb: str) -> Step:
+    if target.name == "vs-tools":
+        return Step(f"{verb} {target}", partial(_write, target, plugin_conf(source), 0o644))
+    if target.name == "vs_":
+        return Step(f"{verb} {target}", partial(_write, target, source.read_bytes(), 0o755))
+    return Step(f"{verb} {target} -> {source}", partial(_link, source, target))
 
 
 def handle(ctx: Context) -> int:
     from vstools.journal import operation
-    from vstools.plan import Step, apply_steps
+    from vstools.plan import apply_steps
+    from vstools.storage import ROOT_DIR_MODE, secure_root_dir
 
     etc_dir = Path(ctx.args.etc_dir) if ctx.args.etc_dir else ctx.paths.etc_dir
     source_dir = find_source(ctx.args.source)
     actions = plan_setup(source_dir, etc_dir, Path(ctx.args.unit_dir))
-    links = plan_munin(find_plugin(source_dir), Path(ctx.args.munin_dir))
+    munin = plan_munin(
+        plugin_source(),
+        Path(ctx.args.munin_dir),
+        Path(ctx.args.munin_lib),
+        Path(ctx.args.munin_conf_dir),
+        ctx.paths.state_dir,
+    )
+    root_dir = ctx.paths.root_dir
+    closed = root_dir.is_dir() and (root_dir.stat().st_mode & 0o777) == ROOT_DIR_MODE
+    root_verb = "kept" if closed else "secured"
     steps = [
         Step(f"{verb} {target}", partial(_install, source, target))
         for source, target, verb in actions
         if verb != "kept"
     ] + [
-        Step(f"{verb} {link} -> {plugin}", partial(_link, plugin, link))
-        for plugin, link, verb in links
+        _munin_step(source, target, verb)
+        for source, target, verb in munin
         if verb in ("installed", "refreshed")
     ]
-    actions += links
+    if root_verb == "secured":
+        steps.append(Step(f"secured {root_dir} (mode 0700)", partial(secure_root_dir, root_dir)))
+    actions += [*munin, (root_dir, root_dir, root_verb)]
     if not ctx.dry_run:
         with operation("vs-setup"):
             apply_steps(steps)
@@ -160,6 +216,13 @@ def _install(source: Path, target: Path) -> None:
     if source.parent.name == "systemd":
         data = unit_text(data.decode(), str(Path(sys.argv[0]).resolve().parent)).encode()
     atomic_write(target, data, mode=0o644)
+
+
+def _write(target: Path, data: str | bytes, mode: int) -> None:
+    from vstools.fsutil import atomic_write
+
+    target.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+    atomic_write(target, data, mode=mode)
 
 
 def _link(plugin: Path, link: Path) -> None:

@@ -27,11 +27,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def host_stats(ctx: Context) -> dict[str, object]:
-    from vstools.gueststate import read_state
+    from vstools.gueststate import is_running
     from vstools.hostconfig import list_guests
 
     names = list_guests(ctx.paths)
-    running = sum(1 for n in names if read_state(ctx.paths.guest_run_dir(n)) is not None)
+    running = sum(1 for n in names if is_running(ctx.paths.guest_run_dir(n)))
     meminfo = _meminfo()
     with open("/proc/uptime") as handle:
         uptime = float(handle.read().split()[0])

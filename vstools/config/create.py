@@ -57,8 +57,27 @@ def _parse_enum(kind: type[StrEnum], text: str) -> StrEnum:
         raise ValueProblem(f"{text!r} is not one of {choices}") from None
 
 
+# Bounds that keep every value inside what the kernel takes as given (catalogue A8): a memory
+# limit in bytes must stay below the v1 page counter's 2**63 (a larger one wrapped), and no
+# host has 16 TiB for one guest's memory or /tmp; disks to 1 PiB; the kernel's pids.max
+# stops at PID_MAX_LIMIT (2**22).
+MAX_MEMORY_MB = 1 << 24
+MAX_DISK_MB = 1 << 30
+MAX_PROCESSES = 1 << 22
+
+
 def mb(text: str) -> int:
-    return parse_uint(text, minimum=1, what="size in MB")
+    """A disk size in MB."""
+    return parse_uint(text, minimum=1, maximum=MAX_DISK_MB, what="size in MB")
+
+
+def memory_mb(text: str) -> int:
+    """A memory (or tmpfs) size in MB."""
+    return parse_uint(text, minimum=1, maximum=MAX_MEMORY_MB, what="size in MB")
+
+
+def processes(text: str) -> int:
+    return parse_uint(text, minimum=1, maximum=MAX_PROCESSES, what="process count")
 
 
 def count(text: str) -> int:
@@ -127,7 +146,7 @@ class CreateConf(KeyValueFile):
     lvm_vg: str | None = None
     lvm_fs: str = "ext4"
     snapshot_size_mb: int = 1024
-    userns: bool = False
+    userns: bool = True  # unprivileged by default, as Proxmox and Incus (docs/security.md)
     init: str = "/sbin/init"
     path: str = _PATH
     key_lines: tuple[tuple[str, int, int], ...] = _LINES
@@ -141,9 +160,9 @@ class CreateConf(KeyValueFile):
         Field("DEFAULT_PREFIX", "prefix", _prefix),
         Field("DEFAULT_VLAN", "vlan", _vlan),
         Field("DEFAULT_DISK_LIMIT", "disk_limit_mb", mb),
-        Field("DEFAULT_RSS_LIMIT", "rss_limit_mb", mb),
-        Field("DEFAULT_TMPFS_LIMIT", "tmpfs_limit_mb", mb),
-        Field("DEFAULT_PROC_LIMIT", "proc_limit", count),
+        Field("DEFAULT_RSS_LIMIT", "rss_limit_mb", memory_mb),
+        Field("DEFAULT_TMPFS_LIMIT", "tmpfs_limit_mb", memory_mb),
+        Field("DEFAULT_PROC_LIMIT", "proc_limit", processes),
         Field("DEFAULT_CPU_LIMIT", "cpu_limit", parse_cpu_ratio),
         Field(
             "FAKE_OS",

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address
 from typing import ClassVar
 
-from vstools.config.create import StorageKind, _enum, _fs, _vg_name, count, mb
+from vstools.config.create import StorageKind, _enum, _fs, _vg_name, mb, memory_mb, processes
 from vstools.config.keyvalue import Field, KeyValueFile, meta_fields
 from vstools.config.lexer import Collector
 from vstools.config.values import (
@@ -83,10 +83,10 @@ class GuestConf(KeyValueFile):
         Field("HOSTNAME", "hostname", parse_hostname),
         Field("DOMAIN", "domain", parse_hostname),
         Field("NAMESERVER", "nameservers", parse_ipv4_list),
-        Field("RSS_LIMIT", "rss_limit_mb", mb),
+        Field("RSS_LIMIT", "rss_limit_mb", memory_mb),
         Field("DISK_LIMIT", "disk_limit_mb", mb),
-        Field("TMPFS_LIMIT", "tmpfs_limit_mb", mb),
-        Field("PROC_LIMIT", "proc_limit", count),
+        Field("TMPFS_LIMIT", "tmpfs_limit_mb", memory_mb),
+        Field("PROC_LIMIT", "proc_limit", processes),
         Field("CPU_LIMIT", "cpu_limit", parse_cpu_ratio),
         Field("ENABLED", "enabled", parse_bool),
         Field("STORAGE", "storage", _enum(StorageKind)),
