@@ -47,8 +47,8 @@ bench: venv
 	done); \
 	if [ -n "$$missing" ]; then DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
 		--no-install-recommends $$missing >/dev/null; fi
-	$(PY) bench/bench_start.py
-	$(PY) bench/bench_monitor.py
+	$(PY) -m bench.bench_start
+	$(PY) -m bench.bench_monitor
 
 lint: venv
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check . && $(VENV)/bin/mypy

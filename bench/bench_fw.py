@@ -1,5 +1,5 @@
 """Benchmark (issue 4): firewall loads and guest starts with network, in one run. Run as root:
-    .venv/bin/python bench/bench_fw.py [--rounds 5] [--skip-start]
+    .venv/bin/python -m bench.bench_fw [--rounds 5] [--skip-start]
 
 1. Loading the firewall of 10, 100 and 1000 guests with 6 rules each: vs-tools' nftables
    transaction (first load, and the in-place refresh of a loaded table), one
@@ -29,21 +29,13 @@ from collections.abc import Callable, Iterator
 from ipaddress import IPv4Address
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bench_start import scratch_env  # this script's own directory is on sys.path
-
+from harness.scratch import scratch_env
 from vstools.config.firewall import parse_firewall
-from vstools.firewall import Nftables
-from vstools.fwmodel import Ruleset, compile_guest, no_resolver
-from vstools.fwrender import (
-    parse_nft_state,
-    render_iptables,
-    render_nft,
-    render_nft_refresh,
-)
-from vstools.syscalls import CLONE_NEWNET, setns
-from vstools.templates import build_busybox_rootfs
+from vstools.firewall.backends import Nftables
+from vstools.firewall.model import Ruleset, compile_guest, no_resolver
+from vstools.firewall.render import parse_nft_state, render_iptables, render_nft, render_nft_refresh
+from vstools.guest.templates import build_busybox_rootfs
+from vstools.host.syscalls import CLONE_NEWNET, setns
 
 BIN = Path(sys.executable).parent
 PER_RULE_BUDGET_S = 60.0  # one iptables call per rule for 1000 guests takes many minutes

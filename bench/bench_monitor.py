@@ -9,7 +9,7 @@ thread's schedstat and stat, /proc/PID/net/{tcp,tcp6,udp,udp6,unix} of the host'
 statvfs of /tmp) as it would for a real guest. The root directories are empty: a real guest's
 disk walk (at most every 5 minutes) is not in these figures.
 
-    .venv/bin/python bench/bench_monitor.py [--guests 100 1000] [--window 60]
+    .venv/bin/python -m bench.bench_monitor [--guests 100 1000] [--window 60]
 """
 
 from __future__ import annotations
@@ -24,9 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from tests.monitor_fakehost import FakeHost
+from harness.fakehost import FakeHost
 
 BIN = Path(sys.executable).parent
 POLICY = "MONITOR_POOLING=60\nTMPFS_THRESHOLD=0\nMONITOR_REPEAT=0\n"

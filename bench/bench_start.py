@@ -5,7 +5,7 @@ run; and the wall time of `vs-control --all` (status only) with 100 defined gues
 What is compared: vs-control returns once the guest's init runs (detached supervisor, cgroup
 with limits, five namespaces, masked /proc, private /dev, seccomp, capabilities). The peers run
 /bin/true in their own isolation and return when it has exited. Run as root:
-    .venv/bin/python bench/bench_start.py [--rounds 15]
+    .venv/bin/python -m bench.bench_start [--rounds 15]
 Prints figures and ratios; asserts nothing about time."""
 
 from __future__ import annotations
@@ -20,9 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from vstools.templates import build_busybox_rootfs
+from harness.scratch import scratch_env
+from vstools.guest.templates import build_busybox_rootfs
 
 BIN = Path(sys.executable).parent
 GUEST = (
@@ -59,19 +58,6 @@ def main() -> int:
             if (controller / parent).exists():
                 (controller / parent).rmdir()
         shutil.rmtree(work, ignore_errors=True)
-
-
-def scratch_env(work: Path) -> dict[str, str]:
-    """The VS_* directories of a scratch host under ``work`` (also used by bench_fw)."""
-    return {
-        "VS_ETC_DIR": str(work / "etc"),
-        "VS_GUESTS_CONF_DIR": str(work / "guests"),
-        "VS_ROOT_DIR": str(work / "root"),
-        "VS_STATE_DIR": str(work / "state"),
-        "VS_RUN_DIR": str(work / "run"),
-        "VS_NO_SYSTEMD": "1",
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-    }
 
 
 def run(work: Path, parent: str, rounds: int) -> int:

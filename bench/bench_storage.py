@@ -1,6 +1,6 @@
 """Benchmark (issue 3): building a guest's root on each storage backend this machine has, with
 the library's own create plan (vs-create without the interpreter start). Run as root:
-    .venv/bin/python bench/bench_storage.py [--data-mb 200] [--rounds 3]
+    .venv/bin/python -m bench.bench_storage [--data-mb 200] [--rounds 3]
 
 A template of the busybox root plus --data-mb MB of files (64 files) is unpacked into a new
 guest, which is then cloned, on ``dir`` (a directory on this machine's /tmp) and on ``btrfs``
@@ -13,23 +13,21 @@ import argparse
 import os
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
 from ipaddress import IPv4Address
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from tests.guests import btrfs_loop
+from harness.btrfs import btrfs_loop
 from vstools.config.create import CreateConf
 from vstools.config.networks import parse_networks
-from vstools.create import CreateRequest, plan_create
+from vstools.guest.create import CreateRequest, plan_create
+from vstools.guest.templates import build_busybox_rootfs
+from vstools.host.hostconfig import HostConfig
 from vstools.paths import Paths
 from vstools.plan import apply_steps
-from vstools.storage import BtrfsStorage
-from vstools.templates import build_busybox_rootfs
+from vstools.storage.btrfs import BtrfsStorage
 
 PREFIX = f"vstbench{os.getpid()}"
 
@@ -69,7 +67,8 @@ def _round(paths: Paths, storage: str, template: Path, n: int) -> tuple[float, f
         request = CreateRequest(
             name=name, ip=IPv4Address(f"198.51.100.{octet}"), clone=clone, context=octet
         )
-        apply_steps(plan_create(paths, conf, networks, request).steps)
+        host = HostConfig.given(paths, create=conf, networks=networks)
+        apply_steps(plan_create(host, request, probe_network=False).steps)
 
     created = _timed(lambda: create(f"web{n}", 10 + 2 * n))
     cloned = _timed(lambda: create(f"copy{n}", 11 + 2 * n, clone=f"web{n}"))

@@ -17,7 +17,7 @@ import pytest
 from tests.leaks import find_leaks
 from tests.probes import tier_problem
 
-pytest_plugins = ("tests.guests", "tests.lab")
+pytest_plugins = ("tests.guests", "tests.lab.vm", "tests.poolhosts")
 
 # "vst" + 4 hex digits: 7 characters, leaving 8 for suffixes within IFNAMSIZ (15).
 RUN_PREFIX = "vst" + secrets.token_hex(2)

@@ -31,14 +31,14 @@ def probe_namespaces() -> str | None:
 
 @functools.cache
 def probe_openat2() -> str | None:
-    from vstools.rootfs import probe_openat2 as probe
+    from vstools.host.rootfs import probe_openat2 as probe
 
     return probe()
 
 
 @functools.cache
 def probe_lab() -> str | None:
-    from tests.lab import probe_lab as probe
+    from tests.lab.vm import probe_lab as probe
 
     return probe()
 

@@ -27,6 +27,8 @@ class ExitCode(IntEnum):
 
 
 class Severity(StrEnum):
+    """Whether a Problem rejects its file (ERROR) or is only reported (WARNING)."""
+
     ERROR = "error"
     WARNING = "warning"
 
@@ -57,22 +59,32 @@ class VSError(Exception):
 
 
 class UsageError(VSError):
+    """The command line asks for something invalid or impossible as given (exit code USAGE)."""
+
     exit_code = ExitCode.USAGE
 
 
 class NotFoundError(VSError):
+    """No such guest, host, file or volume (exit code NOT_FOUND)."""
+
     exit_code = ExitCode.NOT_FOUND
 
 
 class StateError(VSError):
+    """The guest or host is not in a state that allows this: running, locked, in use."""
+
     exit_code = ExitCode.STATE
 
 
 class HostError(VSError):
+    """The host refused an operation; what was done has been rolled back."""
+
     exit_code = ExitCode.HOST
 
 
 class RollbackError(VSError):
+    """An operation failed and its rollback was incomplete: a human must look at the host."""
+
     exit_code = ExitCode.ROLLBACK
 
 
@@ -83,6 +95,8 @@ class Declined(VSError):
 
 
 class NotImplementedYet(VSError):
+    """The command exists but its work is not built yet (exit code NOT_IMPLEMENTED)."""
+
     exit_code = ExitCode.NOT_IMPLEMENTED
 
 
@@ -102,10 +116,12 @@ class ConfigError(VSError):
         super().__init__("\n".join(str(p) for p in self.problems))
 
     def lines(self) -> list[str]:
+        """Each problem on a line of its own."""
         return [str(p) for p in self.problems]
 
     @classmethod
     def merge(cls, errors: Iterable[ConfigError]) -> ConfigError:
+        """One ConfigError holding every problem of ``errors``, in order."""
         return cls([p for e in errors for p in e.problems])
 
 

@@ -8,14 +8,32 @@ from dataclasses import dataclass
 from typing import Any
 
 from vstools import __version__
+from vstools.config.create import mb as _mb
+from vstools.config.files import check_files, parse_file
+from vstools.config.lexer import ValueProblem
 from vstools.config.values import parse_guest_name, parse_ipv4
-from vstools.errors import ConfigError, NotFoundError, Problem
+from vstools.errors import ConfigError, NotFoundError, Problem, UsageError
+from vstools.guest.facts import guest_facts, guests_facts, host_facts
+from vstools.guest.receive import check_room, receive_abort, receive_begin, receive_commit
+from vstools.guest.templates import write_busybox_template
+from vstools.host.hostconfig import (
+    HostConfig,
+    check_tree,
+    list_guests,
+    load_guest,
+    load_networks,
+    load_settings,
+)
+from vstools.storage.base import check_tag
+from vstools.storage.select import guest_storage
 
 Env = Mapping[str, str]
 
 
 @dataclass(frozen=True, slots=True)
 class Param:
+    """One argument of a registered function: its name and the parser of its text."""
+
     name: str
     parse: Callable[[str], Any] = str
     variadic: bool = False  # takes every remaining argument (zero or more)
@@ -23,6 +41,8 @@ class Param:
 
 @dataclass(frozen=True, slots=True)
 class Function:
+    """A function vs-fonctions may call: its parameters and a one-line description."""
+
     name: str
     call: Callable[..., Any]  # called as call(env, *parsed_args)
     params: tuple[Param, ...]
@@ -30,6 +50,7 @@ class Function:
 
     @property
     def signature(self) -> str:
+        """The usage line: the name, then each parameter in capitals (``[FILE...]`` if variadic)."""
         words = [f"[{p.name.upper()}...]" if p.variadic else p.name.upper() for p in self.params]
         return " ".join([self.name, *words])
 
@@ -39,30 +60,21 @@ def _version(env: Env) -> str:
 
 
 def _paths(env: Env) -> dict[str, str]:
-    from vstools.hostconfig import load_settings
-
     return load_settings(env)[1].as_dict()
 
 
 def _settings(env: Env) -> object:
-    from vstools.hostconfig import load_settings
-
     return load_settings(env)[0]
 
 
 def _check(env: Env, *files: str) -> list[Problem]:
     if files:
-        from vstools.cli.vs_check import check_files
-
         return check_files(files)
-    from vstools.hostconfig import check_tree
 
     return check_tree(env)
 
 
 def _parse(env: Env, path: str) -> object:
-    from vstools.config.files import parse_file
-
     return parse_file(path)
 
 
@@ -71,14 +83,10 @@ def _valid_name(env: Env, name: str) -> str:
 
 
 def _networks(env: Env) -> object:
-    from vstools.hostconfig import load_networks, load_settings
-
     return load_networks(load_settings(env)[1]).networks
 
 
 def _network_for(env: Env, ip: Any) -> object:
-    from vstools.hostconfig import load_networks, load_settings
-
     networks = load_networks(load_settings(env)[1])
     found = networks.network_for(ip)
     if found is None:
@@ -87,23 +95,69 @@ def _network_for(env: Env, ip: Any) -> object:
 
 
 def _guests(env: Env) -> list[str]:
-    from vstools.hostconfig import list_guests, load_settings
-
     return list_guests(load_settings(env)[1])
 
 
 def _guest_config(env: Env, name: str) -> object:
-    from vstools.hostconfig import load_guest, load_settings
-
     return load_guest(load_settings(env)[1], name)
 
 
 def _busybox_template(env: Env, archive: str) -> str:
     from pathlib import Path
 
-    from vstools.templates import write_busybox_template
-
     return str(write_busybox_template(Path(archive)))
+
+
+def _host_facts(env: Env) -> dict[str, Any]:
+    return host_facts(HostConfig.load(env))
+
+
+def _guests_facts(env: Env) -> list[dict[str, Any]]:
+    return guests_facts(HostConfig.load(env))
+
+
+def _scan_report(env: Env) -> dict[str, Any]:
+    host = HostConfig.load(env)
+    return {"host": host_facts(host), "guests": guests_facts(host)}
+
+
+def _snapshot_take(env: Env, name: str, tag: str) -> str:
+    host = HostConfig.load(env)
+    storage = guest_storage(host, host.guest_conf(name))
+    stale = storage.snapshot_steps(name, tag)[1]
+    storage.remove_snapshot(stale)  # one a killed transfer left: taken anew
+    return str(storage.create_snapshot(name, tag).path)
+
+
+def _snapshot_drop(env: Env, name: str, tag: str) -> str:
+    host = HostConfig.load(env)
+    storage = guest_storage(host, host.guest_conf(name))
+    snapshot = storage.snapshot_steps(name, tag)[1]
+    storage.remove_snapshot(snapshot)
+    return str(snapshot.path)
+
+
+def _receive_begin(env: Env, name: str, disk_mb: int) -> dict[str, str]:
+    return receive_begin(HostConfig.load(env), name, disk_mb)
+
+
+def _receive_commit(env: Env, name: str) -> dict[str, str]:
+    return receive_commit(HostConfig.load(env), name)
+
+
+def _receive_abort(env: Env, name: str) -> str:
+    receive_abort(HostConfig.load(env), name)
+    return name
+
+
+def _check_room(env: Env, size_mb: int) -> dict[str, Any]:
+    return check_room(HostConfig.load(env), size_mb)
+
+
+def _guest_facts(env: Env, name: str) -> dict[str, Any]:
+    host = HostConfig.load(env)
+    host.guest_conf(name)  # NotFoundError for a guest that is not defined here
+    return guest_facts(host, name)
 
 
 REGISTRY: dict[str, Function] = {
@@ -140,6 +194,66 @@ REGISTRY: dict[str, Function] = {
             "write a busybox guest template (tar.gz) built from the host's busybox-static",
         ),
         Function(
+            "host_facts",
+            _host_facts,
+            (),
+            "this host for the pool: free memory and disk, storage, networks (the master's scan)",
+        ),
+        Function(
+            "guests_facts",
+            _guests_facts,
+            (),
+            "every guest of this host: state, address, network, context, storage, size",
+        ),
+        Function(
+            "scan_report",
+            _scan_report,
+            (),
+            "host_facts and guests_facts in one answer (what the master's vs-scan asks)",
+        ),
+        Function(
+            "guest_facts",
+            _guest_facts,
+            (Param("name", parse_guest_name),),
+            "one guest: state, address, network, context, storage, size",
+        ),
+        Function(
+            "snapshot_take",
+            _snapshot_take,
+            (Param("name", parse_guest_name), Param("tag", check_tag)),
+            "take a read-only snapshot TAG of a guest's root (btrfs, lvm): its path",
+        ),
+        Function(
+            "snapshot_drop",
+            _snapshot_drop,
+            (Param("name", parse_guest_name), Param("tag", check_tag)),
+            "remove the snapshot TAG of a guest's root (nothing if there is none)",
+        ),
+        Function(
+            "receive_begin",
+            _receive_begin,
+            (Param("name", parse_guest_name), Param("disk_mb", _mb)),
+            "make the places a guest arriving here is received in: their paths",
+        ),
+        Function(
+            "receive_commit",
+            _receive_commit,
+            (Param("name", parse_guest_name),),
+            "put a received guest in place (after the sender verified it)",
+        ),
+        Function(
+            "receive_abort",
+            _receive_abort,
+            (Param("name", parse_guest_name),),
+            "remove what was received of a guest and not committed",
+        ),
+        Function(
+            "check_room",
+            _check_room,
+            (Param("size_mb", _mb),),
+            "free space, extended attributes and ACLs where guests' roots live",
+        ),
+        Function(
             "guest_config",
             _guest_config,
             (Param("name", parse_guest_name),),
@@ -151,8 +265,6 @@ REGISTRY: dict[str, Function] = {
 
 def call_function(name: str, args: list[str], env: Env) -> Any:
     """Look ``name`` up in the registry, parse ``args`` by its parameters and call it."""
-    from vstools.config.lexer import ValueProblem
-    from vstools.errors import UsageError
 
     function = REGISTRY.get(name)
     if function is None:

@@ -32,6 +32,8 @@ ENV_VARS: Mapping[str, str] = {attr: "VS_" + attr.upper() for attr in DEFAULT_DI
 
 @dataclass(frozen=True, slots=True)
 class Paths:
+    """The host directories every command works under (see ``resolve_paths``)."""
+
     etc_dir: Path
     guests_conf_dir: Path
     root_dir: Path
@@ -40,6 +42,7 @@ class Paths:
 
     @property
     def settings_file(self) -> Path:
+        """vs-tools.conf, in the configuration directory."""
         return self.etc_dir / "vs-tools.conf"
 
     def etc_file(self, name: str) -> Path:
@@ -51,12 +54,20 @@ class Paths:
         return self.guests_conf_dir / check_guest_name(name)
 
     def guest_root(self, name: str) -> Path:
+        """Where the guest's root filesystem is; the name is validated first (D15)."""
         return self.root_dir / check_guest_name(name)
 
+    def monitor_figures_dir(self) -> Path:
+        """Each guest's monitor state (figures, open alerts, counters), world-readable for the
+        Munin plugin: STATE_DIR/monitor/guests."""
+        return self.state_dir / "monitor" / "guests"
+
     def guest_run_dir(self, name: str) -> Path:
+        """The guest's runtime files, under RUN_DIR/guests; the name is validated first (D15)."""
         return self.run_dir / "guests" / check_guest_name(name)
 
     def as_dict(self) -> dict[str, str]:
+        """The directories as strings, keyed by attribute name (etc_dir, root_dir, ...)."""
         return {attr: str(getattr(self, attr)) for attr in DEFAULT_DIRS}
 
 
@@ -77,3 +88,6 @@ def resolve_paths(env: Mapping[str, str], settings: Settings | None = None) -> P
 # In a guest's configuration directory from the first step of vs-create to its last: a
 # directory holding it is what a vs-create killed halfway left (catalogue A8).
 INCOMPLETE_MARKER = ".vs-create-incomplete"
+# In a guest's configuration directory while vs-remove takes it away: the guest is gone from
+# every listing, and running vs-remove again finishes what a killed one began.
+REMOVING_MARKER = ".vs-remove-begun"

@@ -24,11 +24,15 @@ class Step:
 
 @dataclass(slots=True)
 class Outcome:
+    """What ``apply_steps`` did: the descriptions of the steps done and of those rolled back
+    (both empty after a dry run)."""
+
     done: list[str] = field(default_factory=list)
     rolled_back: list[str] = field(default_factory=list)
 
 
 def describe(steps: Sequence[Step]) -> list[str]:
+    """The steps' descriptions, in order (what ``--dry-run`` prints)."""
     return [step.description for step in steps]
 
 
@@ -87,3 +91,8 @@ def _summary(step: Step, exc: BaseException, outcome: Outcome, failures: list[st
     if failures:
         text += "; ROLLBACK FAILED: " + "; ".join(failures)
     return text
+
+
+def discard(_: object) -> None:
+    """Drop a result, for a step or hook that must return None (``lambda: discard(f())``)."""
+    return None

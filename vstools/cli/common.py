@@ -14,9 +14,13 @@ from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 from vstools import __version__
+from vstools.config.create import mb, memory_mb, processes
+from vstools.config.lexer import ValueProblem
 from vstools.config.settings import Settings
+from vstools.config.values import parse_cpu_ratio, parse_guest_name
 from vstools.errors import ConfigError, Declined, ExitCode, NotImplementedYet, VSError
-from vstools.journal import log, setup_logging
+from vstools.host.hostconfig import HostConfig
+from vstools.host.journal import log, setup_logging
 from vstools.paths import Paths
 from vstools.serialize import to_jsonable
 
@@ -36,41 +40,58 @@ class Context:
     env: Mapping[str, str]
     stdout: TextIO
     stderr: TextIO
-    _settings: tuple[Settings, Paths] | None = field(default=None, repr=False)
+    _host: HostConfig | None = field(default=None, repr=False)
     stdin: TextIO = field(default_factory=lambda: sys.stdin, repr=False)
+    failures: list[VSError] = field(default_factory=list, repr=False)
 
     @property
     def json(self) -> bool:
+        """Whether --json asks for JSON output instead of the colon format."""
         return bool(getattr(self.args, "json", False))
 
     @property
     def dry_run(self) -> bool:
+        """Whether --dry-run asks to print what would be done and change nothing."""
         return bool(getattr(self.args, "dry_run", False))
 
-    def settings_and_paths(self) -> tuple[Settings, Paths]:
-        if self._settings is None:
-            from vstools.hostconfig import load_settings
-
-            self._settings = load_settings(self.env)
-        return self._settings
+    @property
+    def host(self) -> HostConfig:
+        """The host's configuration, loaded once for the whole command and passed down."""
+        if self._host is None:
+            self._host = HostConfig.load(self.env)
+        return self._host
 
     @property
     def settings(self) -> Settings:
-        return self.settings_and_paths()[0]
+        """vs-tools.conf as parsed, from the host's configuration."""
+        return self.host.settings
 
     @property
     def paths(self) -> Paths:
-        return self.settings_and_paths()[1]
+        """The directories in force (vs-tools.conf and the VS_* variables)."""
+        return self.host.paths
+
+    def fail(self, name: str, exc: VSError) -> None:
+        """Report one guest's failure (``prog: NAME: message``); the others go on."""
+        self.failures.append(exc)
+        print(f"{self.prog}: {name}: {exc}", file=self.stderr)
+
+    def exit_code(self) -> int:
+        """The worst exit code of the failures reported, 0 without any."""
+        return int(max((f.exit_code for f in self.failures), default=ExitCode.OK))
 
     @property
     def hostname(self) -> str:
+        """This host's name in outputs: HOSTNAME of vs-tools.conf, else the system's short name."""
         return self.settings.hostname or socket.gethostname().split(".")[0]
 
     def emit_lines(self, lines: Iterable[str]) -> None:
+        """Print each line on the command's stdout."""
         for line in lines:
             print(line, file=self.stdout)
 
     def emit_json(self, value: Any) -> None:
+        """Print ``value`` on stdout as indented JSON (dataclasses, enums, addresses converted)."""
         json.dump(to_jsonable(value), self.stdout, indent=2, sort_keys=False)
         self.stdout.write("\n")
 
@@ -89,7 +110,7 @@ def arg_type(parse: Callable[[str], Any], name: str | None = None) -> Callable[[
     """Use a config value parser (same rules, same messages) for a command-line option."""
 
     def convert(text: str) -> Any:
-        from vstools.config.lexer import ValueProblem
+        """The parsed value; the parser's problem becomes an argparse usage error (exit 2)."""
 
         try:
             return parse(text)
@@ -131,7 +152,6 @@ def add_guest_selection(
     parser: argparse.ArgumentParser, *, required: bool = True, allow_all: bool = True
 ) -> None:
     """``--name NAME`` or ``--all``."""
-    from vstools.config.values import parse_guest_name
 
     group = parser.add_mutually_exclusive_group(required=required)
     group.add_argument(
@@ -146,8 +166,6 @@ def add_guest_selection(
 
 def add_limit_options(parser: argparse.ArgumentParser) -> None:
     """--rss, --disk, --tmpfs, --proc and --cpu, with the parsers of create.conf's values."""
-    from vstools.config.create import mb, memory_mb, processes
-    from vstools.config.values import parse_cpu_ratio
 
     parser.add_argument("--rss", metavar="MB", type=arg_type(memory_mb), help="memory limit")
     parser.add_argument(
@@ -188,6 +206,47 @@ def confirm(ctx: Context, question: str) -> None:
         raise Declined("not confirmed: nothing was changed")
 
 
+def selected_guests(ctx: Context) -> list[str]:
+    """The guests a command acts on: every guest with --all, else the one named."""
+    return ctx.host.guest_names() if getattr(ctx.args, "all", False) else [ctx.args.name]
+
+
+def for_each_guest(
+    ctx: Context, names: Sequence[str], act: Callable[[str], Mapping[str, object] | None]
+) -> list[Mapping[str, object]]:
+    """The rows ``act`` returns for each guest. With ``--name`` an error is the command's (unless
+    one was already reported for it); otherwise it is reported and the others are handled."""
+    rows = []
+    for name in names:
+        try:
+            row = act(name)
+        except VSError as exc:
+            if not getattr(ctx.args, "all", False) and not ctx.failures:
+                raise
+            ctx.fail(name, exc)
+            continue
+        if row is not None:
+            rows.append(row)
+    return rows
+
+
+def progress_line(ctx: Context) -> Callable[[Any], None] | None:
+    """On a terminal, a callback that redraws one progress line on stderr (rsync's figures);
+    elsewhere None: the command prints a summary line when it is done."""
+    if not _is_terminal(ctx.stderr):
+        return None
+
+    def show(figures: Any) -> None:
+        """Redraw the line."""
+        ctx.stderr.write(
+            f"\r  {figures.percent:3d}%  {figures.bytes / (1 << 20):9.1f} MB"
+            f"  {figures.rate:>12}  {figures.eta:>10} "
+        )
+        ctx.stderr.flush()
+
+    return show
+
+
 def guests_phrase(names: Sequence[str], *, shown: int = 8) -> str:
     """``3 guests (a, b, c)`` for a prompt; long lists are cut."""
     listed = ", ".join(names[:shown])
@@ -207,6 +266,7 @@ def not_implemented(what: str) -> Handler:
     """The handler of a command whose work is not built yet: a clear error, no fake output."""
 
     def handler(ctx: Context) -> int:
+        """Raise NotImplementedYet (exit 69): the command does nothing yet."""
         raise NotImplementedYet(f"{what} is not implemented yet")
 
     return handler

@@ -17,6 +17,7 @@ copy, start), as versioned generations."""
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The parser of vs-backup: --host and --name narrow the guests of backup.conf."""
     parser = new_parser("vs-backup", DESCRIPTION, mutating=True)
     parser.add_argument("--host", type=HOST, help="only the guests on this slave")
     parser.add_argument("--name", type=GUEST, help="only this guest")
@@ -27,4 +28,5 @@ handle = not_implemented("backups (master)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of vs-backup: returns its exit status (69: not implemented yet)."""
     return run_command(build_parser(), handle, argv)

@@ -6,8 +6,9 @@ import argparse
 from collections.abc import Sequence
 
 from vstools.cli.common import Context, new_parser, run_command
-from vstools.config.lexer import WHOLE_FILE
-from vstools.errors import ConfigError, ExitCode, NotFoundError, Problem, Severity
+from vstools.config.files import check_files
+from vstools.errors import ExitCode, Severity
+from vstools.host.hostconfig import check_tree
 
 DESCRIPTION = """\
 Validate the host's whole configuration (vs-tools.conf, networks.conf, create.conf, the
@@ -18,6 +19,7 @@ path:line:col: message and the exit status is 1. Warnings are printed but do not
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The parser of vs-check: the FILEs to check, none for the whole configuration."""
     parser = new_parser("vs-check", DESCRIPTION, mutating=False)
     parser.add_argument(
         "files",
@@ -28,29 +30,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def check_files(files: Sequence[str]) -> list[Problem]:
-    from vstools.config.files import parse_file, warnings_of
-
-    problems: list[Problem] = []
-    for path in files:
-        try:
-            problems.extend(warnings_of(parse_file(path)))
-        except ConfigError as exc:
-            problems.extend(exc.problems)
-        except NotFoundError as exc:
-            problems.append(
-                Problem(path, WHOLE_FILE, WHOLE_FILE, str(exc).removeprefix(f"{path}: "))
-            )
-    return problems
-
-
 def handle(ctx: Context) -> int:
-    if ctx.args.files:
-        problems = check_files(ctx.args.files)
-    else:
-        from vstools.hostconfig import check_tree
-
-        problems = check_tree(ctx.env)
+    """Run vs-check: every problem on stderr, or with --json ``valid`` and ``problems`` on stdout.
+    Returns 1 when any problem is an error, else 0 (warnings do not fail)."""
+    problems = check_files(ctx.args.files) if ctx.args.files else check_tree(ctx.env)
     errors = [p for p in problems if p.severity is Severity.ERROR]
     if ctx.json:
         ctx.emit_json({"valid": not errors, "problems": problems})
@@ -61,4 +44,5 @@ def handle(ctx: Context) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of vs-check: returns its exit status."""
     return run_command(build_parser(), handle, argv)

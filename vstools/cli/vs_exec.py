@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from collections.abc import Sequence
 
 from vstools.cli.common import Context, arg_type, new_parser, run_command
 from vstools.config.values import parse_guest_name
 from vstools.errors import UsageError
+from vstools.runtime.enter import run_in_guest
 
 DESCRIPTION = """\
 Run CMD inside the guest's namespaces and cgroup, with the guest's capability set and seccomp
@@ -20,6 +20,7 @@ Usage: vs-exec NAME -- CMD [ARGS...]"""
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The parser of vs-exec: the guest's NAME, -t or -T, and the command after ``--``."""
     parser = new_parser("vs-exec", DESCRIPTION, mutating=False)
     parser.add_argument("name", metavar="NAME", type=arg_type(parse_guest_name, "name"))
     terminal = parser.add_mutually_exclusive_group()
@@ -33,32 +34,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def run_in_guest(ctx: Context, name: str, argv: list[str], *, use_tty: bool) -> int:
-    from vstools.cgroup import Cgroup, probe_layout
-    from vstools.errors import NotFoundError, StateError
-    from vstools.guest import running_state
-    from vstools.guestexec import exec_in_guest
-
-    # An unknown guest is "not found", not "not running". Nothing of its configuration is
-    # read: a running guest whose files broke meanwhile can still be entered to mend them.
-    if not ctx.paths.guest_dir(name).is_dir():
-        raise NotFoundError(f"no guest named {name} on this host")
-    state = running_state(ctx.paths, name)
-    if Cgroup(probe_layout(), state.cgroup).is_frozen():
-        raise StateError(f"guest {name} is frozen: vs-control --name {name} --thaw first")
-    sys.stdout.flush()
-    return exec_in_guest(state, probe_layout(), argv, use_tty=use_tty)
-
-
 def handle(ctx: Context) -> int:
+    """Run vs-exec: the command in the guest, on a pseudo-terminal when stdin is one (or -t, never
+    with -T); returns the command's status. UsageError when no command is named."""
     argv = list(ctx.args.command)
     if argv[:1] == ["--"]:
         argv = argv[1:]
     if not argv:
         raise UsageError("name the command to run: vs-exec NAME -- CMD [ARGS...]")
     use_tty = ctx.args.tty or (not ctx.args.no_tty and os.isatty(0))
-    return run_in_guest(ctx, ctx.args.name, argv, use_tty=use_tty)
+    return run_in_guest(ctx.paths, ctx.args.name, argv, use_tty=use_tty)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of vs-exec: returns its exit status (the command's)."""
     return run_command(build_parser(), handle, argv)

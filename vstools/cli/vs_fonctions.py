@@ -8,6 +8,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from vstools.cli.common import Context, new_parser, run_command
+from vstools.errors import UsageError
+from vstools.functions import REGISTRY, call_function
 from vstools.serialize import to_jsonable
 
 DESCRIPTION = """\
@@ -17,6 +19,7 @@ can be called; --list names them with their arguments."""
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The parser of vs-fonctions: --list, or a FUNCTION and its ARGS."""
     parser = new_parser("vs-fonctions", DESCRIPTION, mutating=False)
     parser.add_argument("--list", action="store_true", help="list the callable functions")
     parser.add_argument("function", nargs="?", metavar="FUNCTION")
@@ -46,8 +49,8 @@ def _scalar(value: Any) -> str:
 
 
 def handle(ctx: Context) -> int:
-    from vstools.errors import UsageError
-    from vstools.functions import REGISTRY, call_function
+    """Run vs-fonctions: list the callable functions with --list, or call FUNCTION with its ARGS and
+    print the result (--json: as ``result`` of an object). UsageError when no FUNCTION is named."""
 
     if ctx.args.list:
         if ctx.json:
@@ -75,4 +78,5 @@ def handle(ctx: Context) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of vs-fonctions: returns its exit status."""
     return run_command(build_parser(), handle, argv)

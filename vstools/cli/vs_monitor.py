@@ -7,6 +7,9 @@ from collections.abc import Sequence
 
 from vstools.cli.common import Context, add_guest_selection, new_parser, run_command
 from vstools.errors import UsageError
+from vstools.host.cgrouplayout import probe_layout
+from vstools.monitor.daemon import serve
+from vstools.monitor.watch import Monitor
 
 DESCRIPTION = """\
 Watch guests (all by default) and mail MONITOR_MAILTO when a threshold is crossed, a limit is
@@ -19,6 +22,7 @@ FIELDS = ("host", "vserver", "state", "alerts")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The parser of vs-monitor: the guest to watch (default: all) and --once."""
     parser = new_parser("vs-monitor", DESCRIPTION, mutating=True)
     add_guest_selection(parser, required=False)
     parser.add_argument(
@@ -31,16 +35,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def handle(ctx: Context) -> int:
-    from vstools.cgroup import probe_layout
-    from vstools.hostconfig import load_guest
-    from vstools.monitor import Monitor
-
+    """Run vs-monitor: the daemon until it is stopped, or with --once one check of each guest, the
+    spool delivered (not with --dry-run) and a row per guest. --dry-run needs --once."""
     args = ctx.args
     if ctx.dry_run and not args.once:
         raise UsageError("--dry-run needs --once (the daemon always mails)")
-    settings, paths = ctx.settings_and_paths()
+    settings, paths = ctx.settings, ctx.paths
     if args.name:
-        load_guest(paths, args.name)  # not defined or broken: say so now, exit 3 or 1
+        ctx.host.guest(args.name)  # not defined or broken: say so now, exit 3 or 1
     # VS_CGROUP_MOUNTS: a mounts table to find the cgroup hierarchies in, instead of the
     # kernel's (the benchmark and tests point it at a tree laid out like /sys/fs/cgroup).
     layout = probe_layout(ctx.env.get("VS_CGROUP_MOUNTS") or "/proc/self/mounts")
@@ -53,8 +55,6 @@ def handle(ctx: Context) -> int:
         dry_run=ctx.dry_run,
     )
     if not args.once:
-        from vstools.monitordaemon import serve
-
         return serve(monitor, ctx.env)
     try:
         monitor.rescan()
@@ -87,4 +87,5 @@ def handle(ctx: Context) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of vs-monitor: returns its exit status."""
     return run_command(build_parser(), handle, argv)

@@ -17,6 +17,7 @@ pass. Prints how long it took and how long the guest was stopped."""
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The parser of vs-move: the guest's --name, --dst_host, --src_host and --1step."""
     parser = new_parser("vs-move", DESCRIPTION, mutating=True)
     parser.add_argument("--name", required=True, type=GUEST, help="the guest")
     parser.add_argument("--dst_host", type=HOST, required=True, help="the destination slave")
@@ -34,4 +35,5 @@ handle = not_implemented("the pool (master)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of vs-move: returns its exit status (69: not implemented yet)."""
     return run_command(build_parser(), handle, argv)

@@ -9,11 +9,15 @@ from vstools.cli.common import (
     Context,
     add_guest_selection,
     confirm,
+    for_each_guest,
     guests_phrase,
     new_parser,
     run_command,
+    selected_guests,
 )
-from vstools.errors import VSError
+from vstools.firewall.host import Firewall
+from vstools.guest.netctl import GuestNet
+from vstools.host.journal import operation
 
 DESCRIPTION = """\
 Show or change the three network layers of guests: vlan (uplink interface), route (policy
@@ -29,6 +33,7 @@ FIELDS = ("host", "vserver", "ip", "vlan", "route", "fwIN", "fwOUT")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The parser of vs-net: the guest selection, --vlan, --route, --fw (up or down) and --plan."""
     parser = new_parser("vs-net", DESCRIPTION, mutating=True)
     add_guest_selection(parser)
     for layer in ("vlan", "route", "fw"):
@@ -44,14 +49,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _plan(ctx: Context, names: list[str]) -> int:
-    from vstools.firewall import Firewall
-    from vstools.netctl import GuestNet
-
-    guests = [GuestNet(ctx.paths, ctx.settings, name) for name in names]
+    guests = [GuestNet(ctx.host, name) for name in names]
     chosen = (
         [g.rules() for g in guests if g.plan is not None and g.running] if ctx.args.name else []
     )
-    text, diff, full = Firewall(ctx.paths, ctx.settings).plan(chosen)
+    text, diff, full = Firewall(ctx.host).plan(chosen)
     resolved = {
         f"{guest.name}: {name}": [str(ip) for ip in ips]
         for guest in full.guests
@@ -69,13 +71,11 @@ def _plan(ctx: Context, names: list[str]) -> int:
 
 
 def handle(ctx: Context) -> int:
-    from vstools.firewall import Firewall
-    from vstools.hostconfig import list_guests
-    from vstools.journal import operation
-    from vstools.netctl import GuestNet
-
+    """Run vs-net: with --plan print the compiled firewall; otherwise take the layers asked down
+    (fw, route, vlan) then up (vlan, route, fw) on each guest and print its row. Returns the
+    worst failure's exit code."""
     args = ctx.args
-    names = list_guests(ctx.paths) if args.all else [args.name]
+    names = selected_guests(ctx)
     if args.plan:
         return _plan(ctx, names)
     changes = [(layer, getattr(args, layer)) for layer in ("vlan", "route", "fw")]
@@ -84,8 +84,7 @@ def handle(ctx: Context) -> int:
     if args.all and downs and names:
         layers = ", ".join(f"--{layer} down" for layer, _ in downs)
         confirm(ctx, f"Take {layers} for {guests_phrase(names)}?")
-    rows, failures = [], []
-    firewall = Firewall(ctx.paths, ctx.settings)  # one reading of the loaded rules for all rows
+    firewall = Firewall(ctx.host)  # one reading of the loaded rules for all rows
     if args.all and args.fw == "up" and not ctx.dry_run:
         # One transaction for every running guest rather than one per guest.
         with operation("vs-net --all --fw up"):
@@ -93,37 +92,34 @@ def handle(ctx: Context) -> int:
         for problem in problems:
             print(f"vs-net: {problem} (loaded closed)", file=ctx.stderr)
         ups = [change for change in ups if change[0] != "fw"]
-    for name in names:
-        try:
-            guest = GuestNet(ctx.paths, ctx.settings, name, firewall)
-            for layer, state in [*downs, *ups]:
-                if args.all and (guest.plan is None or not guest.running) and layer != "vlan":
-                    continue
-                if ctx.dry_run:
-                    print(f"would: {name}: {layer} {state}", file=ctx.stderr)
-                    continue
-                with operation(f"vs-net {name} --{layer} {state}"):
-                    print(f"vs-net: {getattr(guest, layer)(state)}", file=ctx.stderr)
-            row = guest.row()
-            rows.append(
-                {
-                    "host": ctx.hostname,
-                    "vserver": row.vserver,
-                    "ip": row.ip,
-                    "vlan": row.vlan,
-                    "route": row.route,
-                    "fwIN": row.fw_in,
-                    "fwOUT": row.fw_out,
-                }
-            )
-        except VSError as exc:
-            if args.name:
-                raise
-            failures.append(exc)
-            print(f"vs-net: {name}: {exc}", file=ctx.stderr)
-    ctx.emit_rows(rows, FIELDS)
-    return int(max((f.exit_code for f in failures), default=0))
+
+    def one(name: str) -> dict[str, object]:
+        """Change one guest's layers (with --all only the vlan of a guest stopped or in no network),
+        then its row."""
+        guest = GuestNet(ctx.host, name, firewall)
+        for layer, state in [*downs, *ups]:
+            if args.all and (guest.plan is None or not guest.running) and layer != "vlan":
+                continue
+            if ctx.dry_run:
+                print(f"would: {name}: {layer} {state}", file=ctx.stderr)
+                continue
+            with operation(f"vs-net {name} --{layer} {state}"):
+                print(f"vs-net: {getattr(guest, layer)(state)}", file=ctx.stderr)
+        row = guest.row()
+        return {
+            "host": ctx.hostname,
+            "vserver": row.vserver,
+            "ip": row.ip,
+            "vlan": row.vlan,
+            "route": row.route,
+            "fwIN": row.fw_in,
+            "fwOUT": row.fw_out,
+        }
+
+    ctx.emit_rows(for_each_guest(ctx, names, one), FIELDS)
+    return ctx.exit_code()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of vs-net: returns its exit status."""
     return run_command(build_parser(), handle, argv)

@@ -13,6 +13,7 @@ mirrors' addresses in its firewall for the duration and restoring the exact rule
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The parser of vs-pkg: the guest selection and the package manager's actions."""
     parser = new_parser("vs-pkg", DESCRIPTION, mutating=True)
     add_guest_selection(parser)
     parser.add_argument("--update_sources", action="store_true", help="refresh package lists")
@@ -30,4 +31,5 @@ handle = not_implemented("host-driven package management")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of vs-pkg: returns its exit status (69: not implemented yet)."""
     return run_command(build_parser(), handle, argv)

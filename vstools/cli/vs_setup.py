@@ -10,13 +10,18 @@ from pathlib import Path
 
 from vstools.cli.common import Context, new_parser, run_command
 from vstools.errors import NotFoundError
+from vstools.host.fsutil import atomic_write
+from vstools.host.journal import operation
+from vstools.monitor import munin
+from vstools.monitor.munin import GRAPHS
 from vstools.paths import (
     DEFAULT_MUNIN_CONF_DIR,
     DEFAULT_MUNIN_LIB_DIR,
     DEFAULT_MUNIN_PLUGIN_DIR,
     DEFAULT_UNIT_DIR,
 )
-from vstools.plan import Step
+from vstools.plan import Step, apply_steps
+from vstools.storage.base import ROOT_DIR_MODE, secure_root_dir
 
 DESCRIPTION = """\
 Install the sample configuration files into the configuration directory and the systemd units
@@ -32,6 +37,8 @@ skipped."""
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The parser of vs-setup: where the configuration, the units, the Munin plugin, its links and
+    its plugin-conf.d entry go, and where the samples come from."""
     parser = new_parser("vs-setup", DESCRIPTION, mutating=True)
     parser.add_argument(
         "--etc-dir",
@@ -113,12 +120,12 @@ def plan_setup(source: Path, etc_dir: Path, unit_dir: Path) -> list[tuple[Path, 
 
 def plugin_source() -> Path:
     """The Munin plugin: the standalone module vstools/munin.py."""
-    from vstools import munin
 
     return Path(munin.__file__).resolve()
 
 
 def plugin_conf(state_dir: Path) -> str:
+    """The plugin-conf.d entry that gives the vs_* plugins STATE_DIR (``env.VS_STATE_DIR``)."""
     header = "# Written by vs-setup: where vs-monitor keeps its figures."
     return f"{header}\n[vs_*]\nenv.VS_STATE_DIR {state_dir}\n"
 
@@ -129,7 +136,6 @@ def plan_munin(
     """``(from, to, verb)``: the plugin's copy, a link for every graph of the wildcard plugin,
     its plugin-conf.d entry; or one ``skipped`` row (the plugin directory itself) when
     munin-node is not there."""
-    from vstools.munin import GRAPHS
 
     if not munin_dir.is_dir():
         return [(munin_dir, munin_dir, "skipped")]
@@ -163,9 +169,8 @@ def _munin_step(source: Path, target: Path, verb: str) -> Step:
 
 
 def handle(ctx: Context) -> int:
-    from vstools.journal import operation
-    from vstools.plan import apply_steps
-    from vstools.storage import ROOT_DIR_MODE, secure_root_dir
+    """Run vs-setup: install the samples, the units and the Munin plugin and close ROOT_DIR (nothing
+    with --dry-run); prints a line per file with what was, or would be, done."""
 
     etc_dir = Path(ctx.args.etc_dir) if ctx.args.etc_dir else ctx.paths.etc_dir
     source_dir = find_source(ctx.args.source)
@@ -209,8 +214,6 @@ def unit_text(text: str, bindir: str) -> str:
 
 
 def _install(source: Path, target: Path) -> None:
-    from vstools.fsutil import atomic_write
-
     target.parent.mkdir(parents=True, exist_ok=True)
     data = source.read_bytes()
     if source.parent.name == "systemd":
@@ -219,8 +222,6 @@ def _install(source: Path, target: Path) -> None:
 
 
 def _write(target: Path, data: str | bytes, mode: int) -> None:
-    from vstools.fsutil import atomic_write
-
     target.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
     atomic_write(target, data, mode=mode)
 
@@ -235,4 +236,5 @@ def _link(plugin: Path, link: Path) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of vs-setup: returns its exit status."""
     return run_command(build_parser(), handle, argv)

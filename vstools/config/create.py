@@ -28,18 +28,24 @@ from vstools.errors import Problem
 
 
 class ContextMethod(StrEnum):
+    """How vs-create numbers a new guest's context (CONTEXT_METHOD)."""
+
     DEC = "dec"  # 1000 * vlan + last octet of the address
     HEX = "hex"  # the address's last two octets as a 16-bit number
     CNT = "cnt"  # a counter kept on the host, starting at CONTEXT_START
 
 
 class CreateMethod(StrEnum):
+    """How vs-create builds a new guest: from a template, with debootstrap or as a clone."""
+
     TEMPLATE = "template"
     DEBOOTSTRAP = "debootstrap"
     CLONE = "clone"
 
 
 class StorageKind(StrEnum):
+    """What holds a guest's root filesystem: a directory, a btrfs subvolume or a logical volume."""
+
     DIR = "dir"
     BTRFS = "btrfs"
     LVM = "lvm"
@@ -77,10 +83,12 @@ def memory_mb(text: str) -> int:
 
 
 def processes(text: str) -> int:
+    """A process limit: 1 to 2**22 (the kernel's PID_MAX_LIMIT)."""
     return parse_uint(text, minimum=1, maximum=MAX_PROCESSES, what="process count")
 
 
 def count(text: str) -> int:
+    """A count of at least 1, with no upper bound."""
     return parse_uint(text, minimum=1, what="count")
 
 
@@ -121,6 +129,8 @@ _PATH, _LINES, _PROBLEMS = meta_fields()
 
 @dataclass(frozen=True, kw_only=True)
 class CreateConf(KeyValueFile):
+    """create.conf's model: the defaults vs-create applies to a new guest."""
+
     FILE_NAME: ClassVar[str] = "create.conf"
 
     device: str = "eth0"
@@ -186,6 +196,7 @@ class CreateConf(KeyValueFile):
     )
 
     def cross_check(self, out: Collector) -> None:
+        """Refuse STORAGE=lvm without LVM_VG, and DEFAULT_METHOD=clone (--clone names a source)."""
         if self.storage is StorageKind.LVM and self.lvm_vg is None:
             out.error(self.line_of("STORAGE") or 0, 1, "STORAGE=lvm needs LVM_VG")
         if self.method is CreateMethod.CLONE:

@@ -3,23 +3,25 @@ recognise a file by its name."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from vstools.config.create import CreateConf
 from vstools.config.firewall import parse_firewall
 from vstools.config.guest import GuestConf
-from vstools.config.lexer import read_config
+from vstools.config.lexer import WHOLE_FILE, read_config
 from vstools.config.monitor import MonitorConf
 from vstools.config.networks import parse_networks
 from vstools.config.pool import parse_backup, parse_slaves
 from vstools.config.settings import Settings
-from vstools.errors import NotFoundError, Problem
+from vstools.errors import ConfigError, NotFoundError, Problem
 
 
 @dataclass(frozen=True, slots=True)
 class FileKind:
+    """One known file: its base name, its parser (path, text) and what it holds."""
+
     name: str
     parse: Callable[[str, str], object]
     what: str
@@ -58,5 +60,21 @@ def parse_file(path: str | Path) -> object:
 
 
 def warnings_of(model: object) -> tuple[Problem, ...]:
+    """The warnings a parsed model carries; () for a model without ``warnings``."""
     found: tuple[Problem, ...] = getattr(model, "warnings", ())
     return found
+
+
+def check_files(files: Sequence[str]) -> list[Problem]:
+    """Every problem of the files named, each parsed by its file name (vs-check FILE...)."""
+    problems: list[Problem] = []
+    for path in files:
+        try:
+            problems.extend(warnings_of(parse_file(path)))
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+        except NotFoundError as exc:
+            problems.append(
+                Problem(path, WHOLE_FILE, WHOLE_FILE, str(exc).removeprefix(f"{path}: "))
+            )
+    return problems

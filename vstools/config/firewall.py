@@ -41,22 +41,30 @@ from vstools.errors import Problem
 
 
 class Action(StrEnum):
+    """What a rule does with the traffic it matches."""
+
     ALLOW = "allow"
     DENY = "deny"  # rejected (TCP reset / ICMP unreachable), not silently dropped
 
 
 class Direction(StrEnum):
+    """Which way a rule's traffic goes, seen from the guest."""
+
     FROM = "from"  # inbound: from the listed addresses to the guest
     TO = "to"  # outbound: from the guest to the listed addresses
 
 
 class PortSide(StrEnum):
+    """Which port of the packet a rule's ports match: source, destination or (no keyword) either."""
+
     SOURCE = "from"
     DESTINATION = "to"
     EITHER = "either"  # no keyword: the original matched the port on both sides
 
 
 class Proto(StrEnum):
+    """A service's protocol; ``all`` is every protocol, and takes no port."""
+
     TCP = "tcp"
     UDP = "udp"
     ICMP = "icmp"
@@ -65,6 +73,8 @@ class Proto(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class PortRange:
+    """Ports ``low`` to ``high``, both included (equal for a single port)."""
+
     JSON_AS_TEXT: ClassVar[bool] = True
 
     low: int
@@ -119,6 +129,8 @@ class Address:
 
 @dataclass(frozen=True, slots=True)
 class Rule:
+    """One ``allow``/``deny`` line; ``source`` (its file and line) is not part of equality."""
+
     action: Action
     direction: Direction
     addresses: tuple[Address, ...]
@@ -135,6 +147,8 @@ class Rule:
 
 @dataclass(frozen=True, slots=True)
 class FirewallConf:
+    """firewall.conf's model: ``enable``, ``log`` and the rules in file order."""
+
     FILE_NAME: ClassVar[str] = "firewall.conf"
 
     enabled: bool = False
@@ -178,6 +192,8 @@ def parse_port(text: str) -> PortRange:
 
 
 def parse_service(text: str) -> Service:
+    """``proto[/arg]`` (``tcp/80``, ``icmp/8``, ``all``): a port range for tcp and udp, an ICMP
+    type (0-255) for icmp, nothing for all."""
     proto_text, slash, arg = text.partition("/")
     try:
         proto = Proto(proto_text)
@@ -200,6 +216,8 @@ def parse_service(text: str) -> Service:
 
 
 def parse_address(text: str) -> Address:
+    """An IPv4 network when the text looks like one (it must then parse as one), else a host
+    name; a keyword of the grammar is refused."""
     if not text:
         raise ValueProblem("empty address")
     if text in _RESERVED:

@@ -32,6 +32,7 @@ MAX_USERNS_CONTEXT = (2**31 - USERNS_SIZE) // USERNS_SIZE
 
 
 def parse_context(text: str) -> int:
+    """A context number, 1 to 2**31 - 1."""
     # Context numbers name host objects; `dec` gives up to 1000 * 4094 + 255.
     return parse_uint(text, minimum=1, maximum=MAX_CONTEXT, what="context number")
 
@@ -53,6 +54,8 @@ _PATH, _LINES, _PROBLEMS = meta_fields()
 
 @dataclass(frozen=True, kw_only=True)
 class GuestConf(KeyValueFile):
+    """guest.conf's model: one guest's name, context, address, limits and storage."""
+
     FILE_NAME: ClassVar[str] = "guest.conf"
 
     name: str
@@ -97,6 +100,8 @@ class GuestConf(KeyValueFile):
     )
 
     def cross_check(self, out: Collector) -> None:
+        """Refuse STORAGE=lvm without LVM_VG, and USERNS=yes with a context too large for its
+        own id map."""
         if self.storage is StorageKind.LVM and self.lvm_vg is None:
             out.error(self.line_of("STORAGE") or 0, 1, "STORAGE=lvm needs LVM_VG")
         if self.userns:

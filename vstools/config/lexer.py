@@ -47,25 +47,32 @@ class Collector:
     problems: list[Problem] = field(default_factory=list)
 
     def error(self, line: int, col: int, message: str) -> None:
+        """Record an error at ``line``, ``col``: the file will be rejected."""
         self.problems.append(Problem(self.path, line, col, message))
 
     def warn(self, line: int, col: int, message: str) -> None:
+        """Record a warning at ``line``, ``col``: the file is still accepted."""
         self.problems.append(Problem(self.path, line, col, message, Severity.WARNING))
 
     @property
     def warnings(self) -> tuple[Problem, ...]:
+        """The warnings found so far, in the order found."""
         return tuple(p for p in self.problems if p.severity is Severity.WARNING)
 
     def has_errors(self) -> bool:
+        """Whether any problem found is an error (warnings alone do not count)."""
         return any(p.severity is Severity.ERROR for p in self.problems)
 
     def raise_if_errors(self) -> None:
+        """Raise ConfigError with every problem, sorted, warnings too, if any is an error."""
         if self.has_errors():
             raise ConfigError(sorted(self.problems, key=lambda p: (p.line, p.col)))
 
 
 @dataclass(frozen=True, slots=True)
 class Token:
+    """A piece of a line and the column it starts at."""
+
     text: str
     col: int  # 1-based column of the token's first character
 
@@ -167,6 +174,8 @@ _KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*", re.ASCII)
 
 @dataclass(frozen=True, slots=True)
 class Assignment:
+    """One ``KEY=VALUE`` line: the value unquoted, and the columns of the key and of the value."""
+
     key: str
     value: str
     line: int

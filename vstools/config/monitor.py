@@ -22,10 +22,12 @@ def percent(text: str) -> int:
 
 
 def seconds(text: str) -> int:
+    """A number of seconds, at least 1."""
     return parse_uint(text, minimum=1, what="number of seconds")
 
 
 def load(text: str) -> float:
+    """A load average threshold: a non-negative decimal such as ``2`` or ``1.5``."""
     return parse_decimal(text, what="load average")
 
 
@@ -38,6 +40,8 @@ _PATH, _LINES, _PROBLEMS = meta_fields()
 
 @dataclass(frozen=True, kw_only=True)
 class MonitorConf(KeyValueFile):
+    """monitor.conf's model: what is checked in one guest, its thresholds, and who is told."""
+
     FILE_NAME: ClassVar[str] = "monitor.conf"
 
     mailto: tuple[str, ...] = ("root",)

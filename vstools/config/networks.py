@@ -34,12 +34,17 @@ MAX_VLAN = 4094
 
 
 class NetworkForm(StrEnum):
+    """Which of the two forms a line was written in (rendering always writes the comma form)."""
+
     COMMA = "comma"  # the slides' form
     COLON = "colon"  # the original code's form
 
 
 @dataclass(frozen=True, slots=True)
 class Network:
+    """One network of networks.conf: its VLAN, network, gateway and optional domain and
+    nameservers; ``source`` and ``form`` are not part of equality."""
+
     vlan: int
     network: IPv4Network
     gateway: IPv4Address
@@ -51,6 +56,8 @@ class Network:
 
 @dataclass(frozen=True, slots=True)
 class NetworksConf:
+    """networks.conf's model: the networks in file order (no two overlap or share a VLAN)."""
+
     FILE_NAME: ClassVar[str] = "networks.conf"
 
     networks: tuple[Network, ...]
@@ -65,6 +72,7 @@ class NetworksConf:
         return None
 
     def by_vlan(self, vlan: int) -> Network | None:
+        """The network of VLAN ``vlan`` (one per VLAN), or None when there is none."""
         for net in self.networks:
             if net.vlan == vlan:
                 return net

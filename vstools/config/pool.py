@@ -25,6 +25,8 @@ from vstools.errors import Problem
 
 @dataclass(frozen=True, slots=True)
 class Slave:
+    """One host of slaves.conf and its options (``bwlimit_kib`` in KiB/s, None: no limit)."""
+
     host: str
     noselect: bool = False  # never chosen by placement, still scanned and reachable
     compress: bool = False  # rsync -z
@@ -42,6 +44,8 @@ class Slave:
 
 @dataclass(frozen=True, slots=True)
 class SlavesConf:
+    """slaves.conf's model: the pool's hosts in file order, each listed once."""
+
     FILE_NAME: ClassVar[str] = "slaves.conf"
 
     slaves: tuple[Slave, ...]
@@ -50,12 +54,16 @@ class SlavesConf:
 
 
 class BackupMode(StrEnum):
+    """How a guest is backed up: hot (a snapshot while it runs) or cold (stopped for the copy)."""
+
     HOT = "hot"  # snapshot while the guest runs
     COLD = "cold"  # stop, copy, start again
 
 
 @dataclass(frozen=True, slots=True)
 class BackupEntry:
+    """One line of backup.conf: a guest and how it is backed up."""
+
     name: str
     mode: BackupMode
     source: SourceRef = field(default=SourceRef("", 0), compare=False)
@@ -63,6 +71,8 @@ class BackupEntry:
 
 @dataclass(frozen=True, slots=True)
 class BackupConf:
+    """backup.conf's model: the guests to back up in file order, each listed once."""
+
     FILE_NAME: ClassVar[str] = "backup.conf"
 
     entries: tuple[BackupEntry, ...]
@@ -195,8 +205,10 @@ def _backup_mode(text: str) -> BackupMode:
 
 
 def render_slaves(conf: SlavesConf) -> str:
+    """slaves.conf text that ``parse_slaves`` reads back to an equal model."""
     return "".join(f"{slave}\n" for slave in conf.slaves)
 
 
 def render_backup(conf: BackupConf) -> str:
+    """backup.conf text that ``parse_backup`` reads back to an equal model."""
     return "".join(f"{entry.name}:{entry.mode}\n" for entry in conf.entries)

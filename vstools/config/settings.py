@@ -22,11 +22,15 @@ from vstools.errors import Problem
 
 
 class NetworkMode(StrEnum):
+    """NETWORK: whether guests get their routed network or a loopback only."""
+
     ROUTED = "routed"  # DESIGN §6: each guest routed on its network, behind the host's firewall
     NONE = "none"  # loopback only: the host's network is never touched
 
 
 class FirewallBackend(StrEnum):
+    """FIREWALL_BACKEND: which tool loads the host's firewall rules."""
+
     NFTABLES = "nftables"
     IPTABLES_RESTORE = "iptables-restore"
     IPTC = "iptc"  # python-iptables, legacy iptables hosts only
@@ -51,8 +55,14 @@ def _cgroup_parent(text: str) -> str:
 _PATH, _LINES, _PROBLEMS = meta_fields()
 
 
+def _ssh_timeout(text: str) -> int:
+    return parse_uint(text, minimum=1, maximum=600, what="timeout in seconds")
+
+
 @dataclass(frozen=True, kw_only=True)
 class Settings(KeyValueFile):
+    """vs-tools.conf's model: the host's paths and global switches."""
+
     FILE_NAME: ClassVar[str] = "vs-tools.conf"
 
     guests_conf_dir: str | None = None
@@ -70,6 +80,7 @@ class Settings(KeyValueFile):
     stop_timeout_s: int = 30
     ssh_key: str | None = None
     ssh_known_hosts: str | None = None
+    ssh_timeout_s: int = 10
     backup_dir: str | None = None
     backup_keep: int = 7
     cgroup_parent: str = "vs-tools"
@@ -103,6 +114,12 @@ class Settings(KeyValueFile):
         Field("STOP_TIMEOUT", "stop_timeout_s", _seconds),
         Field("SSH_KEY", "ssh_key", parse_abs_path),
         Field("SSH_KNOWN_HOSTS", "ssh_known_hosts", parse_abs_path),
+        Field(
+            "SSH_TIMEOUT",
+            "ssh_timeout_s",
+            _ssh_timeout,
+            doc="seconds to reach a slave before it counts as unreachable",
+        ),
         Field("BACKUP_DIR", "backup_dir", parse_abs_path),
         Field("BACKUP_KEEP", "backup_keep", count),
         Field(

@@ -54,6 +54,7 @@ def parse_decimal(text: str, *, what: str = "number") -> float:
 
 
 def parse_bool(text: str) -> bool:
+    """``yes``, ``true``, ``on``, ``1`` or ``no``, ``false``, ``off``, ``0``, in any case."""
     lowered = text.lower()
     if lowered in ("yes", "true", "on", "1"):
         return True
@@ -103,6 +104,7 @@ def looks_like_ipv4(text: str) -> bool:
 
 
 def parse_hostname(text: str) -> str:
+    """A DNS host name, returned in lower case without its trailing dot."""
     problem = hostname_problem(text)
     if problem is not None:
         raise ValueProblem(problem)
@@ -115,6 +117,7 @@ def parse_host(text: str) -> str:
 
 
 def parse_guest_name(text: str) -> str:
+    """A valid guest name, returned unchanged."""
     problem = guest_name_problem(text)
     if problem is not None:
         raise ValueProblem(problem)
@@ -130,6 +133,7 @@ class CpuRatio:
 
     @property
     def fraction(self) -> Fraction:
+        """The ratio as an exact Fraction."""
         return Fraction(self.numerator, self.denominator)
 
     def __str__(self) -> str:
@@ -137,6 +141,7 @@ class CpuRatio:
 
 
 def parse_cpu_ratio(text: str) -> CpuRatio:
+    """``a/b`` with 1 <= a <= b: a share of the host, never more than all of it."""
     top, slash, bottom = text.partition("/")
     if not slash:
         raise ValueProblem(f"cpu limit {text!r} must be a ratio a/b such as 1/4", len(text))
@@ -164,12 +169,14 @@ def parse_ifname(text: str) -> str:
 
 
 def parse_url(text: str) -> str:
+    """An http(s), ftp or file URL, without blanks, quotes, backquotes, ``$`` or backslashes."""
     if not re.fullmatch(r"(?:https?|ftp|file)://[^\s\"'`$\\]+", text, re.ASCII):
         raise ValueProblem(f"{text!r} is not an http(s), ftp or file URL")
     return text
 
 
 def parse_abs_path(text: str) -> str:
+    """An absolute path, without NUL or newline characters."""
     if not text.startswith("/"):
         raise ValueProblem(f"{text!r} must be an absolute path")
     if "\0" in text or "\n" in text:
@@ -194,6 +201,7 @@ def parse_word(text: str) -> str:
 
 
 def parse_regex(text: str) -> str:
+    """A regular expression that Python's ``re`` compiles, returned unchanged."""
     try:
         re.compile(text)
     except re.error as exc:

@@ -1,0 +1,19 @@
+"""A scratch host's directories: the VS_* environment of a host under one directory."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def scratch_env(work: Path) -> dict[str, str]:
+    """The VS_* directories of a scratch host under ``work`` ."""
+    return {
+        "VS_ETC_DIR": str(work / "etc"),
+        "VS_GUESTS_CONF_DIR": str(work / "guests"),
+        "VS_ROOT_DIR": str(work / "root"),
+        "VS_STATE_DIR": str(work / "state"),
+        "VS_RUN_DIR": str(work / "run"),
+        "VS_NO_SYSTEMD": "1",
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+    }

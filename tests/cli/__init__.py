@@ -1,0 +1,1 @@
+"""Tests of the command-line frame and the commands as a whole (vstools.cli)."""

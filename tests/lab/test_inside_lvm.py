@@ -1,0 +1,202 @@
+"""STORAGE=lvm for real, inside the lab VM (this machine's kernel has no device-mapper):
+tests/lab/test_lab.py boots the VM and runs this file there (VS_LAB_INSIDE=1); on the host the
+module is skipped, as its outer test covers it.
+
+A volume group on a loop device (both named with the run prefix, removed by the fixture also
+on failure); guests made by vs-create from the busybox template: the logical volume mounted
+while the guest runs and only then, its size the disk limit that bites, grown hot, shrunk when
+stopped, snapshots mounted read-only, clones, and a failed create that leaves no volume."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from collections.abc import Iterator
+from dataclasses import replace
+from ipaddress import IPv4Address
+from pathlib import Path
+
+import pytest
+
+from tests.guests import Host
+from vstools.config.create import CreateConf, StorageKind
+from vstools.config.networks import parse_networks
+from vstools.errors import HostError
+from vstools.guest.create import CreateRequest, plan_create
+from vstools.host.hostconfig import HostConfig
+from vstools.paths import resolve_paths
+from vstools.plan import apply_steps
+from vstools.storage.base import is_mount_point
+from vstools.storage.select import storage_for
+
+if not os.environ.get("VS_LAB_INSIDE"):
+    pytest.skip("runs inside the lab VM (tests/lab/test_lab.py boots it)", allow_module_level=True)
+
+pytestmark = [pytest.mark.privileged, pytest.mark.e2e]
+
+MB = 1 << 20
+NETWORKS = "0,198.51.100.0/24,198.51.100.1\n"
+
+
+def _sh(*argv: str, check: bool = True) -> str:
+    result = subprocess.run(argv, capture_output=True, text=True, check=False)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(argv)} exited {result.returncode}: {result.stderr}")
+    return result.stdout
+
+
+@pytest.fixture
+def vg(run_prefix: str, tmp_path: Path) -> Iterator[str]:
+    """A volume group of 256 MB on a loop device; the VM has no udev, so LVM makes its own
+    device nodes (DM_DISABLE_UDEV)."""
+    os.environ["DM_DISABLE_UDEV"] = "1"
+    name = f"{run_prefix}vg"
+    image = tmp_path / f"{run_prefix}-pv.img"
+    with open(image, "wb") as handle:
+        handle.truncate(256 * MB)
+    device = _sh("losetup", "--find", "--show", str(image)).strip()
+    try:
+        _sh("pvcreate", "-q", device)
+        _sh("vgcreate", "-q", name, device)
+        yield name
+    finally:
+        for line in _sh("findmnt", "-rn", "-o", "TARGET", check=False).splitlines():
+            if run_prefix in line or str(tmp_path) in line:
+                _sh("umount", "--lazy", line, check=False)
+        _sh("vgremove", "-ff", "-y", name, check=False)
+        _sh("pvremove", "-ff", "-y", device, check=False)
+        _sh("losetup", "--detach", device, check=False)
+        image.unlink()
+
+
+@pytest.fixture
+def lvm_host(vg: str, host: Host) -> Host:
+    """The test host with STORAGE=lvm on ``vg`` (after the VG, so torn down before it)."""
+    host.env["DM_DISABLE_UDEV"] = "1"
+    etc = Path(host.env["VS_ETC_DIR"])
+    template = host.root / "busybox.tar"
+    _sh("tar", "--numeric-owner", "-cf", str(template), "-C", str(host.template), ".")
+    (etc / "networks.conf").write_text(NETWORKS)
+    (etc / "create.conf").write_text(
+        f"DEFAULT_TEMPLATE={template}\nSTORAGE=lvm\nLVM_VG={vg}\nSNAPSHOT_SIZE=16\n"
+    )
+    return host
+
+
+def _lv_mb(volume: str) -> float:
+    out = _sh("lvs", "--noheadings", "--nosuffix", "--units", "m", "-o", "lv_size", volume)
+    return float(out.strip())
+
+
+def _lvs(vg: str) -> list[str]:
+    return sorted(_sh("lvs", "--noheadings", "-o", "lv_name", vg).split())
+
+
+def test_an_lvm_guest_from_create_to_stop(lvm_host: Host, vg: str) -> None:
+    host = lvm_host
+    host.run("vs-create", "--name", "web", "--interface", "198.51.100.10", "--disk", "32")
+    host.guests.append("web")
+    conf = (host.guests_dir / "web" / "guest.conf").read_text()
+    assert "STORAGE=lvm" in conf and f"LVM_VG={vg}" in conf and "LVM_FS=ext4" in conf
+    assert _lv_mb(f"{vg}/web") == 32
+    root = host.rootfs("web")
+    assert not is_mount_point(root)  # vs-create unmounted it: mounted only while it runs
+    host.run("vs-control", "--name", "web", "--start")
+    assert is_mount_point(root)
+    assert host.exec("web", "cat", "/etc/hostname") == "web\n"
+    # The volume's size is the limit: writing past it fails inside the guest.
+    fill = host.run(
+        "vs-exec", "-T", "web", "--", "dd", "if=/dev/zero", "of=/root/fill", "bs=1M", "count=48",
+        check=False,
+    )  # fmt: skip
+    assert fill.returncode != 0 and "No space left on device" in fill.stderr, fill.stderr
+    host.exec("web", "rm", "/root/fill")
+    # Grown hot: volume and file system, seen from inside.
+    host.run("vs-limit", "--name", "web", "--disk", "96")
+    assert _lv_mb(f"{vg}/web") == 96
+    host.exec("web", "dd", "if=/dev/zero", "of=/root/fill", "bs=1M", "count=48")
+    host.exec("web", "sync")
+    (row,) = json.loads(host.run("vs-limit", "--name", "web", "--json").stdout)
+    used, limit = (int(v) for v in row["disk"].split("/"))
+    assert limit == 96 and 48 <= used < 70, row
+    # A mounted ext4 cannot shrink: refused, nothing changed.
+    refused = host.run("vs-limit", "--name", "web", "--disk", "64", check=False)
+    assert refused.returncode == 4 and "stop the guest" in refused.stderr, refused.stderr
+    assert (
+        _lv_mb(f"{vg}/web") == 96
+        and "DISK_LIMIT=96" in (host.guests_dir / "web" / "guest.conf").read_text()
+    )
+    # A snapshot of the running guest, mounted read-only, keeps the moment.
+    host.exec("web", "sh", "-c", "echo before > /root/note")
+    storage = storage_for(resolve_paths(host.env), StorageKind.LVM, lvm_vg=vg)
+    snapshot = storage.create_snapshot("web", "backup1")
+    assert snapshot.volume == f"{vg}/web.backup1" and is_mount_point(snapshot.path)
+    host.exec("web", "sh", "-c", "echo after > /root/note")
+    assert (snapshot.path / "root" / "note").read_text() == "before\n"
+    with pytest.raises(OSError, match="Read-only file system"):
+        (snapshot.path / "root" / "note").write_text("x")
+    storage.remove_snapshot(snapshot)
+    assert not snapshot.path.exists() and _lvs(vg) == ["web"]
+    host.exec("web", "rm", "/root/fill")
+    host.run("vs-control", "--name", "web", "--stop")
+    assert not is_mount_point(root)
+    # Stopped, it shrinks (e2fsck, resize2fs, lvreduce), but never below what it holds.
+    host.run("vs-limit", "--name", "web", "--disk", "64")
+    assert _lv_mb(f"{vg}/web") == 64
+    (row,) = json.loads(host.run("vs-limit", "--name", "web", "--json").stdout)
+    assert row["disk"].endswith("/64") and 0 < int(row["disk"].split("/")[0]) < 20, row
+    too_small = host.run("vs-limit", "--name", "web", "--disk", "2", check=False)
+    assert too_small.returncode == 5 and "resize2fs" in too_small.stderr, too_small.stderr
+    assert "nothing to roll back" in too_small.stderr and _lv_mb(f"{vg}/web") == 64
+    # A clone: a new volume with the files of a snapshot of its source.
+    host.run(
+        "vs-create", "--name", "copy", "--interface", "198.51.100.11", "--clone", "web",
+        "--disk", "48",
+    )  # fmt: skip
+    host.guests.append("copy")
+    assert _lvs(vg) == ["copy", "web"] and _lv_mb(f"{vg}/copy") == 48  # its snapshot is gone
+    host.run("vs-control", "--name", "copy", "--start")
+    assert host.exec("copy", "cat", "/root/note") == "after\n"
+    assert host.exec("copy", "hostname") == "copy\n"
+    host.run("vs-control", "--name", "copy", "--stop")
+    assert not is_mount_point(host.rootfs("copy"))
+
+
+def test_a_failed_lvm_create_leaves_no_volume(lvm_host: Host, vg: str, tmp_path: Path) -> None:
+    host = lvm_host
+    paths = resolve_paths(host.env)
+    defaults = CreateConf.parse("c", Path(host.env["VS_ETC_DIR"], "create.conf").read_text())
+    networks = parse_networks("n", NETWORKS)
+    hostconf = HostConfig.given(paths, create=defaults, networks=networks)
+    request = CreateRequest(name="web", ip=IPv4Address("198.51.100.10"), disk_mb=16)
+    count = len(plan_create(hostconf, request, probe_network=False).steps)
+    # directory, root, lvcreate, mkfs, mount, unpack, guest files, templates, unmount,
+    # guest.conf, complete, counter
+    assert count == 12
+    before = sorted(str(p) for p in host.root.rglob("*"))
+    for failing in range(count):
+        plan = plan_create(hostconf, request, probe_network=False)
+
+        def boom() -> None:
+            raise OSError(28, "No space left on device")
+
+        steps = [replace(s, apply=boom) if i == failing else s for i, s in enumerate(plan.steps)]
+        with pytest.raises(HostError, match="No space left on device"):
+            apply_steps(steps)
+        assert _lvs(vg) == [], failing
+        assert sorted(str(p) for p in host.root.rglob("*")) == before, failing
+    # For real: a template larger than the volume; tar fails, everything is rolled back.
+    big = tmp_path / "big"
+    _sh("cp", "-a", str(host.template), str(big))
+    (big / "blob").write_bytes(os.urandom(24 * MB))
+    tarball = tmp_path / "big.tar"
+    _sh("tar", "-cf", str(tarball), "-C", str(big), ".")
+    failed = host.run(
+        "vs-create", "--name", "web", "--interface", "198.51.100.10", "--disk", "16",
+        "--template", str(tarball), check=False,
+    )  # fmt: skip
+    assert failed.returncode == 5 and "tar: ./blob" in failed.stderr, failed.stderr
+    assert "rolled back: " in failed.stderr
+    assert _lvs(vg) == [] and not host.rootfs("web").exists()
+    assert not (host.guests_dir / "web").exists()

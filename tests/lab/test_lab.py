@@ -1,0 +1,166 @@
+"""The VM lab (tests/lab.py): the harness itself, then cgroup v2 guest limits tested for real in
+the VM (tests/lab/test_inside_cgroup2.py, run there by pytest), then the kernel capabilities
+this machine lacks (802.1Q VLANs, device-mapper snapshots) that the network and storage code
+will need."""
+
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+from tests.lab import vm as lab
+from tests.lab.vm import LabVM
+
+pytestmark = pytest.mark.lab
+
+REPO = Path(__file__).resolve().parents[2]
+INNER_TESTS = "tests/lab/test_inside_cgroup2.py"
+
+
+def test_the_harness_returns_output_and_exit_status(lab_vm: LabVM) -> None:
+    result = lab_vm(
+        "echo out; echo err >&2; cat /run/vs-lab/given; uname -r; id -u\n"
+        "grep -c '^overlay / overlay' /proc/mounts; touch /usr/vst-written && echo written\n"
+        "echo result > /run/vs-lab/made\n"
+        "exit 7\n",
+        files={"given": b"from the host\n"},
+    )
+    lines = result.output.splitlines()
+    assert result.status == 7, result.output + result.console
+    assert lines[:4] == ["out", "err", "from the host", lab.fetch_kernel().release]
+    assert lines[4:] == ["0", "1", "written"]  # root, on the overlay, writable
+    assert not Path("/usr/vst-written").exists()  # ... and the write stayed in the VM
+    assert (lab_vm.io() / "made").read_text() == "result\n"  # except what it passes back
+    with pytest.raises(AssertionError, match="lab script exited 7"):
+        result.check()
+    print(f"lab boot+run+poweroff: {result.seconds:.1f} s")
+
+
+def test_a_successful_script_checks_clean_and_modules_load(lab_vm: LabVM, run_prefix: str) -> None:
+    result = lab_vm("grep -w ^loop /proc/modules | cut -d' ' -f1", modules=["loop"])
+    assert result.check().output.split() == ["loop"]
+    # Modules the kernel asks for on demand load too (dummy: the test machine's code path).
+    autoloaded = lab_vm(f"ip link add {run_prefix}d type dummy && grep -wc ^dummy /proc/modules")
+    assert autoloaded.check().output.split() == ["1"]
+    missing = lab_vm("true", modules=["no_such_module"])
+    assert missing.status == 125 and "modprobe no_such_module failed" in missing.output
+
+
+def test_a_vm_that_does_not_finish_is_killed(lab_vm: LabVM) -> None:
+    with pytest.raises(lab.LabError, match="did not finish within 8 s"):
+        lab_vm("sleep 600", timeout_s=8)
+
+
+def run_inner_tests(
+    lab_vm: LabVM,
+    tests: str,
+    *,
+    modules: list[str] | None = None,
+    env: dict[str, str] | None = None,
+    timeout_s: float = 240,
+) -> None:
+    """Run a test file inside the VM; every one of its tests must have run and passed (none
+    lost to a collection problem, none skipped)."""
+    result = lab_vm(
+        f"cd {REPO} && exec .venv/bin/python -m pytest {tests} -q -p no:cacheprovider "
+        "--junitxml=/run/vs-lab/junit.xml\n",
+        modules=modules or [],
+        env={"CI": "true", **(env or {})},
+        timeout_s=timeout_s,
+    )
+    print(result.output)
+    result.check()
+    junit = ET.parse(lab_vm.io() / "junit.xml")  # noqa: S314 - our own pytest wrote it
+    suite = junit.getroot().find("testsuite")
+    assert suite is not None
+    counts = {key: int(suite.get(key, "0")) for key in ("tests", "failures", "errors", "skipped")}
+    expected = (REPO / tests).read_text().count("\ndef test_")
+    assert counts == {"tests": expected, "failures": 0, "errors": 0, "skipped": 0}
+
+
+def test_cgroup_v2_guest_limits_in_the_vm(lab_vm: LabVM) -> None:
+    """The inner run must pass every test, skip none, and prove it ran on cgroup v2."""
+    run_inner_tests(
+        lab_vm,
+        INNER_TESTS,
+        modules=["loop", "ext4"],  # USERNS=yes guests need a file system that maps ids
+        env={"VS_LAB_REPORT": "/run/vs-lab/report.json"},
+        timeout_s=420,
+    )
+    report = json.loads((lab_vm.io() / "report.json").read_text())
+    assert report["version"] == "v2" and report["root"] == "/sys/fs/cgroup"
+    assert {"memory", "pids", "cpu"} <= set(report["subtree_control"])
+    assert report["kernel"] == lab.fetch_kernel().release
+
+
+# 802.1Q on the VM's virtio NIC (user-mode: it exists only inside qemu) and a device-mapper
+# snapshot of a loop device: the snapshot keeps the old data while its origin is rewritten.
+# Every object carries the run prefix and the trap removes it, also on failure.
+VLAN_AND_SNAPSHOT = """set -eu
+p={prefix}
+cleanup() {{
+    ip link del "${{p}}v42" 2>/dev/null || true
+    for name in snap origin; do dmsetup remove --noudevsync "$p-$name" 2>/dev/null || true; done
+    for dev in $(losetup -n -O NAME -j /tmp/$p-origin.img) $(losetup -n -O NAME -j /tmp/$p-cow.img)
+    do losetup -d "$dev"; done
+    rm -f /tmp/$p-origin.img /tmp/$p-cow.img
+}}
+trap cleanup EXIT
+nic=$(basename "$(dirname "$(ls -d /sys/class/net/*/device | head -n 1)")")
+ip link set "$nic" up
+ip link add link "$nic" name "${{p}}v42" type vlan id 42
+ip address add 198.51.100.2/24 dev "${{p}}v42"
+ip link set "${{p}}v42" up
+echo "vlan: $(ip -d -o link show "${{p}}v42" | grep -o 'vlan protocol 802.1Q id 42')"
+
+export DM_DISABLE_UDEV=1
+truncate -s 16M /tmp/$p-origin.img /tmp/$p-cow.img
+origin=$(losetup -f --show /tmp/$p-origin.img)
+cow=$(losetup -f --show /tmp/$p-cow.img)
+printf before | dd of="$origin" conv=notrunc,fsync status=none
+sectors=$(blockdev --getsz "$origin")
+dmsetup create --noudevsync "$p-origin" --table "0 $sectors snapshot-origin $origin"
+dmsetup create --noudevsync "$p-snap" --table "0 $sectors snapshot $origin $cow N 8"
+printf after_ | dd of=/dev/mapper/$p-origin conv=notrunc,fsync status=none
+echo "origin: $(head -c 6 /dev/mapper/$p-origin)"
+echo "snapshot: $(head -c 6 /dev/mapper/$p-snap)"
+echo "targets: $(dmsetup table "$p-snap" | cut -d' ' -f3)"
+"""
+
+
+def test_the_vm_kernel_has_vlans_and_device_mapper_snapshots(
+    lab_vm: LabVM, run_prefix: str
+) -> None:
+    result = lab_vm(
+        VLAN_AND_SNAPSHOT.format(prefix=run_prefix),
+        modules=["virtio_net", "8021q", "loop", "dm-snapshot"],
+        nic=True,
+    )
+    result.check()
+    assert result.output.splitlines() == [
+        "vlan: vlan protocol 802.1Q id 42",
+        "origin: after_",
+        "snapshot: before",
+        "targets: snapshot",
+    ]
+
+
+def test_a_guest_routed_on_an_802_1q_vlan_in_the_vm(lab_vm: LabVM) -> None:
+    """vs-control creates the guest's VLAN uplink (802.1Q, with create.conf's MTU) and routes
+    the guest through it behind its firewall; the inner run must pass and skip nothing."""
+    run_inner_tests(lab_vm, "tests/lab/test_inside_vlan.py", modules=["8021q"])
+
+
+def test_lvm_guest_storage_in_the_vm(lab_vm: LabVM) -> None:
+    """STORAGE=lvm (a volume group on a loop device in the VM): the volume mounted while the
+    guest runs, its size the disk limit, grown hot, snapshots, clones and rollback; the inner
+    run must pass and skip nothing."""
+    run_inner_tests(
+        lab_vm,
+        "tests/lab/test_inside_lvm.py",
+        modules=["loop", "dm-snapshot", "ext4"],
+        timeout_s=360,  # about 150 s on an idle 2-core runner; TCG slows down with the load
+    )

@@ -1,0 +1,219 @@
+"""The firewall backends: ``Nftables`` (table ``inet vstools``, one guest changed with one
+small transaction) and ``IptablesRestore`` (our chains replaced in one commit). A failed load
+leaves the previous rules in force: the kernel applies each whole or not at all."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+from vstools.firewall.model import GuestFirewall, Ruleset, Way
+from vstools.firewall.render import (
+    IPT_FORWARD,
+    IPT_HOOKS,
+    TABLE,
+    chain_name,
+    ipt_chain,
+    parse_nft_state,
+    render_iptables,
+    render_nft,
+    render_nft_refresh,
+    render_nft_update,
+)
+from vstools.host.run import run
+
+
+class Backend(Protocol):
+    """What the host's firewall needs of a backend: load, render and list the rules, and tell
+    whether a guest's chains are in force."""
+
+    name: str
+
+    def apply(
+        self,
+        full: Callable[[], Ruleset],
+        put: Sequence[GuestFirewall],
+        remove: Sequence[GuestFirewall],
+        *,
+        refresh: bool = False,
+    ) -> str:
+        """Load: ``put`` and ``remove`` name the guests that change; ``refresh`` brings every
+        guest to ``full()``."""
+        ...
+
+    def render(self, full: Ruleset) -> str:
+        """The whole ruleset ``full`` as this backend's load text."""
+        ...
+
+    def listing(self) -> str:
+        """Our rules as the kernel lists them now; "" when none are loaded."""
+        ...
+
+    def listing_of(self, full: Ruleset) -> str:
+        """How the kernel would list ``full`` once loaded (HostError when it does not load)."""
+        ...
+
+    def status(self, guest: GuestFirewall) -> tuple[bool, bool]:
+        """``(inbound, outbound)``: whether each of the guest's chains is loaded and jumped to."""
+        ...
+
+
+class Nftables:
+    """Table ``inet vstools``: one guest changed with one small transaction, the whole table
+    replaced at once when it is missing or incomplete."""
+
+    name = "nftables"
+    _seen: str | None = None  # what status() read; a load forgets it
+
+    def _state_text(self) -> str | None:
+        """The whole loaded table (``nft -j``), or None when there is none."""
+        result = run(["nft", "-j", "list", "table", *TABLE.split()], check=False)
+        return result.stdout if result.returncode == 0 else None
+
+    def _dispatch_text(self) -> str | None:
+        """Only what a one-guest update needs: the two verdict maps, and whether the forward
+        chain is there (about 25 ms with 1000 guests, where the whole table takes 0.5 s)."""
+        entries: list[object] = []
+        for kind, name in (("map", "fw_in"), ("map", "fw_out"), ("chain", "forward")):
+            result = run(["nft", "-j", "list", kind, *TABLE.split(), name], check=False)
+            if result.returncode != 0:
+                return None
+            entries += json.loads(result.stdout).get("nftables", [])
+        return json.dumps({"nftables": entries})
+
+    def transaction(
+        self,
+        full: Callable[[], Ruleset],
+        put: Sequence[GuestFirewall],
+        remove: Sequence[GuestFirewall],
+        *,
+        refresh: bool = False,
+    ) -> str:
+        """The ``nft -f`` text a load would apply: the changed guests, every guest with ``refresh``,
+        or the whole table when none (usable) is loaded."""
+        text = self._state_text() if refresh else self._dispatch_text()
+        state = parse_nft_state(text) if text is not None else None
+        if state is None or "forward" not in state.chains:
+            return render_nft(full())  # nothing (usable) loaded: build the table
+        if refresh:
+            return render_nft_refresh(state, full())
+        return render_nft_update(state, put, remove)
+
+    def apply(
+        self,
+        full: Callable[[], Ruleset],
+        put: Sequence[GuestFirewall],
+        remove: Sequence[GuestFirewall],
+        *,
+        refresh: bool = False,
+    ) -> str:
+        """Load the ``transaction`` and forget what ``status`` read; returns the text loaded."""
+        text = self.transaction(full, put, remove, refresh=refresh)
+        self._seen = None
+        run(["nft", "-f", "-"], input=text)
+        return text
+
+    def render(self, full: Ruleset) -> str:
+        """The whole table as one ``nft -f`` transaction."""
+        return render_nft(full)
+
+    def listing(self) -> str:
+        """``nft list table inet vstools``, or "" when the table is not loaded."""
+        result = run(["nft", "list", "table", *TABLE.split()], check=False)
+        return result.stdout if result.returncode == 0 else ""
+
+    def listing_of(self, full: Ruleset) -> str:
+        """How the kernel would list ``full``: loaded into a throwaway network namespace."""
+        listing = f"nft -f - && nft list table {TABLE}"
+        return run(["unshare", "--net", "--", "sh", "-c", listing], input=render_nft(full)).stdout
+
+    def status(self, guest: GuestFirewall) -> tuple[bool, bool]:
+        """Whether the guest's chains are dispatched; the maps are read once per backend
+        object (``vs-net --all`` shows every guest from one reading) until the next load."""
+        if self._seen is None:
+            self._seen = self._dispatch_text() or ""
+        if not self._seen:
+            return False, False
+        state = parse_nft_state(self._seen)
+        ip = str(guest.ip)
+        return (
+            state.fw_in.get(ip) == chain_name(guest.name, Way.IN),
+            state.fw_out.get(ip) == chain_name(guest.name, Way.OUT),
+        )
+
+
+_OUR_IPT_CHAIN = re.compile(r"^:(vs[0-9]+-(?:in|out)|VSTOOLS-(?:FWD|IN|OUT)) ")
+
+
+class IptablesRestore:
+    """Our chains in the filter table, replaced in one ``iptables-restore --noflush`` commit;
+    the host's own chains and rules are left alone."""
+
+    name = "iptables-restore"
+    save = "iptables-save"
+    restore = "iptables-restore"
+    _seen: str | None = None  # what status() read; a load forgets it
+
+    def _saved(self) -> str:
+        return run([self.save, "-t", "filter"]).stdout
+
+    def render(self, full: Ruleset) -> str:
+        """The whole ruleset as an ``iptables-restore --noflush`` file."""
+        return render_iptables(full)
+
+    def apply(
+        self,
+        full: Callable[[], Ruleset],
+        put: Sequence[GuestFirewall],
+        remove: Sequence[GuestFirewall],
+        *,
+        refresh: bool = False,
+    ) -> str:
+        """Replace all our chains with ``full()`` in one commit, stale guest chains deleted and
+        missing hooks added; returns the text loaded. Every load is whole: ``put``, ``remove``
+        and ``refresh`` are not used."""
+        saved = self._saved()
+        ours = [m.group(1) for m in map(_OUR_IPT_CHAIN.match, saved.splitlines()) if m]
+        stale = [c for c in ours if c.startswith("vs")]
+        missing = [b for b, c in IPT_HOOKS if f"-A {b} -j {c}" not in saved]
+        text = render_iptables(full(), stale_chains=stale, missing_hooks=missing)
+        self._seen = None
+        run([self.restore, "--noflush"], input=text)
+        return text
+
+    def listing(self) -> str:
+        """Our chains and rules as ``iptables-save`` lists them, without the host's own."""
+        return _our_iptables_lines(self._saved())
+
+    def listing_of(self, full: Ruleset) -> str:
+        """How ``iptables-save`` would list ``full``: loaded into a throwaway network namespace."""
+        script = render_iptables(full, missing_hooks=[b for b, _ in IPT_HOOKS])
+        saved = run(
+            ["unshare", "--net", "--", "sh", "-c", f"{self.restore} && {self.save} -t filter"],
+            input=script,
+        ).stdout
+        return _our_iptables_lines(saved)
+
+    def status(self, guest: GuestFirewall) -> tuple[bool, bool]:
+        """Whether the forward chain jumps to the guest's in and out chains; the table is read once
+        per backend object until the next load."""
+        if self._seen is None:
+            self._seen = self._saved()
+        saved = self._seen
+        return (
+            f"-A {IPT_FORWARD} -d {guest.ip}/32 -j {ipt_chain(guest, Way.IN)}" in saved,
+            f"-A {IPT_FORWARD} -s {guest.ip}/32 -j {ipt_chain(guest, Way.OUT)}" in saved,
+        )
+
+
+def _our_iptables_lines(saved: str) -> str:
+    keep = [
+        line
+        for line in saved.splitlines()
+        if _OUR_IPT_CHAIN.match(line)
+        or re.match(r"^-A (vs[0-9]+-(in|out)|VSTOOLS-\w+) ", line)
+        or re.match(r"^-A (FORWARD|INPUT|OUTPUT) -j VSTOOLS-", line)
+    ]
+    return "\n".join(keep) + ("\n" if keep else "")

@@ -1,0 +1,323 @@
+"""The one door to netlink (pyroute2) and to the per-namespace network sysctls.
+
+One socket per network namespace, opened once and reused: ``Netns()`` talks to the namespace
+the process is in (the host's), ``Netns(pid=P)`` to the namespace of process P (a guest's init),
+opened by entering that namespace just long enough to create the socket (a netlink socket stays
+bound to the namespace it was created in). pyroute2 costs about 0.1-0.3 s to import: it is
+imported when the first socket is opened, so importing this module is cheap and a command that
+never touches the network never pays for it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+from collections.abc import Iterator
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from typing import Any
+
+from vstools.errors import HostError
+from vstools.host.syscalls import CLONE_NEWNET, setns
+
+MAIN_TABLE = 254
+ANY_ADDRESS = str(IPv4Address(0))  # what a route or rule without RTA_DST/FRA_SRC covers
+RT_PROTO_STATIC = 4
+NTF_PROXY = 0x08  # <linux/neighbour.h>: a proxy (ARP) entry
+
+
+def _iproute() -> Any:
+    """A new pyroute2 IPRoute socket in this process's network namespace."""
+    from pyroute2 import IPRoute
+
+    return IPRoute()
+
+
+def NetlinkError() -> type[Exception]:  # noqa: N802 - used where the class would be
+    """pyroute2's NetlinkError, loaded with pyroute2 (an ``except`` names it when it runs)."""
+    from pyroute2.netlink import exceptions
+
+    return exceptions.NetlinkError  # type: ignore[no-any-return]
+
+
+class NetworkError(HostError):
+    """The kernel refused a network change; the message says which and why."""
+
+
+@contextlib.contextmanager
+def _refused(what: str) -> Iterator[None]:
+    try:
+        yield
+    except NetlinkError() as exc:
+        code = getattr(exc, "code", 0)
+        reason = os.strerror(code) if code else str(exc)
+        raise NetworkError(f"{what}: {reason}") from None
+
+
+@contextlib.contextmanager
+def entered(pid: int) -> Iterator[None]:
+    """Run the body in process ``pid``'s network namespace, then come back."""
+    home = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    target = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        setns(target, CLONE_NEWNET)
+        try:
+            yield
+        finally:
+            setns(home, CLONE_NEWNET)
+    finally:
+        os.close(target)
+        os.close(home)
+
+
+class Netns:
+    """Links, addresses, routes, rules and proxy neighbours of one network namespace."""
+
+    def __init__(self, pid: int | None = None) -> None:
+        self.pid = pid
+        if pid is None:
+            self.ipr = _iproute()
+        else:
+            with entered(pid):
+                self.ipr = _iproute()
+
+    def close(self) -> None:
+        """Close the netlink socket."""
+        self.ipr.close()
+
+    def __enter__(self) -> Netns:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- links ---------------------------------------------------------------------------------
+
+    def index(self, name: str) -> int | None:
+        """The interface's index, or None when there is no interface of that name."""
+        found = self.ipr.link_lookup(ifname=name)
+        return int(found[0]) if found else None
+
+    def require(self, name: str) -> int:
+        """The interface's index; NetworkError when it does not exist."""
+        index = self.index(name)
+        if index is None:
+            raise NetworkError(f"no interface {name}")
+        return index
+
+    def link_info(self, name: str) -> dict[str, Any] | None:
+        """The interface's ``mtu``, whether it is ``up`` and its ``kind`` (vlan, veth...), or None
+        when it does not exist."""
+        index = self.index(name)
+        if index is None:
+            return None
+        link = self.ipr.get_links(index)[0]
+        return {
+            "mtu": link.get("IFLA_MTU"),
+            "up": bool(link["flags"] & 1),
+            "kind": (link.get(("IFLA_LINKINFO", "IFLA_INFO_KIND"))),
+        }
+
+    def addresses(self, name: str | None = None) -> list[tuple[str, IPv4Interface]]:
+        """The IPv4 addresses of one interface, or of every interface, as (interface, address)
+        pairs (read-only)."""
+        spec: dict[str, Any] = {"family": 2}
+        if name is not None:
+            index = self.index(name)
+            if index is None:
+                return []
+            spec["index"] = index
+        names: dict[int, str] = {}
+        found = []
+        for msg in self.ipr.get_addr(**spec):
+            index = int(msg["index"])
+            if index not in names:
+                names[index] = str(self.ipr.get_links(index)[0].get("IFLA_IFNAME"))
+            address = f"{msg.get('IFA_LOCAL') or msg.get('IFA_ADDRESS')}/{msg['prefixlen']}"
+            found.append((names[index], IPv4Interface(address)))
+        return found
+
+    def add_vlan(self, name: str, parent: str, vlan: int, mtu: int | None) -> None:
+        """Create the VLAN interface ``name`` (802.1Q id ``vlan``) on ``parent``; no ``mtu``: the
+        kernel's default."""
+        link = self.require(parent)
+        with _refused(f"creating VLAN interface {name} (802.1Q id {vlan} on {parent})"):
+            extra = {"mtu": mtu} if mtu else {}
+            self.ipr.link("add", ifname=name, kind="vlan", link=link, vlan_id=vlan, **extra)
+
+    def add_veth_into(self, host_name: str, pid: int, peer_name: str, mtu: int | None) -> None:
+        """A veth pair whose peer is created directly inside process ``pid``'s namespace."""
+        extra = {"mtu": mtu} if mtu else {}
+        with _refused(f"creating veth {host_name} with {peer_name} inside process {pid}"):
+            self.ipr.link(
+                "add",
+                ifname=host_name,
+                kind="veth",
+                peer={"ifname": peer_name, "net_ns_pid": pid, **extra},
+                **extra,
+            )
+
+    def delete_link(self, name: str) -> None:
+        """Delete the interface; nothing if it does not exist."""
+        index = self.index(name)
+        if index is not None:
+            with _refused(f"deleting interface {name}"):
+                self.ipr.link("del", index=index)
+
+    def set_up(self, name: str) -> None:
+        """Bring the interface up; NetworkError when it does not exist or the kernel refuses."""
+        with _refused(f"bringing {name} up"):
+            self.ipr.link("set", index=self.require(name), state="up")
+
+    def add_address(self, name: str, ip: IPv4Address, prefixlen: int) -> None:
+        """Add the address ``ip``/``prefixlen`` to the interface."""
+        with _refused(f"adding {ip}/{prefixlen} to {name}"):
+            self.ipr.addr("add", index=self.require(name), address=str(ip), prefixlen=prefixlen)
+
+    # -- routes --------------------------------------------------------------------------------
+
+    def _route_spec(
+        self,
+        dst: IPv4Network,
+        dev: str,
+        table: int,
+        gateway: IPv4Address | None,
+        onlink: bool,
+    ) -> dict[str, Any]:
+        spec: dict[str, Any] = {
+            "dst": str(dst),
+            "oif": self.require(dev),
+            "table": table,
+            "proto": RT_PROTO_STATIC,
+        }
+        if gateway is not None:
+            spec["gateway"] = str(gateway)
+        if onlink:
+            spec["flags"] = ["onlink"]
+        return spec
+
+    def route_replace(
+        self,
+        dst: IPv4Network,
+        dev: str,
+        *,
+        table: int = MAIN_TABLE,
+        gateway: IPv4Address | None = None,
+        onlink: bool = False,
+    ) -> None:
+        """Add or replace the static route to ``dst`` out of ``dev`` in ``table`` (main by default),
+        through ``gateway`` if given; ``onlink``: the gateway need not be on ``dev``'s subnets."""
+        spec = self._route_spec(dst, dev, table, gateway, onlink)
+        with _refused(f"route {dst} dev {dev} table {table}"):
+            self.ipr.route("replace", **spec)
+
+    def route_delete(self, dst: IPv4Network, *, table: int = MAIN_TABLE) -> None:
+        """Delete the route to ``dst`` in ``table``; nothing if there is none."""
+        try:
+            self.ipr.route("del", dst=str(dst), table=table)
+        except NetlinkError() as exc:
+            if getattr(exc, "code", 0) not in (errno.ESRCH, errno.ENOENT):
+                raise NetworkError(f"deleting route {dst} table {table}: {exc}") from None
+
+    def route_exists(self, dst: IPv4Network, *, table: int = MAIN_TABLE) -> bool:
+        """True when ``table`` has a route to exactly ``dst`` (whatever its device or gateway)."""
+        for route in self.ipr.get_routes(family=2, table=table):
+            if route.get("RTA_TABLE", route["table"]) != table:
+                continue
+            if route["dst_len"] != dst.prefixlen:
+                continue
+            if str(route.get("RTA_DST") or ANY_ADDRESS) == str(dst.network_address):
+                return True
+        return False
+
+    # -- policy rules --------------------------------------------------------------------------
+
+    def _rules(self) -> list[Any]:
+        return list(self.ipr.get_rules(family=2))
+
+    def rule_exists(self, src: IPv4Network, table: int) -> bool:
+        """True when a policy rule ``from src lookup table`` exists (whatever its priority)."""
+        for rule in self._rules():
+            if (
+                rule.get("FRA_TABLE", rule["table"]) == table
+                and rule["src_len"] == src.prefixlen
+                and str(rule.get("FRA_SRC") or ANY_ADDRESS) == str(src.network_address)
+            ):
+                return True
+        return False
+
+    def rule_add(self, src: IPv4Network, table: int, priority: int) -> None:
+        """Add the policy rule ``from src lookup table`` at ``priority``, unless one exists."""
+        if self.rule_exists(src, table):
+            return
+        with _refused(f"rule from {src} lookup {table}"):
+            self.ipr.rule(
+                "add",
+                family=2,
+                src=str(src.network_address),
+                src_len=src.prefixlen,
+                table=table,
+                priority=priority,
+            )
+
+    def rule_delete(self, src: IPv4Network, table: int, priority: int) -> None:
+        """Delete every policy rule ``from src lookup table``; nothing if there is none."""
+        while self.rule_exists(src, table):
+            with _refused(f"deleting rule from {src} lookup {table}"):
+                self.ipr.rule(
+                    "del",
+                    family=2,
+                    src=str(src.network_address),
+                    src_len=src.prefixlen,
+                    table=table,
+                    priority=priority,
+                )
+
+    # -- proxy neighbours ----------------------------------------------------------------------
+
+    def proxy_exists(self, ip: IPv4Address, dev: str) -> bool:
+        """True when ``dev`` has a proxy ARP entry for ``ip``; False when ``dev`` does not exist."""
+        index = self.index(dev)
+        if index is None:
+            return False
+        try:
+            found = self.ipr.neigh("get", dst=str(ip), ifindex=index, flags=NTF_PROXY)
+        except NetlinkError() as exc:
+            if getattr(exc, "code", 0) in (errno.ENOENT, errno.ESRCH):
+                return False
+            raise NetworkError(f"reading proxy ARP for {ip} on {dev}: {exc}") from None
+        return bool(found)
+
+    def proxy_add(self, ip: IPv4Address, dev: str) -> None:
+        """Make ``dev`` answer ARP for ``ip`` (a proxy neighbour entry, replaced if present)."""
+        with _refused(f"proxy ARP for {ip} on {dev}"):
+            self.ipr.neigh("replace", dst=str(ip), ifindex=self.require(dev), flags=NTF_PROXY)
+
+    def proxy_delete(self, ip: IPv4Address, dev: str) -> None:
+        """Remove the proxy ARP entry for ``ip`` on ``dev``; nothing if there is none."""
+        index = self.index(dev)
+        if index is None or not self.proxy_exists(ip, dev):
+            return
+        with _refused(f"deleting proxy ARP for {ip} on {dev}"):
+            self.ipr.neigh("del", dst=str(ip), ifindex=index, flags=NTF_PROXY)
+
+
+def _sysctl_path(key: str) -> str:
+    if ".." in key or not key.startswith("net/"):
+        raise ValueError(f"not a network sysctl: {key}")
+    return "/proc/sys/" + key
+
+
+def sysctl_read(key: str) -> str:
+    """A network sysctl of the caller's namespace, e.g. ``net/ipv4/ip_forward``."""
+    with open(_sysctl_path(key)) as handle:
+        return handle.read().strip()
+
+
+def sysctl_write(key: str, value: str) -> None:
+    """Set a network sysctl of the caller's namespace; NetworkError when the kernel refuses."""
+    try:
+        with open(_sysctl_path(key), "w") as handle:
+            handle.write(value)
+    except OSError as exc:
+        raise NetworkError(f"setting {key.replace('/', '.')} = {value}: {exc.strerror}") from None

@@ -1,0 +1,265 @@
+"""The one door to OpenSSH and rsync, the master's way to its slaves (DESIGN §10), and the only
+importer of ``sh``. Every command line is built by a pure ``build_*_argv`` function and logged
+as ``+ <command line>`` before it runs, as vstools.host.run does for the others.
+
+ssh always runs in batch mode (never a prompt, never a terminal), with the key and known_hosts
+file of vs-tools.conf and strict host-key checking (an unknown or changed host key is refused,
+never learnt), connection reuse (ControlMaster, one socket per slave under RUN_DIR/ssh) and
+connect and keep-alive timeouts, so an unreachable slave fails in seconds. ssh_config still
+applies (Host aliases, ProxyJump, Port, User), as administrators configure it. A remote command
+is one string the remote shell splits: it is quoted word by word, never pasted."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import shlex
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from vstools.errors import CommandError, ExitCode, HostError, NotFoundError, StateError, VSError
+
+log = logging.getLogger("vstools.ssh")
+
+SSH_FAILED = 255  # what ssh exits with when it could not connect or was cut
+RSYNC_VANISHED = 24  # some files vanished while the pass read them (a running guest)
+RSYNC_PARTIAL = 23  # some files could not be transferred: never a complete copy
+
+
+@dataclass(frozen=True, slots=True)
+class SshOptions:
+    """How the master reaches its slaves: key, known_hosts file, connection reuse, timeouts."""
+
+    key: str | None = None
+    known_hosts: str | None = None
+    control_dir: Path | None = None  # ControlMaster sockets; None: no connection reuse
+    connect_timeout_s: int = 10
+    alive_interval_s: int = 5
+    alive_count: int = 3  # keep-alives without an answer before ssh gives up
+    config_file: str | None = None  # ssh -F; None: the usual ssh_config
+
+
+def build_ssh_argv(options: SshOptions, host: str, remote: Sequence[str] = ()) -> list[str]:
+    """The ssh command line that runs ``remote`` (each word quoted) on ``host``."""
+    argv = ["ssh", *ssh_option_args(options), "-T", host]
+    if remote:
+        argv += ["--", shlex.join(remote)]
+    return argv
+
+
+def ssh_option_args(options: SshOptions) -> list[str]:
+    """The options every ssh of the toolkit takes (also rsync's ``-e`` and borg's)."""
+    args: list[str] = []
+    if options.config_file:
+        args += ["-F", options.config_file]
+    settings = {
+        "BatchMode": "yes",
+        "StrictHostKeyChecking": "yes",
+        "ConnectTimeout": str(options.connect_timeout_s),
+        "ServerAliveInterval": str(options.alive_interval_s),
+        "ServerAliveCountMax": str(options.alive_count),
+        "ForwardAgent": "no",
+        "ClearAllForwardings": "yes",
+    }
+    if options.known_hosts:
+        settings["UserKnownHostsFile"] = options.known_hosts
+        settings["GlobalKnownHostsFile"] = "/dev/null"
+    if options.key:
+        args += ["-i", options.key]
+        settings["IdentitiesOnly"] = "yes"
+    if options.control_dir is not None:
+        settings |= {
+            "ControlMaster": "auto",
+            "ControlPath": str(options.control_dir / "%C"),
+            "ControlPersist": "60",
+        }
+    for key, value in settings.items():
+        args += ["-o", f"{key}={value}"]
+    return args
+
+
+@dataclass(frozen=True, slots=True)
+class Done:
+    """What a finished remote command or copy gave: its exit status and its output."""
+
+    code: int
+    stdout: str
+    stderr: str
+
+    def reason(self) -> str:
+        """The first line of stderr (the cause), or the status."""
+        lines = [line for line in self.stderr.splitlines() if line.strip()]
+        return lines[0].strip() if lines else f"exit status {self.code}"
+
+
+class Unreachable(HostError):
+    """ssh could not reach the slave (exit 255): down, refused, timed out, host key refused."""
+
+
+class RemoteError(VSError):
+    """The slave's vs-fonctions failed: its message, with its own exit code."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        known = {int(code) for code in ExitCode}
+        self.exit_code = ExitCode(exit_code) if exit_code in known else ExitCode.HOST
+
+
+def _command(argv: Sequence[str]) -> Any:
+    import sh
+
+    return sh.Command(argv[0]).bake(*argv[1:])
+
+
+def run_argv(
+    argv: Sequence[str],
+    *,
+    input: str | None = None,
+    timeout_s: float | None = 120.0,
+    on_output: Callable[[str], None] | None = None,
+) -> Done:
+    """Run ``argv`` (ssh, rsync) without a terminal, stdin ``input`` or nothing; its status and
+    output, whatever the status (the caller decides). ``on_output`` gets stdout as it comes,
+    in chunks (rsync's progress redraws its line with carriage returns)."""
+    import sh
+
+    log.debug("+ %s", shlex.join(argv))
+    chunks: list[str] = []
+
+    def collect(chunk: str) -> None:
+        """Keep a chunk of stdout, and pass it on as it comes."""
+        chunks.append(chunk)
+        if on_output is not None:
+            on_output(chunk)
+
+    try:
+        process = _command(argv)(
+            _in=input if input is not None else "",
+            _out=collect,
+            _out_bufsize=0,
+            _err_to_out=False,
+            _tty_in=False,
+            _tty_out=False,
+            _ok_code=list(range(256)),
+            _timeout=timeout_s,
+            _encoding="utf-8",
+            _decode_errors="replace",
+            _return_cmd=True,
+        )
+    except sh.TimeoutException:
+        raise HostError(f"{shlex.join(argv[:1])} did not finish within {timeout_s} s") from None
+    except sh.CommandNotFound:
+        raise HostError(f"{argv[0]} is not installed") from None
+    stderr = process.stderr
+    text = stderr.decode(errors="replace") if isinstance(stderr, bytes) else str(stderr)
+    return Done(int(process.exit_code), "".join(chunks), text)
+
+
+@dataclass(frozen=True, slots=True)
+class Remote:
+    """One slave, reached with ssh."""
+
+    host: str
+    options: SshOptions
+
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        input: str | None = None,
+        timeout_s: float | None = 120.0,
+        check: bool = True,
+    ) -> Done:
+        """Run ``argv`` on the slave. Unreachable when ssh could not get there; with ``check``,
+        CommandError when the command failed."""
+        done = run_argv(build_ssh_argv(self.options, self.host, argv), input=input,
+                        timeout_s=timeout_s)  # fmt: skip
+        if done.code == SSH_FAILED:
+            raise Unreachable(f"{self.host}: unreachable: {done.reason()}")
+        if check and done.code != 0:
+            raise CommandError(f"{shlex.join(argv)} on {self.host}", done.code, done.stderr)
+        return done
+
+    def call(self, function: str, *args: str, timeout_s: float | None = 120.0) -> Any:
+        """Call ``vs-fonctions --json FUNCTION ARGS`` on the slave, with the slave's own
+        configuration: its result, or RemoteError with the slave's message and exit code."""
+        done = self.run(["vs-fonctions", "--json", function, *args], timeout_s=timeout_s,
+                        check=False)  # fmt: skip
+        try:
+            answer = json.loads(done.stdout) if done.stdout.strip() else {}
+        except ValueError:
+            answer = {}
+        if done.code == 0 and isinstance(answer, dict) and "result" in answer:
+            return answer["result"]
+        message = answer.get("error") if isinstance(answer, dict) else None
+        if not message:
+            message = done.reason()
+            if done.code == 127:
+                message = f"vs-fonctions is not on the PATH of {self.host} ({message})"
+        kinds: dict[int, type[VSError]] = {3: NotFoundError, 4: StateError}
+        code = int(answer.get("exit_code", done.code)) if isinstance(answer, dict) else done.code
+        if code in kinds:
+            raise kinds[code](f"{self.host}: {message}")
+        raise RemoteError(f"{self.host}: {message}", code)
+
+
+# -- rsync ---------------------------------------------------------------------------------------
+
+_PROGRESS = re.compile(r"([\d,]+)\s+(\d+)%\s+(\S+/s)\s+(\S+)")
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """One redraw of rsync's --info=progress2 line: bytes so far, percent, rate, time left."""
+
+    bytes: int
+    percent: int
+    rate: str
+    eta: str
+
+
+def parse_progress(text: str) -> Progress | None:
+    """The last complete progress figure in a chunk of rsync's output, if any."""
+    found = None
+    for piece in re.split(r"[\r\n]", text):
+        match = _PROGRESS.search(piece)
+        if match:
+            found = Progress(int(match[1].replace(",", "")), int(match[2]), match[3], match[4])
+    return found
+
+
+def build_rsync_argv(
+    source: str,
+    target: str,
+    *,
+    ssh: SshOptions | None = None,
+    delete: bool = True,
+    bwlimit_kib: int | None = None,
+    compress: bool = False,
+    partial_dir: str | None = ".vs-partial",
+    extra: Sequence[str] = (),
+    rsync_path: str | None = None,
+    progress: bool = True,
+) -> list[str]:
+    """rsync keeping everything a guest's files carry (hard links, ACLs, xattrs, sparse files,
+    numeric owners, devices), ``--delete`` where the copy must equal its source, partial files
+    kept for a resumed pass, progress figures on stdout."""
+    argv = ["rsync", "-aHAXS", "--numeric-ids"]
+    if progress:
+        argv += ["--info=progress2", "--no-inc-recursive"]
+    if delete:
+        argv.append("--delete")
+    if partial_dir:
+        argv += ["--partial", f"--partial-dir={partial_dir}"]
+    if bwlimit_kib:
+        argv.append(f"--bwlimit={bwlimit_kib}")
+    if compress:
+        argv.append("--compress")
+    if ssh is not None:
+        argv += ["-e", shlex.join(["ssh", *ssh_option_args(ssh)])]
+    if rsync_path:
+        argv.append(f"--rsync-path={rsync_path}")
+    return [*argv, *extra, source, target]

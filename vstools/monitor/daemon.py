@@ -1,0 +1,145 @@
+"""The vs-monitor daemon around ``vstools.monitor.Monitor``: APScheduler jobs, the mail thread,
+signals and the systemd protocol (``Type=notify`` with a watchdog).
+
+Threads: APScheduler's pool runs the per-guest jobs (each job starts the check in a thread of
+its own and waits at most its time limit, see ``Monitor.run_check``); the mailer delivers the
+spool; the main thread rescans the configuration and pings the watchdog. The watchdog ping comes
+only from the main thread and only when the scheduler runs, the mailer lives and checks make
+progress: a main loop stuck anywhere (a configuration file on a dead NFS server, say) stops the
+pings, and systemd restarts the service (TESTING M1)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
+from types import FrameType
+
+from vstools.host.mail import Mailer
+from vstools.monitor.watch import RESCAN_S, Monitor
+
+log = logging.getLogger("vstools.monitor")
+
+
+def notify(env: Mapping[str, str], message: str) -> bool:
+    """sd_notify(3): send ``message`` to $NOTIFY_SOCKET; False outside a notify service."""
+    address = env.get("NOTIFY_SOCKET")
+    if not address:
+        return False
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            sock.sendto(message.encode(), address)
+    except OSError as exc:
+        log.warning("cannot notify systemd at %s: %s", env.get("NOTIFY_SOCKET"), exc)
+        return False
+    return True
+
+
+def watchdog_interval_s(env: Mapping[str, str]) -> float | None:
+    """Half of WatchdogSec (systemd's advice), or None when no watchdog is asked for us."""
+    usec = env.get("WATCHDOG_USEC")
+    pid = env.get("WATCHDOG_PID")
+    if not usec or (pid and pid != str(os.getpid())):
+        return None
+    try:
+        return max(int(usec) / 2e6, 0.05)
+    except ValueError:
+        return None
+
+
+def _raise_fd_limit() -> None:
+    # One lock file per watched guest stays open: 1000 guests need more than the usual 1024.
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or soft < hard):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def serve(monitor: Monitor, env: Mapping[str, str], *, rescan_s: float = RESCAN_S) -> int:
+    """Run until SIGTERM or SIGINT; SIGHUP re-reads the configuration at once."""
+    from apscheduler.executors.pool import ThreadPoolExecutor
+    from apscheduler.schedulers.background import BackgroundScheduler
+
+    _raise_fd_limit()
+    stop = threading.Event()
+    rescan_now = threading.Event()
+
+    def on_stop(signum: int, frame: FrameType | None) -> None:
+        """SIGTERM or SIGINT: end the main loop (the cleanup follows)."""
+        stop.set()
+
+    def on_hup(signum: int, frame: FrameType | None) -> None:
+        """SIGHUP: rescan the configuration at the next tick."""
+        rescan_now.set()
+
+    signal.signal(signal.SIGTERM, on_stop)
+    signal.signal(signal.SIGINT, on_stop)
+    signal.signal(signal.SIGHUP, on_hup)
+
+    mailer = Mailer(monitor.spool)
+    monitor.on_mail = mailer.wake.set
+    # Jobs only start a check thread and wait for it, so a few workers serve many guests;
+    # more than one, so that a check waiting out its time limit delays no other guest.
+    scheduler = BackgroundScheduler(
+        executors={"default": ThreadPoolExecutor(max_workers=8)},
+        job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 30},
+        timezone=UTC,
+    )
+    monitor.rescan()
+    _sync_jobs(scheduler, monitor)
+    mailer.start()
+    scheduler.start()
+    ping_s = watchdog_interval_s(env)
+    tick_s = min(ping_s, 1.0) if ping_s else 1.0
+    notify(env, f"READY=1\nSTATUS=watching {len(monitor.watches)} guests")
+    log.info("vs-monitor started: %d guests watched", len(monitor.watches))
+    next_rescan = time.monotonic() + rescan_s
+    try:
+        while not stop.is_set():
+            if rescan_now.is_set() or time.monotonic() >= next_rescan:
+                rescan_now.clear()
+                monitor.rescan()
+                _sync_jobs(scheduler, monitor)
+                next_rescan = time.monotonic() + rescan_s
+            if ping_s and scheduler.running and mailer.is_alive() and monitor.healthy(time.time()):
+                notify(env, "WATCHDOG=1")
+            stop.wait(tick_s)
+    finally:
+        notify(env, "STOPPING=1")
+        scheduler.shutdown(wait=False)
+        mailer.stop()
+        monitor.close()
+        log.info("vs-monitor stopped")
+    return 0
+
+
+def _sync_jobs(scheduler: object, monitor: Monitor) -> None:
+    """One interval job per watched guest at its MONITOR_POOLING; jobs of dropped guests go."""
+    jobs = {job.id: job for job in scheduler.get_jobs()}  # type: ignore[attr-defined]
+    for name, job in jobs.items():
+        if name not in monitor.watches:
+            job.remove()
+    now = datetime.now(UTC)
+    for name, watch in monitor.watches.items():
+        pooling = watch.policy.pooling_s
+        job = jobs.get(name)
+        if job is not None and job.trigger.interval == timedelta(seconds=pooling):
+            continue
+        scheduler.add_job(  # type: ignore[attr-defined]
+            monitor.run_check,
+            "interval",
+            seconds=pooling,
+            args=[name],
+            id=name,
+            name=f"check {name}",
+            replace_existing=True,
+            next_run_time=now + timedelta(seconds=monitor.job_offset_s(name)),
+        )

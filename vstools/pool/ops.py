@@ -1,0 +1,283 @@
+"""vs-get and vs-put as resumable operations (DESIGN §10). Each is recorded in the master's
+journal before each step is taken, and every step can be taken again: a copy resumes where it
+stopped (rsync keeps partial files), a snapshot left by a killed run is taken anew, a copy is
+made under a temporary name and only renamed into place once it was verified, and what the
+slave received is committed only after the master verified it. Killed at any step and run
+again, an operation converges; a guest is never lost and never put twice."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv4Network
+from pathlib import Path
+
+from vstools.config.guest import GuestConf
+from vstools.config.lexer import read_config
+from vstools.errors import NotFoundError, StateError, VSError
+from vstools.host.journal import log
+from vstools.host.ssh import Remote
+from vstools.pool.inventory import Inventory
+from vstools.pool.locate import locate
+from vstools.pool.placement import Choice, choose
+from vstools.pool.slaves import Pool
+from vstools.pool.store import Store
+from vstools.pool.transfer import ProgressCallback, copy, verified
+from vstools.storage.base import disk_usage_bytes
+
+MB = 1 << 20
+SNAPSHOT_TAG = "vspool"  # the snapshot a copy reads a running guest from
+
+
+@dataclass
+class Report:
+    """What an operation did, for its summary line."""
+
+    name: str
+    host: str
+    bytes: int = 0
+    seconds: float = 0.0
+    frozen_s: float | None = None  # a running dir guest frozen for the final pass
+    snapshot: bool = False  # read from a snapshot of the running guest
+    resumed: str | None = None  # the step a killed run had reached
+    placement: Choice | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+class Journal:
+    """One operation's entry in the master's journal; ``at`` records a step before it is
+    taken. VS_FAILPOINT=OP:STEP (tests only) kills the process right after recording that step,
+    as a power cut there would."""
+
+    def __init__(self, inventory: Inventory, entry: int, op: str, env: dict[str, str]) -> None:
+        self.inventory = inventory
+        self.entry = entry
+        self.op = op
+        self.failpoint = env.get("VS_FAILPOINT", "")
+
+    def at(self, step: str, detail: str | None = None) -> None:
+        """The operation reaches ``step``."""
+        self.inventory.step(self.entry, step, detail)
+        log.info("step: %s: %s", self.op, step)
+        if self.failpoint == f"{self.op}:{step}":
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+@contextmanager
+def journalled(
+    inventory: Inventory,
+    op: str,
+    name: str,
+    *,
+    source: str | None,
+    target: str | None,
+    env: dict[str, str],
+) -> Iterator[tuple[Journal, str | None]]:
+    """Begin (or take over, after a killed run) the operation ``op`` on ``name``; the journal
+    and the step the killed run had reached. Done or failed (with why) when the block ends."""
+    unfinished = inventory.unfinished(name)
+    if unfinished is not None and unfinished.op != op:
+        raise StateError(
+            f"guest {name}: a {unfinished.op} begun at {time.ctime(unfinished.started)} did not"
+            f" finish (step {unfinished.step}): run vs-{unfinished.op} --name {name} again first"
+        )
+    resumed = unfinished.step if unfinished is not None else None
+    entry = unfinished.id if unfinished is not None else inventory.begin(op, name, source, target)
+    journal = Journal(inventory, entry, op, env)
+    try:
+        yield journal, resumed
+    except BaseException as exc:
+        if isinstance(exc, VSError):
+            inventory.finish(entry, "failed", str(exc))
+        raise
+    inventory.finish(entry, "done")
+
+
+def _remote_dir(remote: Remote, path: str) -> str:
+    return f"{remote.host}:{path.rstrip('/')}/"
+
+
+# -- vs-get ------------------------------------------------------------------------------------
+
+
+def get_guest(
+    pool: Pool,
+    inventory: Inventory,
+    store: Store,
+    name: str,
+    *,
+    host: str | None,
+    env: dict[str, str],
+    progress: ProgressCallback | None = None,
+) -> Report:
+    """Copy ``name`` (root and configuration) from the slave holding it into the master's
+    store. A running guest is read from a read-only snapshot (btrfs, lvm) or, on ``dir``,
+    copied live then frozen for a final pass and the verification."""
+    unfinished = inventory.unfinished(name)
+    if host is None and unfinished is not None and unfinished.op == "get" and unfinished.source:
+        host = unfinished.source  # resume where the killed run read from
+    if host is None:
+        host = locate(pool, name).only()
+    remote = pool.remote(host)
+    slave = pool.slave(host)
+    report = Report(name, host)
+    with journalled(inventory, "get", name, source=host, target=None, env=env) as (
+        journal,
+        resumed,
+    ):
+        report.resumed = resumed
+        journal.at("ask the slave")
+        facts = remote.call("guest_facts", name)
+        paths = remote.call("paths")
+        root = str(Path(paths["root_dir"]) / name)
+        conf_dir = str(Path(paths["guests_conf_dir"]) / name)
+        frozen_at: float | None = None
+        snapshot = False
+        try:
+            if resumed in ("freeze", "final pass", "verify", "commit"):
+                _thaw(remote, name)  # a killed run left it frozen
+            source = root
+            if facts.get("running") and facts.get("storage") in ("btrfs", "lvm"):
+                journal.at("snapshot")
+                source = remote.call("snapshot_take", name, SNAPSHOT_TAG)
+                snapshot = report.snapshot = True
+            live = bool(facts.get("running")) and not snapshot
+            partial = store.prepare(name)
+            journal.at("copy root")
+            first = copy(_remote_dir(remote, source), f"{partial / 'root'}/", slave=slave,
+                         ssh=pool.options, live=live, progress=progress)  # fmt: skip
+            journal.at("copy configuration")
+            copy(_remote_dir(remote, conf_dir), f"{partial / 'conf'}/", slave=slave,
+                 ssh=pool.options)  # fmt: skip
+            report.bytes, report.seconds = first.bytes, first.seconds
+            if live:
+                journal.at("freeze")
+                remote.run(["vs-control", "--name", name, "--freeze"])
+                frozen_at = time.monotonic()
+                journal.at("final pass")
+                final = copy(_remote_dir(remote, source), f"{partial / 'root'}/", slave=slave,
+                             ssh=pool.options, progress=progress)  # fmt: skip
+                report.bytes += final.bytes
+            journal.at("verify")
+            for origin, local in ((source, partial / "root"), (conf_dir, partial / "conf")):
+                repaired = verified(_remote_dir(remote, origin), f"{local}/", slave=slave,
+                                    ssh=pool.options, what=f"the copy of {origin}")  # fmt: skip
+                if repaired:
+                    report.notes.append(f"{repaired} files found different and copied again")
+        finally:
+            if frozen_at is not None:
+                _thaw(remote, name)
+                report.frozen_s = time.monotonic() - frozen_at
+            if snapshot:
+                remote.call("snapshot_drop", name, SNAPSHOT_TAG)
+        journal.at("commit")
+        store.commit(name)
+    return report
+
+
+def _thaw(remote: Remote, name: str) -> None:
+    remote.run(["vs-control", "--name", name, "--thaw"], check=False)
+
+
+# -- vs-put ------------------------------------------------------------------------------------
+
+
+def stored_conf(store: Store, name: str) -> GuestConf:
+    """The guest.conf of the stored copy of ``name`` (NotFoundError without one)."""
+    if not store.has(name):
+        raise NotFoundError(f"the master's store has no complete copy of guest {name} (vs-get)")
+    path, text = read_config(store.copy(name) / "conf" / GuestConf.FILE_NAME)
+    return GuestConf.parse(path, text)
+
+
+def put_guest(
+    pool: Pool,
+    inventory: Inventory,
+    store: Store,
+    name: str,
+    *,
+    host: str | None,
+    env: dict[str, str],
+    progress: ProgressCallback | None = None,
+    say: Callable[[str], None] = lambda _: None,
+) -> Report:
+    """Copy the stored ``name`` to a slave (``host``, or the one placement chooses), verify
+    it there, and only then put it in place. Refused before anything is sent when the slave
+    already has the guest, its address or its context, lacks its network, room, xattrs or
+    ACLs."""
+    conf = stored_conf(store, name)
+    size_mb = _size_mb(store.copy(name) / "root")
+    unfinished = inventory.unfinished(name)
+    if host is None and unfinished is not None and unfinished.op == "put" and unfinished.target:
+        host = unfinished.target
+    choice = None
+    if host is None:
+        choice = choose(pool, conf, size_mb)
+        host = choice.host
+        say(f"placement: {choice.reason}")
+    remote = pool.remote(host)
+    slave = pool.slave(host)
+    report = Report(name, host, placement=choice)
+    with journalled(inventory, "put", name, source=None, target=host, env=env) as (
+        journal,
+        resumed,
+    ):
+        report.resumed = resumed
+        if resumed == "commit":  # killed while committing: finish that (it is idempotent)
+            remote.call("receive_commit", name)
+            return report
+        journal.at("preflight")
+        preflight(remote, conf, size_mb)
+        journal.at("prepare")
+        places = remote.call("receive_begin", name, str(conf.disk_limit_mb))
+        journal.at("copy root")
+        first = copy(f"{store.copy(name) / 'root'}/", _remote_dir(remote, places["root"]),
+                     slave=slave, ssh=pool.options, progress=progress)  # fmt: skip
+        journal.at("copy configuration")
+        copy(f"{store.copy(name) / 'conf'}/", _remote_dir(remote, places["conf"]), slave=slave,
+             ssh=pool.options)  # fmt: skip
+        report.bytes, report.seconds = first.bytes, first.seconds
+        journal.at("verify")
+        for local, there in (("root", places["root"]), ("conf", places["conf"])):
+            repaired = verified(f"{store.copy(name) / local}/", _remote_dir(remote, there),
+                                slave=slave, ssh=pool.options,
+                                what=f"what {host} received of {name}")  # fmt: skip
+            if repaired:
+                report.notes.append(f"{repaired} files found different and copied again")
+        journal.at("commit")
+        remote.call("receive_commit", name)
+    return report
+
+
+def preflight(remote: Remote, conf: GuestConf, size_mb: int) -> None:
+    """Read-only checks on the destination before anything is sent: the name, address and
+    context free there, the guest's network present, room, xattrs and ACLs."""
+    facts = remote.call("scan_report")
+    for guest in facts["guests"]:
+        if guest["name"] == conf.name:
+            raise StateError(f"{remote.host} has a guest {conf.name} already")
+        if guest.get("ip") == str(conf.ip):
+            raise StateError(f"{conf.ip} is the address of {guest['name']} on {remote.host}")
+        if guest.get("context") == conf.context:
+            raise StateError(
+                f"context {conf.context} is the context number of {guest['name']} on {remote.host}"
+            )
+    networks = facts["host"]["networks"]
+    if networks and not _in_networks(str(conf.ip), networks):
+        raise StateError(f"{remote.host} has no network holding {conf.ip} in its networks.conf")
+    room = remote.call("check_room", str(size_mb + size_mb // 10 + 16))
+    if room["problems"]:
+        raise StateError(f"{remote.host}: {'; '.join(room['problems'])}")
+
+
+def _in_networks(ip: str, networks: list[str]) -> bool:
+    address = IPv4Address(ip)
+    return any(address in IPv4Network(entry.split(",", 1)[1]) for entry in networks)
+
+
+def _size_mb(root: Path) -> int:
+    return max(1, disk_usage_bytes(root) // MB)

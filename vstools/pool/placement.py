@@ -1,0 +1,88 @@
+"""Which slave a guest goes to when none is named (vs-put, vs-move): among the selectable slaves
+(``noselect`` honoured) that can hold it (room for its files and its memory limit, its network,
+its name, address and context free there), the one with the most free memory, then disk; and
+why, in one line."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Network
+from typing import Any
+
+from vstools.config.guest import GuestConf
+from vstools.errors import StateError
+from vstools.host.ssh import Remote
+from vstools.pool.slaves import Pool
+
+GIB = 1024  # MB
+
+
+@dataclass(frozen=True, slots=True)
+class Choice:
+    """The slave chosen and why."""
+
+    host: str
+    reason: str
+
+
+def _gib(mb: float) -> str:
+    return f"{mb / GIB:.1f} GiB"
+
+
+def unfit(report: dict[str, Any], conf: GuestConf, size_mb: int) -> str | None:
+    """Why a slave (its scan report) cannot take the guest, or None when it can (pure)."""
+    facts = report["host"]
+    for guest in report["guests"]:
+        if guest["name"] == conf.name:
+            return f"has a guest {conf.name}"
+        if guest.get("ip") == str(conf.ip):
+            return f"has {conf.ip} ({guest['name']})"
+        if guest.get("context") == conf.context:
+            return f"has context {conf.context} ({guest['name']})"
+    networks = facts.get("networks") or []
+    address = IPv4Address(str(conf.ip))
+    if networks and not any(address in IPv4Network(n.split(",", 1)[1]) for n in networks):
+        return f"has no network for {conf.ip}"
+    if facts["disk_free_mb"] < size_mb + size_mb // 10 + 16:
+        return f"has {_gib(facts['disk_free_mb'])} disk free, {_gib(size_mb)} needed"
+    if facts["mem_available_mb"] < conf.rss_limit_mb:
+        return f"has {_gib(facts['mem_available_mb'])} memory free"
+    return None
+
+
+def rank(
+    reports: dict[str, dict[str, Any]], noselect: set[str], conf: GuestConf, size_mb: int
+) -> Choice:
+    """The best slave among ``reports`` (pure: placement's arithmetic, unit-tested)."""
+    fit: list[tuple[str, dict[str, Any]]] = []
+    excluded = []
+    for host, report in reports.items():
+        why = "is noselect" if host in noselect else unfit(report, conf, size_mb)
+        if why is None:
+            fit.append((host, report["host"]))
+        else:
+            excluded.append(f"{host} {why}")
+    if not fit:
+        raise StateError(
+            f"no slave can take guest {conf.name}: " + ("; ".join(excluded) or "no slave")
+        )
+    fit.sort(key=lambda item: (item[1]["mem_available_mb"], item[1]["disk_free_mb"]),
+             reverse=True)  # fmt: skip
+    host, best = fit[0]
+    reason = f"{host} (free {_gib(best['mem_available_mb'])} mem, {_gib(best['disk_free_mb'])} disk"
+    others = [f"{h} has {_gib(f['mem_available_mb'])}" for h, f in fit[1:]]
+    details = [*others, *excluded]
+    return Choice(host, reason + ("; " + "; ".join(details) if details else "") + ")")
+
+
+def choose(pool: Pool, conf: GuestConf, size_mb: int) -> Choice:
+    """Ask every slave for its report and rank them."""
+
+    def ask(remote: Remote) -> dict[str, Any]:
+        """The slave's scan report."""
+        report: dict[str, Any] = remote.call("scan_report")
+        return report
+
+    reports = {a.host: a.value for a in pool.fan_out(ask) if a.value is not None}
+    noselect = {s.host for s in pool.slaves if s.noselect}
+    return rank(reports, noselect, conf, size_mb)
