@@ -11,9 +11,10 @@ from vstools import __version__
 from vstools.config.create import mb as _mb
 from vstools.config.files import check_files, parse_file
 from vstools.config.lexer import ValueProblem
-from vstools.config.values import parse_guest_name, parse_ipv4
+from vstools.config.values import parse_guest_name, parse_host, parse_ipv4
 from vstools.errors import ConfigError, NotFoundError, Problem, UsageError
 from vstools.guest.facts import guest_facts, guests_facts, host_facts
+from vstools.guest.moving import drop_moved, hold, keep_moved, release
 from vstools.guest.receive import check_room, receive_abort, receive_begin, receive_commit
 from vstools.guest.templates import write_busybox_template
 from vstools.host.hostconfig import (
@@ -150,6 +151,24 @@ def _receive_abort(env: Env, name: str) -> str:
     return name
 
 
+def _move_hold(env: Env, name: str, target: str) -> str:
+    hold(HostConfig.load(env), name, target)
+    return name
+
+
+def _move_release(env: Env, name: str) -> str:
+    release(HostConfig.load(env), name)
+    return name
+
+
+def _move_keep(env: Env, name: str) -> dict[str, str]:
+    return keep_moved(HostConfig.load(env), name)
+
+
+def _move_drop(env: Env, name: str) -> dict[str, str]:
+    return drop_moved(HostConfig.load(env), name)
+
+
 def _check_room(env: Env, size_mb: int) -> dict[str, Any]:
     return check_room(HostConfig.load(env), size_mb)
 
@@ -246,6 +265,30 @@ REGISTRY: dict[str, Function] = {
             _receive_abort,
             (Param("name", parse_guest_name),),
             "remove what was received of a guest and not committed",
+        ),
+        Function(
+            "move_hold",
+            _move_hold,
+            (Param("name", parse_guest_name), Param("target", parse_host)),
+            "mark a guest as being moved to TARGET: it refuses to start here until released",
+        ),
+        Function(
+            "move_release",
+            _move_release,
+            (Param("name", parse_guest_name),),
+            "a move was rolled back: the guest may start here again",
+        ),
+        Function(
+            "move_keep",
+            _move_keep,
+            (Param("name", parse_guest_name),),
+            "put a moved (held, stopped) guest aside as NAME.moved",
+        ),
+        Function(
+            "move_drop",
+            _move_drop,
+            (Param("name", parse_guest_name),),
+            "remove what move_keep put aside",
         ),
         Function(
             "check_room",

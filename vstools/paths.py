@@ -91,3 +91,8 @@ INCOMPLETE_MARKER = ".vs-create-incomplete"
 # In a guest's configuration directory while vs-remove takes it away: the guest is gone from
 # every listing, and running vs-remove again finishes what a killed one began.
 REMOVING_MARKER = ".vs-remove-begun"
+# In a guest's configuration directory while vs-move takes it to another host: the guest must
+# not start here until the move is finished or rolled back (it would run twice).
+MOVING_MARKER = ".vs-move-begun"
+# The suffix of a moved guest's directories, kept until it runs at its destination.
+MOVED_SUFFIX = ".moved"

@@ -32,10 +32,10 @@ IMPLEMENTED = {
     "vs-get",
     "vs-put",
     "vs-remove",
+    "vs-move",
 }
 NOT_YET = {
     "vs-pkg": ["--name", "web", "--update_sources"],
-    "vs-move": ["--name", "web", "--dst_host", "vsh-01"],
     "vs-backup": [],
 }
 
@@ -67,7 +67,7 @@ def test_commands_not_built_yet_say_so_and_print_nothing(
 
 
 def test_not_built_yet_in_json(etc_tree: dict[str, str]) -> None:
-    outcome = invoke("vs-move", ["--json", "--name", "web", "--dst_host", "vsh-01"], etc_tree)
+    outcome = invoke("vs-pkg", ["--json", "--name", "web", "--update_sources"], etc_tree)
     assert outcome.json()["exit_code"] == 69
     assert "not implemented yet" in outcome.json()["error"]
 

@@ -24,6 +24,7 @@ from vstools.host.fsutil import atomic_write
 from vstools.host.hostconfig import HostConfig
 from vstools.host.run import run
 from vstools.names import check_guest_name
+from vstools.paths import MOVING_MARKER
 from vstools.storage.base import secure_root_dir
 from vstools.storage.btrfs import check_btrfs, delete_subvolume, is_subvolume
 
@@ -75,6 +76,8 @@ def receive_commit(host: HostConfig, name: str) -> dict[str, str]:
         return {"root": str(final_root), "conf": str(final_conf)}  # committed already
     if not conf.exists():
         raise StateError(f"nothing of guest {name} is being received here")
+    # A guest moved here was held at its source: that mark is the source's, never this host's.
+    (conf / MOVING_MARKER).unlink(missing_ok=True)
     guest_conf = conf / GuestConf.FILE_NAME
     path, text = read_config(guest_conf)
     stored = GuestConf.parse(path, text)

@@ -18,6 +18,7 @@ from vstools.config.settings import NetworkMode
 from vstools.errors import HostError, NotFoundError, StateError, VSError
 from vstools.firewall.host import Firewall, compile_for
 from vstools.guest.lifecycle import guest_cgroup, processes
+from vstools.guest.moving import check_not_moving
 from vstools.guest.stop import clean_leftovers
 from vstools.host.cgrouplayout import probe_layout
 from vstools.host.hostconfig import GuestFiles, HostConfig
@@ -96,6 +97,7 @@ def start_guest(
     files = host.guest(name)
     if is_running(paths.guest_run_dir(name)):
         raise StateError(f"guest {name} is already running")
+    check_not_moving(host, name)
     storage = guest_storage(host, files.conf)
     check_root_not_symlink(paths.guest_root(name))
     if not storage.is_present(name):
@@ -127,6 +129,7 @@ def _prepare(host: HostConfig, files: GuestFiles, plan: GuestPlan) -> tuple[Gues
     again once the root is readable) and the mount point it mounted, if any."""
     name, paths = plan.name, host.paths
     secure_root_dir(paths.root_dir)
+    check_not_moving(host, name)  # again under the lock: a move may have begun since
     if processes(guest_cgroup(host, name)):
         raise StateError(
             f"guest {name} runs without its supervisor (it was killed):"

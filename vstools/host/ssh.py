@@ -221,6 +221,27 @@ class Progress:
     eta: str
 
 
+class ProgressReader:
+    """rsync's output fed as it comes (a character at a time, unbuffered): the figures of each
+    line rsync completes (it redraws its progress line with carriage returns)."""
+
+    def __init__(self) -> None:
+        self.pending = ""
+        self.last: Progress | None = None
+
+    def feed(self, chunk: str) -> Progress | None:
+        """Take a chunk; the figures of the last line it completed, if any."""
+        self.pending += chunk
+        cut = max(self.pending.rfind("\r"), self.pending.rfind("\n"))
+        if cut < 0:
+            return None
+        complete, self.pending = self.pending[:cut], self.pending[cut + 1 :]
+        figures = parse_progress(complete)
+        if figures is not None:
+            self.last = figures
+        return figures
+
+
 def parse_progress(text: str) -> Progress | None:
     """The last complete progress figure in a chunk of rsync's output, if any."""
     found = None

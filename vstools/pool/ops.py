@@ -13,7 +13,6 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
 from vstools.config.guest import GuestConf
@@ -23,7 +22,7 @@ from vstools.host.journal import log
 from vstools.host.ssh import Remote
 from vstools.pool.inventory import Inventory
 from vstools.pool.locate import locate
-from vstools.pool.placement import Choice, choose
+from vstools.pool.placement import Choice, Need, choose, room_needed_mb, unfit
 from vstools.pool.slaves import Pool
 from vstools.pool.store import Store
 from vstools.pool.transfer import ProgressCallback, copy, verified
@@ -97,7 +96,8 @@ def journalled(
     inventory.finish(entry, "done")
 
 
-def _remote_dir(remote: Remote, path: str) -> str:
+def remote_dir(remote: Remote, path: str) -> str:
+    """rsync's ``host:path/`` for a directory on a slave (its content, not the directory)."""
     return f"{remote.host}:{path.rstrip('/')}/"
 
 
@@ -139,7 +139,7 @@ def get_guest(
         snapshot = False
         try:
             if resumed in ("freeze", "final pass", "verify", "commit"):
-                _thaw(remote, name)  # a killed run left it frozen
+                thaw(remote, name)  # a killed run left it frozen
             source = root
             if facts.get("running") and facts.get("storage") in ("btrfs", "lvm"):
                 journal.at("snapshot")
@@ -148,10 +148,10 @@ def get_guest(
             live = bool(facts.get("running")) and not snapshot
             partial = store.prepare(name)
             journal.at("copy root")
-            first = copy(_remote_dir(remote, source), f"{partial / 'root'}/", slave=slave,
+            first = copy(remote_dir(remote, source), f"{partial / 'root'}/", slave=slave,
                          ssh=pool.options, live=live, progress=progress)  # fmt: skip
             journal.at("copy configuration")
-            copy(_remote_dir(remote, conf_dir), f"{partial / 'conf'}/", slave=slave,
+            copy(remote_dir(remote, conf_dir), f"{partial / 'conf'}/", slave=slave,
                  ssh=pool.options)  # fmt: skip
             report.bytes, report.seconds = first.bytes, first.seconds
             if live:
@@ -159,18 +159,18 @@ def get_guest(
                 remote.run(["vs-control", "--name", name, "--freeze"])
                 frozen_at = time.monotonic()
                 journal.at("final pass")
-                final = copy(_remote_dir(remote, source), f"{partial / 'root'}/", slave=slave,
+                final = copy(remote_dir(remote, source), f"{partial / 'root'}/", slave=slave,
                              ssh=pool.options, progress=progress)  # fmt: skip
                 report.bytes += final.bytes
             journal.at("verify")
             for origin, local in ((source, partial / "root"), (conf_dir, partial / "conf")):
-                repaired = verified(_remote_dir(remote, origin), f"{local}/", slave=slave,
+                repaired = verified(remote_dir(remote, origin), f"{local}/", slave=slave,
                                     ssh=pool.options, what=f"the copy of {origin}")  # fmt: skip
                 if repaired:
                     report.notes.append(f"{repaired} files found different and copied again")
         finally:
             if frozen_at is not None:
-                _thaw(remote, name)
+                thaw(remote, name)
                 report.frozen_s = time.monotonic() - frozen_at
             if snapshot:
                 remote.call("snapshot_drop", name, SNAPSHOT_TAG)
@@ -179,7 +179,8 @@ def get_guest(
     return report
 
 
-def _thaw(remote: Remote, name: str) -> None:
+def thaw(remote: Remote, name: str) -> None:
+    """Thaw ``name`` on the slave (nothing if it is not frozen)."""
     remote.run(["vs-control", "--name", name, "--thaw"], check=False)
 
 
@@ -210,13 +211,13 @@ def put_guest(
     already has the guest, its address or its context, lacks its network, room, xattrs or
     ACLs."""
     conf = stored_conf(store, name)
-    size_mb = _size_mb(store.copy(name) / "root")
+    size_mb = size_mb_of(store.copy(name) / "root")
     unfinished = inventory.unfinished(name)
     if host is None and unfinished is not None and unfinished.op == "put" and unfinished.target:
         host = unfinished.target
     choice = None
     if host is None:
-        choice = choose(pool, conf, size_mb)
+        choice = choose(pool, Need.of_conf(conf), size_mb)
         host = choice.host
         say(f"placement: {choice.reason}")
     remote = pool.remote(host)
@@ -231,19 +232,19 @@ def put_guest(
             remote.call("receive_commit", name)
             return report
         journal.at("preflight")
-        preflight(remote, conf, size_mb)
+        preflight(remote, Need.of_conf(conf), size_mb)
         journal.at("prepare")
         places = remote.call("receive_begin", name, str(conf.disk_limit_mb))
         journal.at("copy root")
-        first = copy(f"{store.copy(name) / 'root'}/", _remote_dir(remote, places["root"]),
+        first = copy(f"{store.copy(name) / 'root'}/", remote_dir(remote, places["root"]),
                      slave=slave, ssh=pool.options, progress=progress)  # fmt: skip
         journal.at("copy configuration")
-        copy(f"{store.copy(name) / 'conf'}/", _remote_dir(remote, places["conf"]), slave=slave,
+        copy(f"{store.copy(name) / 'conf'}/", remote_dir(remote, places["conf"]), slave=slave,
              ssh=pool.options)  # fmt: skip
         report.bytes, report.seconds = first.bytes, first.seconds
         journal.at("verify")
         for local, there in (("root", places["root"]), ("conf", places["conf"])):
-            repaired = verified(f"{store.copy(name) / local}/", _remote_dir(remote, there),
+            repaired = verified(f"{store.copy(name) / local}/", remote_dir(remote, there),
                                 slave=slave, ssh=pool.options,
                                 what=f"what {host} received of {name}")  # fmt: skip
             if repaired:
@@ -253,31 +254,17 @@ def put_guest(
     return report
 
 
-def preflight(remote: Remote, conf: GuestConf, size_mb: int) -> None:
+def preflight(remote: Remote, conf: Need, size_mb: int) -> None:
     """Read-only checks on the destination before anything is sent: the name, address and
     context free there, the guest's network present, room, xattrs and ACLs."""
-    facts = remote.call("scan_report")
-    for guest in facts["guests"]:
-        if guest["name"] == conf.name:
-            raise StateError(f"{remote.host} has a guest {conf.name} already")
-        if guest.get("ip") == str(conf.ip):
-            raise StateError(f"{conf.ip} is the address of {guest['name']} on {remote.host}")
-        if guest.get("context") == conf.context:
-            raise StateError(
-                f"context {conf.context} is the context number of {guest['name']} on {remote.host}"
-            )
-    networks = facts["host"]["networks"]
-    if networks and not _in_networks(str(conf.ip), networks):
-        raise StateError(f"{remote.host} has no network holding {conf.ip} in its networks.conf")
-    room = remote.call("check_room", str(size_mb + size_mb // 10 + 16))
+    why = unfit(remote.call("scan_report"), conf, size_mb, memory=False)
+    if why is not None:
+        raise StateError(f"{remote.host} {why}")
+    room = remote.call("check_room", str(room_needed_mb(size_mb)))
     if room["problems"]:
         raise StateError(f"{remote.host}: {'; '.join(room['problems'])}")
 
 
-def _in_networks(ip: str, networks: list[str]) -> bool:
-    address = IPv4Address(ip)
-    return any(address in IPv4Network(entry.split(",", 1)[1]) for entry in networks)
-
-
-def _size_mb(root: Path) -> int:
+def size_mb_of(root: Path) -> int:
+    """The size of a stored copy's root, in MB (at least 1)."""
     return max(1, disk_usage_bytes(root) // MB)

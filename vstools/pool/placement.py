@@ -5,6 +5,7 @@ why, in one line."""
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 from typing import Any
@@ -15,6 +16,27 @@ from vstools.host.ssh import Remote
 from vstools.pool.slaves import Pool
 
 GIB = 1024  # MB
+
+
+@dataclass(frozen=True, slots=True)
+class Need:
+    """What a guest needs of the slave it goes to: its name, address and context free there,
+    and memory for its limit."""
+
+    name: str
+    ip: str
+    context: int
+    rss_limit_mb: int
+
+    @classmethod
+    def of_conf(cls, conf: GuestConf) -> Need:
+        """The needs of a guest.conf."""
+        return cls(conf.name, str(conf.ip), conf.context, conf.rss_limit_mb)
+
+    @classmethod
+    def of_facts(cls, facts: dict[str, Any]) -> Need:
+        """The needs of a guest as a slave describes it (guest_facts)."""
+        return cls(facts["name"], facts["ip"], int(facts["context"]), int(facts["rss_limit_mb"]))
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,8 +51,16 @@ def _gib(mb: float) -> str:
     return f"{mb / GIB:.1f} GiB"
 
 
-def unfit(report: dict[str, Any], conf: GuestConf, size_mb: int) -> str | None:
-    """Why a slave (its scan report) cannot take the guest, or None when it can (pure)."""
+def room_needed_mb(size_mb: int) -> int:
+    """The free space a guest of ``size_mb`` needs where it arrives: its size, a tenth more for
+    what the file system adds, and a margin."""
+    return size_mb + size_mb // 10 + 16
+
+
+def unfit(report: dict[str, Any], conf: Need, size_mb: int, *, memory: bool = True) -> str | None:
+    """Why a slave (its scan report) cannot take the guest, or None when it can (pure).
+    ``memory``: also when its free memory is below the guest's limit (placement's test; a
+    slave named by the administrator takes a stopped guest whatever its memory)."""
     facts = report["host"]
     for guest in report["guests"]:
         if guest["name"] == conf.name:
@@ -43,15 +73,15 @@ def unfit(report: dict[str, Any], conf: GuestConf, size_mb: int) -> str | None:
     address = IPv4Address(str(conf.ip))
     if networks and not any(address in IPv4Network(n.split(",", 1)[1]) for n in networks):
         return f"has no network for {conf.ip}"
-    if facts["disk_free_mb"] < size_mb + size_mb // 10 + 16:
+    if facts["disk_free_mb"] < room_needed_mb(size_mb):
         return f"has {_gib(facts['disk_free_mb'])} disk free, {_gib(size_mb)} needed"
-    if facts["mem_available_mb"] < conf.rss_limit_mb:
+    if memory and facts["mem_available_mb"] < conf.rss_limit_mb:
         return f"has {_gib(facts['mem_available_mb'])} memory free"
     return None
 
 
 def rank(
-    reports: dict[str, dict[str, Any]], noselect: set[str], conf: GuestConf, size_mb: int
+    reports: dict[str, dict[str, Any]], noselect: set[str], conf: Need, size_mb: int
 ) -> Choice:
     """The best slave among ``reports`` (pure: placement's arithmetic, unit-tested)."""
     fit: list[tuple[str, dict[str, Any]]] = []
@@ -75,14 +105,18 @@ def rank(
     return Choice(host, reason + ("; " + "; ".join(details) if details else "") + ")")
 
 
-def choose(pool: Pool, conf: GuestConf, size_mb: int) -> Choice:
-    """Ask every slave for its report and rank them."""
+def choose(pool: Pool, conf: Need, size_mb: int, *, exclude: Collection[str] = ()) -> Choice:
+    """Ask every slave (but those of ``exclude``: a move's source) for its report and rank
+    them."""
 
     def ask(remote: Remote) -> dict[str, Any]:
         """The slave's scan report."""
         report: dict[str, Any] = remote.call("scan_report")
         return report
 
-    reports = {a.host: a.value for a in pool.fan_out(ask) if a.value is not None}
+    names = [slave.host for slave in pool.slaves if slave.host not in exclude]
+    if not names:
+        raise StateError(f"no slave can take guest {conf.name}: no other slave")
+    reports = {a.host: a.value for a in pool.fan_out(ask, names) if a.value is not None}
     noselect = {s.host for s in pool.slaves if s.noselect}
     return rank(reports, noselect, conf, size_mb)

@@ -58,6 +58,22 @@ class Store:
             shutil.rmtree(old)
         return final
 
+    def relay(self, name: str) -> Path:
+        """Where a move relayed through the master keeps ``name``'s files between its source and
+        its destination (``.NAME.relay``, with conf/ and root/; kept from a killed run)."""
+        relay = self.top / f".{check_guest_name(name)}.relay"
+        self.top.mkdir(mode=0o700, parents=True, exist_ok=True)
+        for sub in ("conf", "root"):
+            (relay / sub).mkdir(parents=True, exist_ok=True)
+        (relay / "root").chmod(0o755)
+        return relay
+
+    def drop_relay(self, name: str) -> None:
+        """Remove what a move relayed of ``name``."""
+        relay = self.top / f".{check_guest_name(name)}.relay"
+        if relay.exists():
+            shutil.rmtree(relay)
+
     def drop(self, name: str) -> None:
         """Remove the stored copy of ``name`` and any partial one."""
         for path in (self.copy(name), self.partial(name)):

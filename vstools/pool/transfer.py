@@ -16,6 +16,7 @@ from vstools.host.ssh import (
     RSYNC_VANISHED,
     SSH_FAILED,
     Progress,
+    ProgressReader,
     SshOptions,
     Unreachable,
     build_rsync_argv,
@@ -59,15 +60,13 @@ def copy(
         compress=slave.compress,
         extra=["--checksum"] if checksum else (),
     )
-    moved = [0]
+    reader = ProgressReader()
 
     def watch(chunk: str) -> None:
-        """Keep the last figures of a chunk of output, and show them."""
-        figures = parse_progress(chunk)
-        if figures is not None:
-            moved[0] = figures.bytes
-            if progress is not None:
-                progress(figures)
+        """Show the figures of each progress line rsync completes."""
+        figures = reader.feed(chunk)
+        if figures is not None and progress is not None:
+            progress(figures)
 
     started = time.monotonic()
     done = run_argv(argv, timeout_s=None, on_output=watch)
@@ -75,10 +74,16 @@ def copy(
     if done.code == SSH_FAILED:
         raise Unreachable(f"{slave.host}: unreachable: {done.reason()}")
     if done.code == RSYNC_VANISHED and live:
-        return Pass(moved[0], seconds, vanished=True)
+        return Pass(_moved(reader, done.stdout), seconds, vanished=True)
     if done.code != 0:
         raise HostError(f"rsync {source} {target} failed (exit {done.code}): {done.reason()}")
-    return Pass(moved[0], seconds)
+    return Pass(_moved(reader, done.stdout), seconds)
+
+
+def _moved(reader: ProgressReader, stdout: str) -> int:
+    """The bytes a pass moved: its last progress figure."""
+    last = parse_progress(stdout) or reader.last
+    return last.bytes if last is not None else 0
 
 
 def differences(source: str, target: str, *, slave: Slave, ssh: SshOptions) -> list[str]:

@@ -1,0 +1,335 @@
+"""vs-move (DESIGN §10): a guest taken from one slave to another with the shortest stop. While
+it runs, passes copy it (from a snapshot on btrfs, live on dir), repeated while each one moves
+less than the one before, with a bound; then it is held (it refuses to start at its source),
+stopped, copied once more (only what changed), verified file by file, put in place at the
+destination and started there. The source copy is kept as NAME.moved until the guest runs at
+its destination, then removed.
+
+Each step is in the master's journal before it is taken: killed at any step and run again, a
+move converges to one complete copy running where it should; it never runs twice (the held
+source refuses to start). A failure before the destination runs rolls back: what the
+destination received is removed and the guest runs again at its source.
+
+Files go through the master (its store's ``.NAME.relay``): the slaves need no trust between
+them."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vstools.config.pool import Slave
+from vstools.errors import RollbackError, StateError, UsageError, VSError
+from vstools.host.ssh import Remote
+from vstools.pool.inventory import Inventory, JournalEntry
+from vstools.pool.locate import locate
+from vstools.pool.ops import SNAPSHOT_TAG, Journal, journalled, preflight, remote_dir
+from vstools.pool.placement import Choice, Need, choose
+from vstools.pool.slaves import Pool
+from vstools.pool.store import Store
+from vstools.pool.transfer import ProgressCallback, copy, verified
+
+MAX_LIVE_PASSES = 4  # passes while the guest runs, at most (P.Haul bounds its iterations too)
+SETTLED_BYTES = 8 << 20  # a live pass that moved no more than this is followed by the stop
+HOW = "relayed through the master"
+
+EARLY, STOPPED, COMMITTED = "early", "stopped", "committed"
+_STAGE_OF = {
+    "hold": STOPPED,
+    "stop": STOPPED,
+    "final pass": STOPPED,
+    "verify": STOPPED,
+    "commit": COMMITTED,
+    "start": COMMITTED,
+    "keep": COMMITTED,
+    "drop": COMMITTED,
+}
+
+
+@dataclass
+class MoveReport:
+    """What a move did, for its summary."""
+
+    name: str
+    source: str
+    target: str
+    live_passes: list[int] = field(default_factory=list)  # bytes each pass moved
+    final_bytes: int = 0
+    seconds: float = 0.0
+    stopped_s: float | None = None  # from down at its source to running at the destination
+    shutdown_s: float | None = None  # how long its own shutdown took before that
+    running: bool = False
+    resumed: str | None = None
+    placement: Choice | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def stage_of(step: str | None) -> str:
+    """Where a killed move stood: before the guest was held, held and stopped, or put in
+    place at its destination."""
+    return _STAGE_OF.get(step or "", EARLY)
+
+
+@dataclass
+class _Move:
+    """One move under way: the slaves, the store, the journal."""
+
+    pool: Pool
+    store: Store
+    name: str
+    src: Remote
+    dst: Remote
+    journal: Journal
+    report: MoveReport
+    progress: ProgressCallback | None
+    places: dict[str, str] = field(default_factory=dict)  # where the destination receives it
+
+    def live_pass(self, root: str, storage: str) -> int:
+        """One pass while the guest runs, from a snapshot where its storage has them."""
+        source = root
+        snapshot = storage == "btrfs"
+        if snapshot:
+            source = self.src.call("snapshot_take", self.name, SNAPSHOT_TAG)
+        try:
+            return self.root_pass(source, live=not snapshot)
+        finally:
+            if snapshot:
+                self.src.call("snapshot_drop", self.name, SNAPSHOT_TAG)
+
+    def root_pass(self, source: str, *, live: bool) -> int:
+        """Copy the root from ``source`` on the source slave to the destination's place, through
+        the relay; the bytes that changed at the source."""
+        relay = self.store.relay(self.name) / "root"
+        first = copy(remote_dir(self.src, source), f"{relay}/", slave=self.slave(self.src),
+                     ssh=self.pool.options, live=live, progress=self.progress)  # fmt: skip
+        copy(f"{relay}/", remote_dir(self.dst, self.places["root"]), slave=self.slave(self.dst),
+             ssh=self.pool.options)  # fmt: skip
+        return first.bytes
+
+    def conf_pass(self, conf_dir: str) -> None:
+        """Copy the configuration directory, through the relay."""
+        relay = self.store.relay(self.name) / "conf"
+        copy(remote_dir(self.src, conf_dir), f"{relay}/", slave=self.slave(self.src),
+             ssh=self.pool.options)  # fmt: skip
+        copy(f"{relay}/", remote_dir(self.dst, self.places["conf"]), slave=self.slave(self.dst),
+             ssh=self.pool.options)  # fmt: skip
+
+    def verify(self, root: str, conf_dir: str) -> None:
+        """Both hops checked file by file (checksums); what differs is copied again."""
+        relay = self.store.relay(self.name)
+        for origin, local, there in ((root, relay / "root", self.places["root"]),
+                                     (conf_dir, relay / "conf", self.places["conf"])):  # fmt: skip
+            for source, target, slave in (
+                (remote_dir(self.src, origin), f"{local}/", self.src),
+                (f"{local}/", remote_dir(self.dst, there), self.dst),
+            ):
+                what = f"the copy of {origin}"
+                repaired = verified(source, target, slave=self.slave(slave),
+                                    ssh=self.pool.options, what=what)  # fmt: skip
+                if repaired:
+                    self.report.notes.append(f"{repaired} files found different and copied again")
+
+    def slave(self, remote: Remote) -> Slave:
+        """slaves.conf's entry of ``remote`` (its bwlimit and compress)."""
+        return self.pool.slave(remote.host)
+
+
+def move_guest(
+    pool: Pool,
+    inventory: Inventory,
+    store: Store,
+    name: str,
+    *,
+    source: str | None,
+    target: str | None,
+    one_step: bool = False,
+    env: dict[str, str],
+    progress: ProgressCallback | None = None,
+    say: Callable[[str], None] = lambda _: None,
+) -> MoveReport:
+    """Move ``name`` from ``source`` (default: the slave holding it) to ``target`` (default:
+    placement's choice among the others); ``one_step``: stop it first and copy once."""
+    started = time.monotonic()
+    unfinished = inventory.unfinished(name)
+    if unfinished is not None and unfinished.op == "move":
+        source, target = _recorded_hosts(unfinished, source, target)
+    if source is None:
+        source = locate(pool, name).only()
+    src = pool.remote(source)
+    stage = stage_of(unfinished.step if unfinished is not None else None)
+    facts: dict[str, Any] = {}
+    choice = None
+    if stage != COMMITTED:
+        facts = src.call("guest_facts", name)
+        if facts.get("storage") == "lvm":
+            raise UsageError("moving a guest on STORAGE=lvm is not supported yet")
+        if target is None:
+            choice = choose(pool, Need.of_facts(facts), _size_mb(facts), exclude={source})
+            target = choice.host
+            say(f"placement: {choice.reason}")
+    if target is None or target == source:
+        raise UsageError(f"guest {name} is on {source} already: name another --dst_host")
+    dst = pool.remote(target)
+    report = MoveReport(name, source, target, placement=choice)
+    with journalled(inventory, "move", name, source=source, target=target, env=env) as (
+        journal,
+        resumed,
+    ):
+        report.resumed = resumed
+        move = _Move(pool, store, name, src, dst, journal, report, progress)
+        stopped_at = None
+        if stage == COMMITTED:
+            report.running = _recorded_running(unfinished)
+        else:
+            stopped_at = _transfer(move, facts, stage, one_step=one_step, unfinished=unfinished)
+        _finish(move, stopped_at)
+        store.drop_relay(name)
+    report.seconds = time.monotonic() - started
+    return report
+
+
+def _recorded_hosts(
+    entry: JournalEntry, source: str | None, target: str | None
+) -> tuple[str | None, str | None]:
+    """The hosts of an unfinished move, which a re-run must not contradict."""
+    for given, recorded in ((source, entry.source), (target, entry.target)):
+        if given is not None and recorded is not None and given != recorded:
+            raise StateError(
+                f"a move of {entry.guest} from {entry.source} to {entry.target} did not finish"
+                f" (step {entry.step}): run vs-move --name {entry.guest} again to finish it"
+            )
+    return entry.source, entry.target
+
+
+def _recorded_running(entry: JournalEntry | None) -> bool:
+    """Whether the guest ran when the killed move stopped it (recorded at its stop)."""
+    if entry is None or not entry.detail:
+        return False
+    try:
+        return bool(json.loads(entry.detail).get("running"))
+    except (ValueError, AttributeError):
+        return False
+
+
+def _size_mb(facts: dict[str, Any]) -> int:
+    return max(1, int(facts.get("disk_used_mb") or 0) + 1)
+
+
+def _transfer(
+    move: _Move,
+    facts: dict[str, Any],
+    stage: str,
+    *,
+    one_step: bool,
+    unfinished: JournalEntry | None,
+) -> float | None:
+    """Everything up to a verified copy at the destination, the guest held and stopped at its
+    source; rolled back on failure. When the guest was stopped (monotonic clock), if by this
+    run."""
+    name, src, dst, journal, report = move.name, move.src, move.dst, move.journal, move.report
+    # Whether it ran when the move began: recorded then, since a re-run may find it stopped.
+    running = bool(facts.get("running")) if stage == EARLY else _recorded_running(unfinished)
+    report.running = running
+    paths = src.call("paths")
+    root = str(Path(paths["root_dir"]) / name)
+    conf_dir = str(Path(paths["guests_conf_dir"]) / name)
+    stopped_at = None
+    try:
+        if stage == EARLY:
+            journal.at("preflight")
+            preflight(dst, Need.of_facts(facts), _size_mb(facts))
+        journal.at("prepare", json.dumps({"running": running}))
+        move.places = dst.call("receive_begin", name, str(facts["disk_limit_mb"]))
+        if stage == EARLY and running and not one_step:
+            previous = None
+            for _ in range(MAX_LIVE_PASSES):
+                journal.at("live pass")
+                moved = move.live_pass(root, str(facts.get("storage")))
+                report.live_passes.append(moved)
+                if moved <= SETTLED_BYTES or (previous is not None and moved >= previous):
+                    break
+                previous = moved
+        journal.at("hold")
+        src.call("move_hold", name, dst.host)
+        journal.at("stop")
+        if src.call("guest_facts", name).get("running"):
+            asked = time.monotonic()
+            src.run(["vs-control", "--name", name, "--stop"])
+            stopped_at = time.monotonic()
+            report.shutdown_s = stopped_at - asked
+        journal.at("final pass")
+        report.final_bytes = move.root_pass(root, live=False)
+        move.conf_pass(conf_dir)
+        journal.at("verify")
+        move.verify(root, conf_dir)
+    except VSError as exc:
+        _roll_back(move, running, exc)
+    return stopped_at
+
+
+def _roll_back(move: _Move, running: bool, exc: VSError) -> None:
+    """After a failure before the destination was committed: release the guest at its source
+    and start it again if it ran; what the destination received is removed if it answers.
+    Raises ``exc`` saying it was rolled back, or RollbackError."""
+    name, src, dst = move.name, move.src, move.dst
+    problems = []
+    try:
+        src.call("move_release", name)
+        if running and not src.call("guest_facts", name).get("running"):
+            src.run(["vs-control", "--name", name, "--start"])
+    except VSError as again:
+        problems.append(str(again))
+    try:
+        dst.call("receive_abort", name)
+    except VSError:
+        move.report.notes.append(
+            f"{dst.host} keeps what it received of {name} (.{name}.receiving): the next copy"
+            f" there resumes it; vs-fonctions receive_abort {name} there removes it"
+        )
+    if problems:
+        raise RollbackError(
+            f"{exc}; rolling back failed too: {'; '.join(problems)}: look at {src.host}"
+        ) from exc
+    state = "runs" if running else "stays"
+    rolled = VSError(f"{exc}; rolled back: {name} {state} on {src.host}")
+    rolled.exit_code = exc.exit_code
+    raise rolled from exc
+
+
+def _undo_commit(move: _Move, exc: VSError) -> None:
+    """The guest did not start at its destination: remove it there, release it at its source
+    and start it there again. Raises ``exc`` saying so, or RollbackError."""
+    name, src, dst = move.name, move.src, move.dst
+    try:
+        dst.run(["vs-remove", "--name", name, "--force", "--yes"])
+        move.journal.at("rolled back")
+    except VSError as again:
+        raise RollbackError(
+            f"{exc}; removing {name} from {dst.host} failed too ({again}): it stays held on"
+            f" {src.host}; look at both, then run vs-move again"
+        ) from exc
+    _roll_back(move, move.report.running, exc)
+
+
+def _finish(move: _Move, stopped_at: float | None) -> None:
+    """Put the verified copy in place at the destination, start it there if it ran, then put
+    the source copy aside and remove it. Each step is taken again safely."""
+    name, src, dst, journal, report = move.name, move.src, move.dst, move.journal, move.report
+    journal.at("commit")
+    dst.call("receive_commit", name)
+    journal.at("start")
+    if report.running and not dst.call("guest_facts", name).get("running"):
+        try:
+            dst.run(["vs-control", "--name", name, "--start"])
+        except VSError as exc:
+            _undo_commit(move, exc)
+    if stopped_at is not None:
+        report.stopped_s = time.monotonic() - stopped_at
+    journal.at("keep")
+    src.call("move_keep", name)
+    journal.at("drop")
+    src.call("move_drop", name)
