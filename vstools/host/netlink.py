@@ -1,4 +1,5 @@
-"""The one door to netlink (pyroute2) and to the per-namespace network sysctls.
+"""The one door to netlink (pyroute2), to the per-namespace network sysctls, and to the link
+layer (gratuitous ARP on a packet socket).
 
 One socket per network namespace, opened once and reused: ``Netns()`` talks to the namespace
 the process is in (the host's), ``Netns(pid=P)`` to the namespace of process P (a guest's init),
@@ -13,6 +14,8 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import socket
+import struct
 from collections.abc import Iterator
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from typing import Any
@@ -24,6 +27,7 @@ MAIN_TABLE = 254
 ANY_ADDRESS = str(IPv4Address(0))  # what a route or rule without RTA_DST/FRA_SRC covers
 RT_PROTO_STATIC = 4
 NTF_PROXY = 0x08  # <linux/neighbour.h>: a proxy (ARP) entry
+ETH_P_ARP = 0x0806
 
 
 def _iproute() -> Any:
@@ -275,6 +279,21 @@ class Netns:
 
     # -- proxy neighbours ----------------------------------------------------------------------
 
+    def announce(self, ip: IPv4Address, dev: str) -> None:
+        """Tell the neighbours on ``dev`` that ``ip`` is reached through its MAC address: a
+        gratuitous ARP request then reply (RFC 5227 announcements), so a router or a peer that
+        still has the address at another host (a guest moved here) updates its cache at once.
+        arping cannot do this (it binds to the address, which is the guest's, not this
+        host's), so the frames are built here and sent on a packet socket."""
+        index = self.require(dev)
+        mac = bytes.fromhex(str(self.ipr.get_links(index)[0].get("IFLA_ADDRESS")).replace(":", ""))
+        frames = [gratuitous_arp(mac, ip, op) for op in (1, 2)]
+        context = entered(self.pid) if self.pid is not None else contextlib.nullcontext()
+        with context, socket.socket(socket.AF_PACKET, socket.SOCK_RAW) as raw:
+            raw.bind((dev, ETH_P_ARP))
+            for frame in frames:
+                raw.send(frame)
+
     def proxy_exists(self, ip: IPv4Address, dev: str) -> bool:
         """True when ``dev`` has a proxy ARP entry for ``ip``; False when ``dev`` does not exist."""
         index = self.index(dev)
@@ -300,6 +319,15 @@ class Netns:
             return
         with _refused(f"deleting proxy ARP for {ip} on {dev}"):
             self.ipr.neigh("del", dst=str(ip), ifindex=index, flags=NTF_PROXY)
+
+
+def gratuitous_arp(mac: bytes, ip: IPv4Address, op: int) -> bytes:
+    """A broadcast Ethernet frame carrying an ARP request (``op`` 1) or reply (2) in which
+    ``ip`` is at ``mac``, sender and target alike (pure)."""
+    broadcast = b"\xff" * 6
+    arp = struct.pack("!HHBBH6s4s6s4s", 1, 0x0800, 6, 4, op, mac, ip.packed,
+                      broadcast if op == 2 else bytes(6), ip.packed)  # fmt: skip
+    return broadcast + mac + struct.pack("!H", ETH_P_ARP) + arp
 
 
 def _sysctl_path(key: str) -> str:

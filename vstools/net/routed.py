@@ -187,6 +187,10 @@ def route_up(host: Netns, plan: NetPlan) -> None:
     )
     host.rule_add(plan.network, plan.table, priority=plan.table)
     host.proxy_add(plan.ip, plan.uplink)
+    try:  # a guest that ran elsewhere a moment ago (vs-move): neighbours learn it is here
+        host.announce(plan.ip, plan.uplink)
+    except OSError as exc:
+        log.warning("announcing %s on %s: %s", plan.ip, plan.uplink, exc)
 
 
 def route_down(host: Netns, registry: Registry, plan: NetPlan) -> None:
