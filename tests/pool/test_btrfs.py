@@ -1,0 +1,79 @@
+"""The pool with a btrfs slave (STORAGE=btrfs, its /var/lib/vservers a btrfs file system on a
+loop device mounted in its own mount namespace): a guest moved onto it arrives as a subvolume
+with every attribute; a running guest there is read from a read-only snapshot (vs-get,
+vs-move), and nothing of the snapshots or of the moved guest is left behind."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.pool.test_copy import _create, describe_tree, fidelity_tree
+from tests.poolhosts import Pool, PoolHost, stop_guests
+
+pytestmark = [pytest.mark.privileged, pytest.mark.e2e]
+
+
+@pytest.fixture
+def btrfs_slave(pool: Pool, tmp_path: Path, run_prefix: str) -> Iterator[PoolHost]:
+    """vsh-02 with STORAGE=btrfs: a 1 GiB btrfs on a loop device over its /var/lib/vservers."""
+    host = pool.slave("vsh-02")
+    image = tmp_path / f"{run_prefix}-pool-btrfs.img"
+    with open(image, "wb") as handle:
+        handle.truncate(1 << 30)
+    device = subprocess.run(["losetup", "--find", "--show", str(image)], check=True,
+                            capture_output=True, text=True).stdout.strip()  # fmt: skip
+    try:
+        subprocess.run(["mkfs.btrfs", "-q", device], check=True, capture_output=True)
+        host.run("mount", device, "/var/lib/vservers")
+        try:
+            host.run("btrfs", "quota", "enable", "/var/lib/vservers")
+            with open(host.base / "etc" / "create.conf", "a") as create:
+                create.write("STORAGE=btrfs\n")
+            yield host
+        finally:
+            stop_guests(host)
+            if host.run("umount", "/var/lib/vservers", check=False).returncode != 0:
+                host.run("umount", "--lazy", "/var/lib/vservers", check=False)
+    finally:
+        subprocess.run(["losetup", "--detach", device], check=False)
+        image.unlink()
+
+
+def _roots(host: PoolHost) -> list[str]:
+    return sorted(os.listdir(host.inside("/var/lib/vservers")))
+
+
+def test_a_guest_moves_onto_btrfs_and_is_read_from_snapshots_there(
+    pool: Pool, btrfs_slave: PoolHost
+) -> None:
+    one, two, three = pool.slave("vsh-01"), btrfs_slave, pool.slave("vsh-03")
+    source = _create(one)
+    fidelity_tree(source)
+    expected = describe_tree(source / "root" / "d1")
+    one.run("vs-control", "--name", "web", "--start")
+    pool.master.run("vs-move", "--name", "web", "--dst_host", "vsh-02")
+    arrived = two.inside("/var/lib/vservers/web")
+    assert arrived.stat().st_ino == 256  # a subvolume
+    assert describe_tree(arrived / "root" / "d1") == expected
+    assert "STORAGE=btrfs" in (two.base / "guests" / "web" / "guest.conf").read_text()
+    assert two.state("web") is not None
+    # A running guest on btrfs is read from a read-only snapshot, dropped afterwards.
+    got = pool.master.run("vs-get", "--name", "web").stdout.strip().split(":")
+    assert got[4] == "from a snapshot"
+    stored = pool.master.base / "state" / "pool" / "store" / "web" / "root" / "root" / "d1"
+    assert describe_tree(stored) == expected
+    moved = pool.master.run("vs-move", "--name", "web", "--dst_host", "vsh-03")
+    assert "passes while it ran" in moved.stderr
+    assert describe_tree(three.base / "roots" / "web" / "root" / "d1") == expected
+    assert three.state("web") is not None
+    # Nothing left on the btrfs slave: no subvolume, no snapshot, no NAME.moved.
+    leftovers = [n for n in _roots(two) if n != ".snapshots"]
+    assert leftovers == []
+    snapshots = two.inside("/var/lib/vservers/.snapshots")
+    assert not snapshots.exists() or os.listdir(snapshots) == []
+    assert "web" not in two.run("btrfs", "subvolume", "list", "/var/lib/vservers").stdout
