@@ -3,6 +3,7 @@ library", so a shell script (or the master, over SSH) can call exactly these and
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +25,14 @@ from vstools.host.hostconfig import (
     load_guest,
     load_networks,
     load_settings,
+)
+from vstools.pool.push import (
+    push_allow,
+    push_copy,
+    push_drop,
+    push_key,
+    push_revoke,
+    rsync_receive,
 )
 from vstools.storage.base import check_tag
 from vstools.storage.select import guest_storage
@@ -169,6 +178,37 @@ def _move_drop(env: Env, name: str) -> dict[str, str]:
     return drop_moved(HostConfig.load(env), name)
 
 
+def _push_key(env: Env, name: str, target: str) -> dict[str, str]:
+    return push_key(HostConfig.load(env), name, target)
+
+
+def _push_drop(env: Env, name: str) -> str:
+    return push_drop(HostConfig.load(env), name)
+
+
+def _push_allow(env: Env, name: str, public_key: str, source: Any) -> dict[str, str]:
+    return push_allow(HostConfig.load(env), name, public_key, str(source))
+
+
+def _rsync_receive(env: Env, name: str) -> None:
+    rsync_receive(HostConfig.load(env), name)
+
+
+def _push_revoke(env: Env, name: str) -> str:
+    return push_revoke(HostConfig.load(env), name)
+
+
+def _push_copy(env: Env, name: str, what: str, options: dict[str, Any]) -> dict[str, Any]:
+    return push_copy(HostConfig.load(env), name, what, options)
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    value = json.loads(text)
+    if not isinstance(value, dict):
+        raise ValueError("expected a JSON object")
+    return value
+
+
 def _check_room(env: Env, size_mb: int) -> dict[str, Any]:
     return check_room(HostConfig.load(env), size_mb)
 
@@ -289,6 +329,43 @@ REGISTRY: dict[str, Function] = {
             _move_drop,
             (Param("name", parse_guest_name),),
             "remove what move_keep put aside",
+        ),
+        Function(
+            "push_key",
+            _push_key,
+            (Param("name", parse_guest_name), Param("target", parse_host)),
+            "source of a move: a one-time key pair to copy NAME to TARGET, and this host's address",
+        ),
+        Function(
+            "push_drop",
+            _push_drop,
+            (Param("name", parse_guest_name),),
+            "source of a move: remove its one-time key pair",
+        ),
+        Function(
+            "push_allow",
+            _push_allow,
+            (Param("name", parse_guest_name), Param("public_key"), Param("source", parse_ipv4)),
+            "destination of a move: let the key in from SOURCE, write-only, into NAME's place",
+        ),
+        Function(
+            "rsync_receive",
+            _rsync_receive,
+            (Param("name", parse_guest_name),),
+            "destination of a move, as the one-time key's forced command: become the rsync"
+            " that writes into NAME's place (SSH_ORIGINAL_COMMAND checked first)",
+        ),
+        Function(
+            "push_revoke",
+            _push_revoke,
+            (Param("name", parse_guest_name),),
+            "destination of a move: remove the one-time key of NAME",
+        ),
+        Function(
+            "push_copy",
+            _push_copy,
+            (Param("name", parse_guest_name), Param("what"), Param("options", _json_object)),
+            "source of a move: rsync NAME's root (or snapshot:TAG) straight to the destination",
         ),
         Function(
             "check_room",

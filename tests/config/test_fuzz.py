@@ -301,7 +301,7 @@ def _value_for(key: str) -> st.SearchStrategy[str]:
         return VALUES["count"]
     if key.endswith("THRESHOLD") or key.endswith("HYSTERESIS"):
         return VALUES["pct"]
-    if key.endswith(("_DIR", "_SOCKET", "_KEY", "_HOSTS", "TEMPLATE", "INIT")):
+    if key.endswith(("_DIR", "_SOCKET", "_KEY", "_KEYS", "_HOSTS", "TEMPLATE", "INIT")):
         return VALUES["path"]
     return VALUES["bool"]
 

@@ -54,7 +54,7 @@ def test_rsync_keeps_every_attribute_and_honours_the_slave_options() -> None:
     ssh = shlex.split(argv[argv.index("-e") + 1])
     assert ssh[0] == "ssh" and _settings(ssh)["BatchMode"] == "yes"
     assert argv[-2:] == ["vsh-01:/var/lib/vservers/web/", "/store/.web.partial/root/"]
-    quiet = build_rsync_argv("a/", "b/", delete=False, partial_dir=None, progress=False)
+    quiet = build_rsync_argv("a/", "b/", delete=False, partial=False, progress=False)
     assert quiet == ["rsync", "-aHAXS", "--numeric-ids", "a/", "b/"]
 
 

@@ -73,7 +73,9 @@ def test_a_running_guest_moves_with_a_short_printed_stop_and_loses_nothing(pool:
     # trips of the stop and of the start lie between the two.
     assert abs(measured - stopped) <= 1.0, (stopped, measured, moved.stderr)
     assert float(got["seconds"]) >= stopped
-    assert "passes while it ran" in moved.stderr and "relayed through the master" in moved.stderr
+    assert (
+        "passes while it ran" in moved.stderr and "straight from vsh-01 to vsh-02" in moved.stderr
+    )
     assert _running(pool) == ["vsh-02"]
     assert one.guests() == [] and sorted(os.listdir(one.base / "roots")) == []
     # D2: what the writer wrote up to the stop is all there, in order, nothing lost.
@@ -192,3 +194,51 @@ def test_all_empties_a_slave_and_placement_chooses(pool: Pool) -> None:
     assert one.guests() == []
     assert pool.master.run("vs-scan").stdout.splitlines() == [
         "vsh-02:db:disabled:stopped", "vsh-02:web:disabled:running"]  # fmt: skip
+
+
+# ---- the one-time key of a straight copy ------------------------------------------------------
+
+
+def _authorized(host: PoolHost) -> str:
+    return (host.base / "ssh" / "authorized_keys").read_text()
+
+
+def test_the_one_time_key_writes_only_there_only_from_the_source_and_goes_away(
+    pool: Pool,
+) -> None:
+    one, two, three = pool.slave("vsh-01"), pool.slave("vsh-02"), pool.slave("vsh-03")
+    _create(one)
+    _killed(pool.master, "move:final pass", "vs-move", "--name", "web", "--dst_host", "vsh-02")
+    line = next(x for x in _authorized(two).splitlines() if "vs-tools-push:web" in x)
+    assert line.startswith('restrict,from="198.18.0.11",expiry-time="')
+    assert line.split('command="', 1)[1].startswith("/") and 'rsync_receive web"' in line
+    key = "/run/vs-tools/pool/push/web/key"
+    ssh = ["ssh", "-i", key, "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",
+           "-o", "UserKnownHostsFile=/dev/null", "vsh-02"]  # fmt: skip
+    # As the source: no shell, no other command, no reading back.
+    shell = one.run(*ssh, "id; cat /etc/shadow", check=False)
+    assert "uid=0" not in shell.stdout and shell.returncode != 0
+    read = one.run("rsync", "-e", " ".join(ssh[:-1]), "vsh-02:./", "/tmp/vst-read/", check=False)
+    assert read.returncode != 0 and "refused: rsync --server --sender" in read.stderr
+    # Another host with the same key: refused by from=.
+    three.run("mkdir", "-p", "/run/vs-tools/pool/push/web")
+    three.run("cp", f"/proc/{one.pid}/root{key}", key)
+    other = three.run(*ssh, "true", check=False)
+    assert other.returncode == 255 and "Permission denied" in other.stderr
+    # Run again: the move finishes and the key is gone from both sides.
+    pool.master.run("vs-move", "--name", "web")
+    assert "vs-tools-push" not in _authorized(two)
+    assert not one.inside("/run/vs-tools/pool/push/web").exists()
+
+
+def test_a_source_that_cannot_reach_the_destination_relays_and_says_why(pool: Pool) -> None:
+    one = pool.slave("vsh-01")
+    _create(one)
+    one.run("ip", "route", "add", "blackhole", "198.18.0.12/32")
+    try:
+        moved = pool.master.run("vs-move", "--name", "web", "--dst_host", "vsh-02")
+    finally:
+        one.run("ip", "route", "del", "blackhole", "198.18.0.12/32")
+    assert "relayed through the master (no straight path from vsh-01 to vsh-02" in moved.stderr
+    assert pool.slave("vsh-02").guests() == ["web"]
+    assert "vs-tools-push" not in _authorized(pool.slave("vsh-02"))

@@ -124,7 +124,7 @@ def _say(ctx: Context, report: MoveReport) -> None:
         f"{len(report.live_passes)} passes while it ran ({passes} MB)" if passes else "",
         f"final pass {report.final_bytes / (1 << 20):.1f} MB",
         _stopped(report),
-        HOW,
+        report.how or HOW,
     ]
     print(f"vs-move: {report.name}: " + "; ".join(x for x in lines if x), file=ctx.stderr)
     for note in report.notes:

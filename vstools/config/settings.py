@@ -81,6 +81,7 @@ class Settings(KeyValueFile):
     ssh_key: str | None = None
     ssh_known_hosts: str | None = None
     ssh_timeout_s: int = 10
+    ssh_authorized_keys: str = "/root/.ssh/authorized_keys"
     backup_dir: str | None = None
     backup_keep: int = 7
     cgroup_parent: str = "vs-tools"
@@ -119,6 +120,12 @@ class Settings(KeyValueFile):
             "ssh_timeout_s",
             _ssh_timeout,
             doc="seconds to reach a slave before it counts as unreachable",
+        ),
+        Field(
+            "SSH_AUTHORIZED_KEYS",
+            "ssh_authorized_keys",
+            parse_abs_path,
+            doc="on a slave: the sshd authorized_keys file a move's one-time key is added to",
         ),
         Field("BACKUP_DIR", "backup_dir", parse_abs_path),
         Field("BACKUP_KEEP", "backup_keep", count),

@@ -40,6 +40,8 @@ class SshOptions:
     alive_interval_s: int = 5
     alive_count: int = 3  # keep-alives without an answer before ssh gives up
     config_file: str | None = None  # ssh -F; None: the usual ssh_config
+    port: int | None = None  # None: ssh_config's, or 22
+    host_key_alias: str | None = None  # the name the host key is looked up by
 
 
 def build_ssh_argv(options: SshOptions, host: str, remote: Sequence[str] = ()) -> list[str]:
@@ -70,6 +72,10 @@ def ssh_option_args(options: SshOptions) -> list[str]:
     if options.key:
         args += ["-i", options.key]
         settings["IdentitiesOnly"] = "yes"
+    if options.port is not None:
+        args += ["-p", str(options.port)]
+    if options.host_key_alias:
+        settings["HostKeyAlias"] = options.host_key_alias
     if options.control_dir is not None:
         settings |= {
             "ControlMaster": "auto",
@@ -206,6 +212,43 @@ class Remote:
         raise RemoteError(f"{self.host}: {message}", code)
 
 
+def resolve(options: SshOptions, host: str) -> tuple[str, int]:
+    """The address and port ssh reaches ``host`` at, as ssh_config makes them (``ssh -G``)."""
+    done = run_argv(["ssh", *ssh_option_args(options), "-G", host], timeout_s=10)
+    found = dict(line.split(" ", 1) for line in done.stdout.splitlines() if " " in line)
+    if done.code != 0 or "hostname" not in found:
+        raise HostError(f"ssh -G {host} failed: {done.reason()}")
+    return found["hostname"], int(found.get("port", "22"))
+
+
+def known_host_lines(known_hosts: str, host: str) -> str:
+    """The lines of ``known_hosts`` for ``host`` (hashed entries included), for another
+    machine to check that host's key by the same name (HostKeyAlias)."""
+    done = run_argv(["ssh-keygen", "-F", host, "-f", known_hosts], timeout_s=10)
+    lines = [line for line in done.stdout.splitlines() if line and not line.startswith("#")]
+    if not lines:
+        raise NotFoundError(f"{known_hosts} has no host key for {host}")
+    return "".join(f"{line}\n" for line in lines)
+
+
+def keygen_argv(path: str, comment: str) -> list[str]:
+    """ssh-keygen making an ed25519 key pair without a passphrase at ``path``."""
+    return ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", path]
+
+
+def authorized_key_line(
+    public_key: str, *, source: str, command: str, comment: str, expires: str
+) -> str:
+    """An authorized_keys line for a one-time copy key: no terminal, forwarding or agent
+    (``restrict``), usable only from ``source``, only until ``expires`` (YYYYMMDDHHMM, UTC),
+    and only to run ``command`` whatever the client asks."""
+    kind, blob = public_key.split()[:2]
+    if any(c in command for c in '"\\\n'):
+        raise ValueError(f"unsafe forced command for an authorized_keys line: {command!r}")
+    options = f'restrict,from="{source}",expiry-time="{expires}Z",command="{command}"'
+    return f"{options} {kind} {blob} {comment}\n"
+
+
 # -- rsync ---------------------------------------------------------------------------------------
 
 _PROGRESS = re.compile(r"([\d,]+)\s+(\d+)%\s+(\S+/s)\s+(\S+)")
@@ -260,7 +303,7 @@ def build_rsync_argv(
     delete: bool = True,
     bwlimit_kib: int | None = None,
     compress: bool = False,
-    partial_dir: str | None = ".vs-partial",
+    partial: bool = True,
     extra: Sequence[str] = (),
     rsync_path: str | None = None,
     progress: bool = True,
@@ -273,8 +316,11 @@ def build_rsync_argv(
         argv += ["--info=progress2", "--no-inc-recursive"]
     if delete:
         argv.append("--delete")
-    if partial_dir:
-        argv += ["--partial", f"--partial-dir={partial_dir}"]
+    if partial:
+        # A file cut halfway is kept where it goes, so a resumed pass sends only its rest. No
+        # --partial-dir: rsync would skip every directory of that name in the guest's files,
+        # and a copy is never taken for complete before it is verified by checksums anyway.
+        argv.append("--partial")
     if bwlimit_kib:
         argv.append(f"--bwlimit={bwlimit_kib}")
     if compress:

@@ -10,8 +10,10 @@ move converges to one complete copy running where it should; it never runs twice
 source refuses to start). A failure before the destination runs rolls back: what the
 destination received is removed and the guest runs again at its source.
 
-Files go through the master (its store's ``.NAME.relay``): the slaves need no trust between
-them."""
+The root goes straight from the source slave to the destination, with a key made for this copy
+only and removed after it (vstools.pool.direct); where the source cannot reach the destination,
+through the master (its store's ``.NAME.relay``), and the summary says which. The
+configuration directory, a few small files, always goes through the master."""
 
 from __future__ import annotations
 
@@ -23,8 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from vstools.config.pool import Slave
-from vstools.errors import RollbackError, StateError, UsageError, VSError
+from vstools.errors import HostError, RollbackError, StateError, UsageError, VSError
 from vstools.host.ssh import Remote
+from vstools.pool.direct import DirectPath, NoDirectPath
 from vstools.pool.inventory import Inventory, JournalEntry
 from vstools.pool.locate import locate
 from vstools.pool.ops import SNAPSHOT_TAG, Journal, journalled, preflight, remote_dir
@@ -36,6 +39,7 @@ from vstools.pool.transfer import ProgressCallback, copy, verified
 MAX_LIVE_PASSES = 4  # passes while the guest runs, at most (P.Haul bounds its iterations too)
 SETTLED_BYTES = 8 << 20  # a live pass that moved no more than this is followed by the stop
 HOW = "relayed through the master"
+STRAIGHT = "straight from {src} to {dst}"
 
 EARLY, STOPPED, COMMITTED = "early", "stopped", "committed"
 _STAGE_OF = {
@@ -65,6 +69,7 @@ class MoveReport:
     running: bool = False
     resumed: str | None = None
     placement: Choice | None = None
+    how: str = ""  # the way the files went
     notes: list[str] = field(default_factory=list)
 
 
@@ -87,22 +92,49 @@ class _Move:
     report: MoveReport
     progress: ProgressCallback | None
     places: dict[str, str] = field(default_factory=dict)  # where the destination receives it
+    direct: DirectPath | None = None  # the source pushes straight to the destination
+
+    def open_direct(self) -> None:
+        """Try the straight path (a one-time key); the relay when it cannot even be set up."""
+        try:
+            self.direct = DirectPath.open(self.pool, self.src, self.dst, self.name)
+        except VSError as exc:
+            self.relay_instead(f"no straight path from {self.src.host} to {self.dst.host}: {exc}")
+
+    def relay_instead(self, why: str) -> None:
+        """From now on, files go through the master; the report says why."""
+        if self.direct is not None:
+            self.close_direct()
+        self.report.how = f"{HOW} ({why})"
+
+    def close_direct(self) -> None:
+        """Remove the one-time key on both slaves."""
+        if self.direct is not None:
+            self.direct.close()
+            self.report.notes += self.direct.notes
+            self.direct = None
 
     def live_pass(self, root: str, storage: str) -> int:
         """One pass while the guest runs, from a snapshot where its storage has them."""
-        source = root
         snapshot = storage == "btrfs"
+        source, what = root, "root"
         if snapshot:
             source = self.src.call("snapshot_take", self.name, SNAPSHOT_TAG)
+            what = f"snapshot:{SNAPSHOT_TAG}"
         try:
-            return self.root_pass(source, live=not snapshot)
+            return self.root_pass(what, source, live=not snapshot)
         finally:
             if snapshot:
                 self.src.call("snapshot_drop", self.name, SNAPSHOT_TAG)
 
-    def root_pass(self, source: str, *, live: bool) -> int:
-        """Copy the root from ``source`` on the source slave to the destination's place, through
-        the relay; the bytes that changed at the source."""
+    def root_pass(self, what: str, source: str, *, live: bool) -> int:
+        """Copy the root (``what``, at ``source`` on the source slave) to the destination's
+        place, straight or through the relay; the bytes that changed at the source."""
+        if self.direct is not None:
+            try:
+                return self.direct.push(what, live=live)
+            except NoDirectPath as exc:
+                self.relay_instead(str(exc))
         relay = self.store.relay(self.name) / "root"
         first = copy(remote_dir(self.src, source), f"{relay}/", slave=self.slave(self.src),
                      ssh=self.pool.options, live=live, progress=self.progress)  # fmt: skip
@@ -119,10 +151,14 @@ class _Move:
              ssh=self.pool.options)  # fmt: skip
 
     def verify(self, root: str, conf_dir: str) -> None:
-        """Both hops checked file by file (checksums); what differs is copied again."""
+        """Every file checked on both sides (checksums); what differs is copied again."""
         relay = self.store.relay(self.name)
-        for origin, local, there in ((root, relay / "root", self.places["root"]),
-                                     (conf_dir, relay / "conf", self.places["conf"])):  # fmt: skip
+        checks = [(conf_dir, relay / "conf", self.places["conf"])]
+        if self.direct is not None:
+            self.verify_direct(self.direct)
+        else:
+            checks.insert(0, (root, relay / "root", self.places["root"]))
+        for origin, local, there in checks:
             for source, target, slave in (
                 (remote_dir(self.src, origin), f"{local}/", self.src),
                 (f"{local}/", remote_dir(self.dst, there), self.dst),
@@ -132,6 +168,19 @@ class _Move:
                                     ssh=self.pool.options, what=what)  # fmt: skip
                 if repaired:
                     self.report.notes.append(f"{repaired} files found different and copied again")
+
+    def verify_direct(self, direct: DirectPath) -> None:
+        """The root at the destination against the source's, by checksums; repaired once."""
+        found = direct.differences("root")
+        if not found:
+            return
+        direct.push("root", checksum=True)
+        still = direct.differences("root")
+        if still:
+            shown = "; ".join(still[:5])
+            raise HostError(f"what {self.dst.host} received of {self.name} does not match its"
+                            f" source, even copied again: {shown}")  # fmt: skip
+        self.report.notes.append(f"{len(found)} files found different and copied again")
 
     def slave(self, remote: Remote) -> Slave:
         """slaves.conf's entry of ``remote`` (its bwlimit and compress)."""
@@ -244,6 +293,8 @@ def _transfer(
             preflight(dst, Need.of_facts(facts), _size_mb(facts))
         journal.at("prepare", json.dumps({"running": running}))
         move.places = dst.call("receive_begin", name, str(facts["disk_limit_mb"]))
+        report.how = STRAIGHT.format(src=src.host, dst=dst.host)
+        move.open_direct()
         if stage == EARLY and running and not one_step:
             previous = None
             for _ in range(MAX_LIVE_PASSES):
@@ -262,12 +313,14 @@ def _transfer(
             stopped_at = time.monotonic()
             report.shutdown_s = stopped_at - asked
         journal.at("final pass")
-        report.final_bytes = move.root_pass(root, live=False)
+        report.final_bytes = move.root_pass("root", root, live=False)
         move.conf_pass(conf_dir)
         journal.at("verify")
         move.verify(root, conf_dir)
     except VSError as exc:
+        move.close_direct()
         _roll_back(move, running, exc)
+    move.close_direct()
     return stopped_at
 
 

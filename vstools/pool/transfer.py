@@ -94,7 +94,7 @@ def differences(source: str, target: str, *, slave: Slave, ssh: SshOptions) -> l
         target,
         ssh=ssh,
         delete=True,
-        partial_dir=None,
+        partial=False,
         progress=False,
         extra=["--dry-run", "--checksum", "--itemize-changes"],
     )

@@ -1,0 +1,227 @@
+"""Copies straight from one slave to another (a move), without trust between them and without
+the master's agent: the source makes a key pair for this copy only; the destination lets that
+key in for this copy only: from the source's address, until a day has passed, with no terminal
+or forwarding, and only as an rsync that writes into the guest's receiving place (``rsync_receive``
+checks what is asked, rrsync-like, devices allowed); the key is
+removed on both sides when the copy is done (the master's vs-move does it, also on failure,
+and the next move of the guest removes one a killed run left). These functions run on the
+slaves (vs-fonctions); the master only passes public keys, an address and a host key."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import re
+import shlex
+import shutil
+import socket
+import sys
+from pathlib import Path
+from typing import Any
+
+from vstools.config.guest import GuestConf
+from vstools.config.values import parse_host
+from vstools.errors import NotFoundError, UsageError
+from vstools.guest.receive import receiving
+from vstools.host.fsutil import atomic_write, locked
+from vstools.host.hostconfig import HostConfig
+from vstools.host.run import become, run
+from vstools.host.ssh import (
+    RSYNC_VANISHED,
+    SshOptions,
+    authorized_key_line,
+    build_rsync_argv,
+    keygen_argv,
+    parse_progress,
+    run_argv,
+)
+from vstools.names import check_guest_name
+from vstools.storage.select import guest_storage
+
+KEY_LIFETIME = datetime.timedelta(days=1)  # expiry-time: a key a killed run left dies anyway
+# What the source's rsync may ask of the destination's (rsync --server, receiving): its short
+# options as rsync sends them (no 's': no protected args) and these long ones.
+_SHORT = re.compile(r"^-[ACDEHIJKLNORSUWXbcdgklmnopqrtuvxyz]*(e\d*\.\w*)?$")
+_LONG = re.compile(r"^--(delete|partial|numeric-ids|log-format=%i|bwlimit=\d+|compress-level=\d)$")
+
+
+def _comment(name: str) -> str:
+    return f"vs-tools-push:{check_guest_name(name)}"
+
+
+def _key_dir(host: HostConfig, name: str) -> Path:
+    return host.paths.run_dir / "pool" / "push" / check_guest_name(name)
+
+
+def push_key(host: HostConfig, name: str, target: str) -> dict[str, str]:
+    """On the source: a new key pair for copying ``name`` to ``target`` (an address), and the
+    address this host reaches it from (for the destination's ``from=``)."""
+    directory = _key_dir(host, name)
+    if directory.exists():
+        shutil.rmtree(directory)
+    directory.mkdir(mode=0o700, parents=True)
+    run(keygen_argv(str(directory / "key"), _comment(name)))
+    return {
+        "public_key": (directory / "key.pub").read_text().strip(),
+        "from": _address_towards(target),
+    }
+
+
+def _address_towards(target: str) -> str:
+    """This host's address on the way to ``target`` (no packet is sent)."""
+    try:
+        where = socket.getaddrinfo(target, 22, socket.AF_INET, socket.SOCK_DGRAM)[0][4]
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.connect(where)
+            return str(probe.getsockname()[0])
+    except OSError as exc:
+        raise NotFoundError(f"no way from here to {target}: {exc}") from None
+
+
+def push_drop(host: HostConfig, name: str) -> str:
+    """On the source: remove the copy's key pair."""
+    directory = _key_dir(host, name)
+    if directory.exists():
+        shutil.rmtree(directory)
+    return str(directory)
+
+
+def push_allow(host: HostConfig, name: str, public_key: str, source: str) -> dict[str, str]:
+    """On the destination: let ``public_key`` in from ``source``, for a day, only to write into
+    ``name``'s receiving place (receive_begin made it)."""
+    root = receiving(host, name)[0]
+    if not root.is_dir():
+        raise NotFoundError(f"nothing of guest {name} is being received here (receive_begin)")
+    expires = (datetime.datetime.now(datetime.UTC) + KEY_LIFETIME).strftime("%Y%m%d%H%M")
+    command = f"{_vs_fonctions()} rsync_receive {name}"
+    line = authorized_key_line(public_key, source=source, command=command,
+                               comment=_comment(name), expires=expires)  # fmt: skip
+    _rewrite_authorized_keys(host, name, line)
+    return {"root": str(root)}
+
+
+def rsync_receive(host: HostConfig, name: str, command: str | None = None) -> None:
+    """On the destination, as the copy key's forced command: check that the source asks for
+    an rsync that writes (never ``--sender``: nothing can be read back) with the options a
+    push uses, then become that rsync, writing into ``name``'s receiving place only. Not
+    rrsync: in a subdirectory it refuses device nodes, which a guest's root has."""
+    asked = shlex.split(
+        command if command is not None else os.environ.get("SSH_ORIGINAL_COMMAND", "")
+    )
+    root = receiving(host, name)[0]
+    if (
+        len(asked) < 4
+        or asked[:2] != ["rsync", "--server"]
+        or asked[-2:] not in ([".", "./"], [".", "."])
+    ):
+        raise UsageError(f"refused: {shlex.join(asked) or 'no command'} (only an rsync push)")
+    if "--sender" in asked:
+        raise UsageError("refused: rsync --server --sender (nothing can be read back from here)")
+    for option in asked[2:-2]:
+        if not (_SHORT.match(option) or _LONG.match(option)):
+            raise UsageError(f"refused: rsync option {option!r} (only those of a push)")
+    if not root.is_dir():
+        raise NotFoundError(f"nothing of guest {name} is being received here")
+    sys.stdout.flush()
+    become([*asked[:-2], ".", f"{root}/"], cwd=root)
+
+
+def _vs_fonctions() -> str:
+    """This very vs-fonctions, by its absolute path (a forced command has sshd's PATH)."""
+    running = Path(sys.argv[0])
+    if running.name == "vs-fonctions" and running.is_absolute():
+        return str(running)
+    found = shutil.which("vs-fonctions")
+    if found is None:
+        raise NotFoundError("vs-fonctions is not on the PATH")
+    return str(Path(found).absolute())
+
+
+def push_revoke(host: HostConfig, name: str) -> str:
+    """On the destination: remove the copy key of ``name`` (nothing if there is none)."""
+    _rewrite_authorized_keys(host, name, None)
+    return name
+
+
+def _rewrite_authorized_keys(host: HostConfig, name: str, line: str | None) -> None:
+    """authorized_keys without ``name``'s copy key, plus ``line`` if given; every other line,
+    the file's mode and its owner kept."""
+    path = Path(host.settings.ssh_authorized_keys)
+    with locked(host.paths.run_dir / "locks" / "authorized_keys.lock", what="a copy key",
+                timeout_s=30.0):  # fmt: skip
+        try:
+            text = path.read_text()
+            info = path.stat()
+        except FileNotFoundError:
+            if line is None:
+                return
+            text, info = "", None
+        comment = f" {_comment(name)}"
+        kept = [kept for kept in text.splitlines(keepends=True)
+                if not kept.rstrip("\n").endswith(comment)]  # fmt: skip
+        if kept and not kept[-1].endswith("\n"):
+            kept[-1] += "\n"
+        if line is not None:
+            kept.append(line)
+        new = "".join(kept)
+        if new == text:
+            return
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        atomic_write(path, new, mode=0o600 if info is None else info.st_mode & 0o7777)
+        if info is not None:
+            shutil.chown(path, info.st_uid, info.st_gid)
+
+
+def push_copy(host: HostConfig, name: str, what: str, options: dict[str, Any]) -> dict[str, Any]:
+    """On the source: rsync ``name``'s root (``what``: ``root``, or ``snapshot:TAG``) to its
+    receiving place at the destination, with the copy key. ``options``: ``target`` (its
+    address), ``port``, ``alias`` (the name its host key is checked by) and ``known_hosts``
+    (that key's lines), ``bwlimit`` (KiB/s), ``compress``, ``checksum`` (compare contents),
+    ``dry_run`` (list what differs, change nothing). Returns rsync's exit status, the bytes
+    moved, the differences listed and the reason of a failure: the master decides (255: this
+    host cannot reach the destination)."""
+    target, known_hosts = str(options["target"]), str(options["known_hosts"])
+    check_host(target)
+    directory = _key_dir(host, name)
+    if not (directory / "key").is_file():
+        raise NotFoundError(f"no copy key for guest {name} here (push_key)")
+    atomic_write(directory / "known_hosts", known_hosts, mode=0o600, durable=False)
+    ssh = SshOptions(key=str(directory / "key"), known_hosts=str(directory / "known_hosts"),
+                     connect_timeout_s=host.settings.ssh_timeout_s,
+                     alive_interval_s=max(1, host.settings.ssh_timeout_s // 3),
+                     port=int(options.get("port", 22)),
+                     host_key_alias=check_host(str(options["alias"])))  # fmt: skip
+    dry = bool(options.get("dry_run"))
+    extra = ["--dry-run", "--checksum", "--itemize-changes"] if dry else []
+    if options.get("checksum") and not dry:
+        extra.append("--checksum")
+    argv = build_rsync_argv(f"{_source(host, name, what)}/", f"{target}:./", ssh=ssh,
+                            bwlimit_kib=options.get("bwlimit"),
+                            compress=bool(options.get("compress")),
+                            partial=not dry, progress=not dry,
+                            extra=extra)  # fmt: skip
+    done = run_argv(argv, timeout_s=None)
+    figures = parse_progress(done.stdout) if not dry else None
+    return {
+        "code": done.code,
+        "vanished": done.code == RSYNC_VANISHED,
+        "bytes": figures.bytes if figures else 0,
+        "differences": [line for line in done.stdout.splitlines() if line.strip()] if dry else [],
+        "reason": done.reason(),
+    }
+
+
+def check_host(text: str) -> str:
+    """A host name or address, refused if it could be read as an option or a path."""
+    return parse_host(text)
+
+
+def _source(host: HostConfig, name: str, what: str) -> str:
+    """The directory a push reads: the guest's root, or one of its snapshots."""
+    if what == "root":
+        return str(host.paths.guest_root(check_guest_name(name)))
+    kind, _, tag = what.partition(":")
+    if kind != "snapshot" or not tag:
+        raise UsageError(f"what to copy is root or snapshot:TAG, not {what!r}")
+    conf: GuestConf = host.guest_conf(name)
+    return str(guest_storage(host, conf).snapshot_path(name, tag))
