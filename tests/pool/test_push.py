@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from vstools.config.settings import Settings
-from vstools.errors import UsageError
+from vstools.errors import NotFoundError, UsageError
 from vstools.host.hostconfig import HostConfig
 from vstools.paths import Paths
 from vstools.pool.push import rsync_receive
@@ -20,7 +20,9 @@ from vstools.pool.push import rsync_receive
         "",
         "id",
         "rsync --server --sender -logDtpre.iLsfxCIvu . ./",  # reading back
-        "rsync --server -logDtpre.iLsfxCIvu . /etc/",  # anywhere but its place
+        "rsync --server -logDtpre.iLsfxCIvu . /etc/",  # anywhere but its places
+        "rsync --server -logDtpre.iLsfxCIvu . ../",
+        "rsync --server -logDtpre.iLsfxCIvu . conf/../../",
         "rsync --server -logDtpre.iLsfxCIvu --log-file=/etc/x . ./",
         "rsync --server -s -logDtpre.iLsfxCIvu . ./",
         "sh -c 'rsync --server -a . ./'",
@@ -34,3 +36,13 @@ def test_the_copy_key_runs_only_an_rsync_that_writes_into_the_guests_place(
     (tmp_path / "roots" / ".web.receiving").mkdir(parents=True)
     with pytest.raises(UsageError, match="refused"):
         rsync_receive(host, "web", command)
+
+
+def test_a_push_is_told_apart_from_a_refusal_and_names_its_place(tmp_path: Path) -> None:
+    """What passes the checks reaches the exec only when the place exists: a missing place is
+    'not found', never a write elsewhere."""
+    paths = Paths(*(tmp_path / d for d in ("etc", "guests", "roots", "state", "run")))
+    host = HostConfig.given(paths, Settings())
+    (tmp_path / "roots" / ".web.receiving").mkdir(parents=True)
+    with pytest.raises(NotFoundError, match="being received"):
+        rsync_receive(host, "web", "rsync --server -logDtpre.iLsfxCIvu --numeric-ids . conf/")

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from vstools.config.pool import Slave
-from vstools.errors import HostError, RollbackError, StateError, UsageError, VSError
+from vstools.errors import RollbackError, StateError, UsageError, VSError
 from vstools.host.ssh import Remote
 from vstools.pool.direct import DirectPath, NoDirectPath
 from vstools.pool.inventory import Inventory, JournalEntry
@@ -93,6 +93,7 @@ class _Move:
     progress: ProgressCallback | None
     places: dict[str, str] = field(default_factory=dict)  # where the destination receives it
     direct: DirectPath | None = None  # the source pushes straight to the destination
+    verified: bool = False  # the final pass compared every file by content
 
     def open_direct(self) -> None:
         """Try the straight path (a one-time key); the relay when it cannot even be set up."""
@@ -150,15 +151,33 @@ class _Move:
         copy(f"{relay}/", remote_dir(self.dst, self.places["conf"]), slave=self.slave(self.dst),
              ssh=self.pool.options)  # fmt: skip
 
-    def verify(self, root: str, conf_dir: str) -> None:
-        """Every file checked on both sides (checksums); what differs is copied again."""
-        relay = self.store.relay(self.name)
-        checks = [(conf_dir, relay / "conf", self.places["conf"])]
+    def final_pass(self, root: str, conf_dir: str) -> int:
+        """The pass made while the guest is stopped, root and configuration; the bytes moved.
+        Straight: one call, every file compared by content, so the copy is verified as it is
+        made (what differed though its size and time did not is counted); relayed: each hop,
+        then ``verify``."""
         if self.direct is not None:
-            self.verify_direct(self.direct)
-        else:
-            checks.insert(0, (root, relay / "root", self.places["root"]))
-        for origin, local, there in checks:
+            try:
+                moved, repaired = self.direct.final()
+            except NoDirectPath as exc:
+                self.relay_instead(str(exc))
+            else:
+                if repaired:
+                    self.report.notes.append(f"{repaired} files found different and copied again")
+                self.verified = True
+                return moved
+        moved = self.root_pass("root", root, live=False)
+        self.conf_pass(conf_dir)
+        return moved
+
+    def verify(self, root: str, conf_dir: str) -> None:
+        """Every file checked on both sides of each hop of the relay (checksums); what differs
+        is copied again. Nothing left to do after a straight final pass."""
+        if self.verified:
+            return
+        relay = self.store.relay(self.name)
+        for origin, local, there in ((root, relay / "root", self.places["root"]),
+                                     (conf_dir, relay / "conf", self.places["conf"])):  # fmt: skip
             for source, target, slave in (
                 (remote_dir(self.src, origin), f"{local}/", self.src),
                 (f"{local}/", remote_dir(self.dst, there), self.dst),
@@ -168,19 +187,6 @@ class _Move:
                                     ssh=self.pool.options, what=what)  # fmt: skip
                 if repaired:
                     self.report.notes.append(f"{repaired} files found different and copied again")
-
-    def verify_direct(self, direct: DirectPath) -> None:
-        """The root at the destination against the source's, by checksums; repaired once."""
-        found = direct.differences("root")
-        if not found:
-            return
-        direct.push("root", checksum=True)
-        still = direct.differences("root")
-        if still:
-            shown = "; ".join(still[:5])
-            raise HostError(f"what {self.dst.host} received of {self.name} does not match its"
-                            f" source, even copied again: {shown}")  # fmt: skip
-        self.report.notes.append(f"{len(found)} files found different and copied again")
 
     def slave(self, remote: Remote) -> Slave:
         """slaves.conf's entry of ``remote`` (its bwlimit and compress)."""
@@ -235,7 +241,10 @@ def move_guest(
             report.running = _recorded_running(unfinished)
         else:
             stopped_at = _transfer(move, facts, stage, one_step=one_step, unfinished=unfinished)
-        _finish(move, stopped_at)
+        try:
+            _finish(move, stopped_at)
+        finally:
+            move.close_direct()  # after the start: not in the time the guest is stopped
         store.drop_relay(name)
     report.seconds = time.monotonic() - started
     return report
@@ -313,14 +322,12 @@ def _transfer(
             stopped_at = time.monotonic()
             report.shutdown_s = stopped_at - asked
         journal.at("final pass")
-        report.final_bytes = move.root_pass("root", root, live=False)
-        move.conf_pass(conf_dir)
+        report.final_bytes = move.final_pass(root, conf_dir)
         journal.at("verify")
         move.verify(root, conf_dir)
     except VSError as exc:
         move.close_direct()
         _roll_back(move, running, exc)
-    move.close_direct()
     return stopped_at
 
 
@@ -375,7 +382,9 @@ def _finish(move: _Move, stopped_at: float | None) -> None:
     journal.at("commit")
     dst.call("receive_commit", name)
     journal.at("start")
-    if report.running and not dst.call("guest_facts", name).get("running"):
+    # Stopped by this run, it cannot run there yet; a re-run asks.
+    fresh = stopped_at is not None
+    if report.running and (fresh or not dst.call("guest_facts", name).get("running")):
         try:
             dst.run(["vs-control", "--name", name, "--start"])
         except VSError as exc:

@@ -42,6 +42,11 @@ KEY_LIFETIME = datetime.timedelta(days=1)  # expiry-time: a key a killed run lef
 # What the source's rsync may ask of the destination's (rsync --server, receiving): its short
 # options as rsync sends them (no 's': no protected args) and these long ones.
 _SHORT = re.compile(r"^-[ACDEHIJKLNORSUWXbcdgklmnopqrtuvxyz]*(e\d*\.\w*)?$")
+# Where a push writes, as the source names it: the root's receiving place or the configuration's.
+_PLACES = {".": 0, "./": 0, "conf": 1, "conf/": 1}
+_TARGETS = {"root": "./", "conf": "conf/"}
+# --itemize-changes: a file sent (<) or received (>) though its size and time were the same.
+_CONTENT_ONLY = re.compile(r"^[<>]fc\.\.")
 _LONG = re.compile(r"^--(delete|partial|numeric-ids|log-format=%i|bwlimit=\d+|compress-level=\d)$")
 
 
@@ -108,22 +113,20 @@ def rsync_receive(host: HostConfig, name: str, command: str | None = None) -> No
     asked = shlex.split(
         command if command is not None else os.environ.get("SSH_ORIGINAL_COMMAND", "")
     )
-    root = receiving(host, name)[0]
-    if (
-        len(asked) < 4
-        or asked[:2] != ["rsync", "--server"]
-        or asked[-2:] not in ([".", "./"], [".", "."])
-    ):
+    if len(asked) < 4 or asked[:2] != ["rsync", "--server"] or asked[-2] != ".":
         raise UsageError(f"refused: {shlex.join(asked) or 'no command'} (only an rsync push)")
     if "--sender" in asked:
         raise UsageError("refused: rsync --server --sender (nothing can be read back from here)")
     for option in asked[2:-2]:
         if not (_SHORT.match(option) or _LONG.match(option)):
             raise UsageError(f"refused: rsync option {option!r} (only those of a push)")
-    if not root.is_dir():
+    if asked[-1] not in _PLACES:
+        raise UsageError(f"refused: a push into {asked[-1]!r} (only ./ and conf/)")
+    place = receiving(host, name)[_PLACES[asked[-1]]]
+    if not place.is_dir():
         raise NotFoundError(f"nothing of guest {name} is being received here")
     sys.stdout.flush()
-    become([*asked[:-2], ".", f"{root}/"], cwd=root)
+    become([*asked[:-2], ".", f"{place}/"], cwd=place)
 
 
 def _vs_fonctions() -> str:
@@ -173,13 +176,16 @@ def _rewrite_authorized_keys(host: HostConfig, name: str, line: str | None) -> N
 
 
 def push_copy(host: HostConfig, name: str, what: str, options: dict[str, Any]) -> dict[str, Any]:
-    """On the source: rsync ``name``'s root (``what``: ``root``, or ``snapshot:TAG``) to its
-    receiving place at the destination, with the copy key. ``options``: ``target`` (its
-    address), ``port``, ``alias`` (the name its host key is checked by) and ``known_hosts``
-    (that key's lines), ``bwlimit`` (KiB/s), ``compress``, ``checksum`` (compare contents),
-    ``dry_run`` (list what differs, change nothing). Returns rsync's exit status, the bytes
-    moved, the differences listed and the reason of a failure: the master decides (255: this
-    host cannot reach the destination)."""
+    """On the source: rsync ``name``'s root and/or configuration (``what``: a comma-separated
+    list of ``root``, ``snapshot:TAG`` (the root, read from a snapshot), ``conf``) to its
+    receiving places at the destination, with the copy key, in one call. ``options``:
+    ``target`` (its address), ``port``, ``alias`` (the name its host key is checked by) and
+    ``known_hosts`` (that key's lines), ``bwlimit`` (KiB/s), ``compress``, ``checksum``
+    (compare every file's content: the copy is then verified, and the files found different
+    though their size and time were the same are counted as ``repaired``), ``dry_run`` (list
+    what differs, change nothing). Returns rsync's exit status (the first that failed), the
+    bytes moved, the differences listed and the reason of a failure: the master decides (255:
+    this host cannot reach the destination)."""
     target, known_hosts = str(options["target"]), str(options["known_hosts"])
     check_host(target)
     directory = _key_dir(host, name)
@@ -191,24 +197,34 @@ def push_copy(host: HostConfig, name: str, what: str, options: dict[str, Any]) -
                      alive_interval_s=max(1, host.settings.ssh_timeout_s // 3),
                      port=int(options.get("port", 22)),
                      host_key_alias=check_host(str(options["alias"])))  # fmt: skip
-    dry = bool(options.get("dry_run"))
-    extra = ["--dry-run", "--checksum", "--itemize-changes"] if dry else []
-    if options.get("checksum") and not dry:
-        extra.append("--checksum")
-    argv = build_rsync_argv(f"{_source(host, name, what)}/", f"{target}:./", ssh=ssh,
-                            bwlimit_kib=options.get("bwlimit"),
-                            compress=bool(options.get("compress")),
-                            partial=not dry, progress=not dry,
-                            extra=extra)  # fmt: skip
-    done = run_argv(argv, timeout_s=None)
-    figures = parse_progress(done.stdout) if not dry else None
-    return {
-        "code": done.code,
-        "vanished": done.code == RSYNC_VANISHED,
-        "bytes": figures.bytes if figures else 0,
-        "differences": [line for line in done.stdout.splitlines() if line.strip()] if dry else [],
-        "reason": done.reason(),
-    }
+    dry, checksum = bool(options.get("dry_run")), bool(options.get("checksum"))
+    extra = ["--checksum", "--itemize-changes"] if dry or checksum else []
+    if dry:
+        extra.append("--dry-run")
+    answer: dict[str, Any] = {"code": 0, "vanished": False, "bytes": 0, "differences": [],
+                              "repaired": 0, "reason": ""}  # fmt: skip
+    for part in what.split(","):
+        source, place = _source(host, name, part)
+        argv = build_rsync_argv(f"{source}/", f"{target}:{place}", ssh=ssh,
+                                bwlimit_kib=options.get("bwlimit"),
+                                compress=bool(options.get("compress")),
+                                partial=not dry, progress=not dry,
+                                extra=extra)  # fmt: skip
+        done = run_argv(argv, timeout_s=None)
+        lines = [line for line in re.split(r"[\r\n]", done.stdout) if line.strip()]
+        figures = parse_progress(done.stdout) if not dry else None
+        answer["bytes"] += figures.bytes if figures else 0
+        answer["vanished"] = answer["vanished"] or done.code == RSYNC_VANISHED
+        if dry:
+            answer["differences"] += lines
+        elif checksum:
+            answer["repaired"] += sum(1 for line in lines if _CONTENT_ONLY.match(line))
+        if done.code not in (0, RSYNC_VANISHED):
+            answer.update(code=done.code, reason=done.reason())
+            break
+        if done.code:
+            answer["code"] = done.code
+    return answer
 
 
 def check_host(text: str) -> str:
@@ -216,12 +232,15 @@ def check_host(text: str) -> str:
     return parse_host(text)
 
 
-def _source(host: HostConfig, name: str, what: str) -> str:
-    """The directory a push reads: the guest's root, or one of its snapshots."""
-    if what == "root":
-        return str(host.paths.guest_root(check_guest_name(name)))
+def _source(host: HostConfig, name: str, what: str) -> tuple[str, str]:
+    """The directory a push reads (the guest's root, one of its snapshots, or its configuration
+    directory) and where it goes at the destination (``rsync_receive``'s places)."""
+    if what in _TARGETS:
+        paths = host.paths
+        where = paths.guest_root if what == "root" else paths.guest_dir
+        return str(where(check_guest_name(name))), _TARGETS[what]
     kind, _, tag = what.partition(":")
     if kind != "snapshot" or not tag:
-        raise UsageError(f"what to copy is root or snapshot:TAG, not {what!r}")
+        raise UsageError(f"what to copy is root, conf or snapshot:TAG, not {what!r}")
     conf: GuestConf = host.guest_conf(name)
-    return str(guest_storage(host, conf).snapshot_path(name, tag))
+    return str(guest_storage(host, conf).snapshot_path(name, tag)), _TARGETS["root"]
