@@ -54,6 +54,7 @@ DOORS = {
     "sh": {"vstools.host.ssh"},
     "iptc": {"vstools.firewall.iptc"},
     "pyseccomp": {"vstools.runtime.sandbox"},
+    "seccomp": {"vstools.runtime.sandbox"},  # Debian's python3-seccomp, the same API
 }
 # The pure layer never touches the host.
 PURE_FORBIDDEN = {
