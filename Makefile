@@ -11,7 +11,7 @@ DEB_PACKAGES := python3-venv python3-dev gcc iproute2 nftables iptables busybox-
 	rsync openssh-server openssh-client systemd procps util-linux uidmap btrfs-progs \
 	zstd munin-node strace qemu-system-x86 seabios ipxe-qemu dmsetup iputils-arping lvm2
 
-.PHONY: all deps venv demo test lint bench clean
+.PHONY: all deps venv demo test lint bench clean deb deb-deps
 all: test
 
 # Install only what is missing, so a second run costs a dpkg query and nothing else.
@@ -50,8 +50,34 @@ bench: venv
 	$(PY) -m bench.bench_start
 	$(PY) -m bench.bench_monitor
 
+# `make deb`: the Debian package, built from a copy of the tree (git's files, committed or not)
+# under build/deb without network, checked by lintian; vs-tools_VERSION_all.deb lands here.
+# DEB_BUILD_PACKAGES: what the build needs (debian/control's Build-Depends) and lintian.
+DEB_BUILD_PACKAGES := debhelper dh-python pybuild-plugin-pyproject python3-all python3-setuptools \
+	python3-argparse-manpage python3-shtab go-md2man dpkg-dev fakeroot lintian man-db
+deb-deps:
+	@missing=$$(for p in $(DEB_BUILD_PACKAGES); do \
+		dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed$$' || echo $$p; \
+	done); \
+	if [ -n "$$missing" ]; then \
+		echo "+ apt-get install $$missing"; \
+		export DEBIAN_FRONTEND=noninteractive; \
+		apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+
+deb: deb-deps
+	rm -rf build/deb && mkdir -p build/deb/src
+	git ls-files -z --cached --others --exclude-standard | \
+		tar --null --ignore-failed-read -T - -cf - 2>/dev/null | tar -xf - -C build/deb/src
+	# No network during the build: the package must build from the tree and Debian alone.
+	# The system PATH: Debian's python3 builds it, whatever python a user put first (pyenv).
+	cd build/deb/src && PATH=/usr/sbin:/usr/bin:/sbin:/bin unshare --net -- dpkg-buildpackage -b -us -uc --no-sign
+	lintian --fail-on error build/deb/*.changes
+	cp build/deb/vs-tools_*_all.deb .
+	@ls -l vs-tools_*_all.deb
+
 lint: venv
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check . && $(VENV)/bin/mypy
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build *.egg-info vs-tools_*.deb
