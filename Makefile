@@ -10,6 +10,8 @@ PY := $(VENV)/bin/python
 DEB_PACKAGES := python3-venv python3-dev gcc iproute2 nftables iptables busybox-static debootstrap libc6-dev \
 	rsync openssh-server openssh-client systemd procps util-linux uidmap btrfs-progs \
 	zstd munin-node strace qemu-system-x86 seabios ipxe-qemu dmsetup iputils-arping lvm2
+# prometheus: its promtool checks vs-monitor's textfile (tests/monitor/test_prometheus.py).
+DEB_PACKAGES += prometheus
 
 .PHONY: all deps venv demo test lint bench clean deb deb-deps
 all: test
