@@ -177,6 +177,8 @@ def render_textfile(guests: Mapping[str, Mapping[str, Any]], host: str, now: flo
     out: list[str] = []
 
     def family(name: str, kind: str, help_text: str, samples: list[str]) -> None:
+        """Add one family: HELP, TYPE and its samples together (the format wants them so);
+        a family without samples is left out."""
         if samples:
             out.extend([f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", *samples])
 
