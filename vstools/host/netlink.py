@@ -47,7 +47,7 @@ def NetlinkError() -> type[Exception]:  # noqa: N802 - used where the class woul
 def attr(msg: Any, *names: str, default: Any = None) -> Any:
     """A netlink message's attribute by its full name, nested names walked in order
     (``attr(link, "IFLA_LINKINFO", "IFLA_INFO_KIND")``), ``default`` when absent. pyroute2
-    0.7 (Debian 12) answers ``msg.get("IFLA_MTU")`` with None and 0.9 with the value;
+    0.7 (Debian 12) answers ``get`` of a full name (IFLA_MTU) with None, 0.9 with the value;
     ``get_attr`` means the same in both."""
     node = msg
     for name in names:
