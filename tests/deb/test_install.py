@@ -80,6 +80,24 @@ def _complete(system: System, *words: str) -> list[str]:
     return system.run("bash", "-c", script).stdout.split()
 
 
+def test_upgrades_never_stop_or_start_the_guests(package: Path, tmp_path: Path) -> None:
+    """The maintainer scripts: vs-guests.service is left alone by an install and an upgrade
+    (stopping it stops every guest), stopped on removal; the monitor is restarted after an
+    upgrade only if it runs, and stopped on removal."""
+    subprocess.run(["dpkg-deb", "-e", str(package), str(tmp_path / "ctl")], check=True)
+    scripts = {p.name: p.read_text() for p in (tmp_path / "ctl").iterdir()}
+    actions = {
+        name: re.findall(r"deb-systemd-invoke (\S+) ([^>]*)", text)
+        for name, text in scripts.items()
+        if name in ("preinst", "postinst", "prerm", "postrm")
+    }
+    guests = [(n, a) for n, found in actions.items() for a, u in found if "vs-guests" in u]
+    assert guests == [("prerm", "stop")], actions
+    assert re.search(r'"\$1" = remove \] .*\n\s*deb-systemd-invoke stop', scripts["prerm"])
+    monitor = [(n, a) for n, found in actions.items() for a, u in found if "vs-monitor" in u]
+    assert sorted(monitor) == [("postinst", "try-restart"), ("prerm", "stop")], actions
+
+
 def test_apt_install_use_and_purge(package: Path, system: System, run_prefix: str) -> None:
     guest = f"{run_prefix}web"
     # The dependencies first, so that the purge can be compared with the system before the
@@ -163,6 +181,10 @@ def test_apt_install_use_and_purge(package: Path, system: System, run_prefix: st
 
     system.run("vs-control", "--name", guest, "--stop")
     assert f":{guest}:disabled:stopped" in system.run("vs-control", "--all").stdout
+
+    # Reinstalled (as an upgrade would): the administrator's edits to conffiles stay.
+    system.run("apt-get", "install", "-y", "-q", "--reinstall", f"/tmp/{package.name}", net=False)
+    assert f"CGROUP_PARENT={run_prefix}-deb" in (etc / "vs-tools.conf").read_text()
 
     # Purge: nothing of the package is left, the administrator's files are.
     system.run("apt-get", "purge", "-y", "-q", "vs-tools", net=False)
