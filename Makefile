@@ -12,6 +12,8 @@ DEB_PACKAGES := python3-venv python3-dev gcc iproute2 nftables iptables busybox-
 	zstd munin-node strace qemu-system-x86 seabios ipxe-qemu dmsetup iputils-arping lvm2
 # prometheus: its promtool checks vs-monitor's textfile (tests/monitor/test_prometheus.py).
 DEB_PACKAGES += prometheus
+# zsh: the zsh completion scripts are checked with it (tests/deb/test_manpages.py).
+DEB_PACKAGES += zsh
 
 .PHONY: all deps venv demo test lint bench clean deb deb-deps
 all: test

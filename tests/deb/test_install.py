@@ -121,6 +121,7 @@ def test_apt_install_use_and_purge(package: Path, system: System, run_prefix: st
         "/usr/share/man/man8/vs-create.8.gz",
         "/usr/share/man/man5/vs-tools.conf.5.gz",
         "/usr/share/bash-completion/completions/vs-control",
+        "/usr/share/zsh/vendor-completions/_vs-control",
     ):
         assert path in files, path
     conffiles = system.run("dpkg-query", "-W", "-f=${Conffiles}", "vs-tools").stdout

@@ -2,7 +2,7 @@
 package build generates them (scripts/manpages.py and scripts/completion.py, run by Debian's
 python3 with python3-argparse-manpage, python3-shtab and go-md2man), then compared with each
 command's parser: the options, their help, the description, the configuration keys; and the
-completion offers the parser's options and the host's guests and slaves."""
+completion (bash and zsh) offers the parser's options and the host's guests and slaves."""
 
 from __future__ import annotations
 
@@ -143,7 +143,7 @@ def test_completion_offers_the_parsers_options(generated: Path, module_name: str
     options = sorted(
         {o for action in parser._actions for o in action.option_strings if o.startswith("--")}
     )
-    offered = _complete(generated / "completion" / parser.prog, {"PATH": "/usr/bin:/bin"},
+    offered = _complete(generated / "completion" / "bash" / parser.prog, {"PATH": "/usr/bin:/bin"},
                         parser.prog, "--")  # fmt: skip
     assert sorted(offered) == options
 
@@ -158,7 +158,7 @@ def test_completion_names_guests_and_slaves_from_the_files(generated: Path, tmp_
     (etc / "vs-tools.conf").write_text(f'# where\nGUESTS_CONF_DIR="{guests}"  # here\n')
     (etc / "slaves.conf").write_text("# the pool\nslave1:compress,bwlimit=10m\n\n slave2 \n")
     env = {"PATH": "/usr/bin:/bin", "VS_ETC_DIR": str(etc)}
-    scripts = generated / "completion"
+    scripts = generated / "completion" / "bash"
     assert _complete(scripts / "vs-control", env, "vs-control", "--name", "") == ["db", "web"]
     assert _complete(scripts / "vs-enter", env, "vs-enter", "w") == ["web"]
     assert _complete(scripts / "vs-move", env, "vs-move", "--dst_host", "") == ["slave1", "slave2"]
@@ -171,3 +171,60 @@ def test_completion_names_guests_and_slaves_from_the_files(generated: Path, tmp_
     (other / "solo" / "guest.conf").write_text("")
     env["VS_GUESTS_CONF_DIR"] = str(other)
     assert _complete(scripts / "vs-control", env, "vs-control", "--name", "") == ["solo"]
+
+
+# zsh's completion system needs a terminal to drive; the parts are checked instead: the script
+# parses, lists the parser's options, and its name functions answer from the files.
+ZSH_NAMES = """
+compadd() { if [[ $1 == -a ]]; then print -l -- ${(P)2}; else shift; print -l -- "$@"; fi }
+source "$1" 2>/dev/null
+print -l -- "${(@P)2}"
+print -- ---
+$3
+"""
+
+
+def _zsh(
+    script: Path, env: dict[str, str], array: str, function: str
+) -> tuple[list[str], list[str]]:
+    done = subprocess.run(
+        ["zsh", "-fc", ZSH_NAMES, "zsh", str(script), array, function],
+        env=env, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    options, names = done.stdout.split("---\n", 1)
+    return options.splitlines(), names.split()
+
+
+@pytest.mark.parametrize("module_name", COMMANDS)
+def test_zsh_completion_lists_the_parsers_options(generated: Path, module_name: str) -> None:
+    if shutil.which("zsh") is None:
+        pytest.skip("zsh is not installed")
+    parser = _parser(module_name)
+    script = generated / "completion" / "zsh" / f"_{parser.prog}"
+    assert script.read_text().startswith(f"#compdef {parser.prog}\n")
+    subprocess.run(["zsh", "-n", str(script)], check=True)
+    array = "_shtab_" + parser.prog.replace("-", "_") + "_options"
+    specs, _ = _zsh(script, {"PATH": "/usr/bin:/bin"}, array, "true")
+    offered = {
+        o for spec in specs for o in re.findall(r"(?<![\w-])--?[a-zA-Z0-9][\w-]*", spec.split("[")[0])
+    }
+    options = {o for action in parser._actions for o in action.option_strings}
+    assert offered == options
+
+
+def test_zsh_completion_names_guests_and_slaves(generated: Path, tmp_path: Path) -> None:
+    if shutil.which("zsh") is None:
+        pytest.skip("zsh is not installed")
+    etc, guests = tmp_path / "etc", tmp_path / "vservers"
+    etc.mkdir()
+    for name in ("web", "db", "half"):
+        (guests / name).mkdir(parents=True)
+    for name in ("web", "db"):
+        (guests / name / "guest.conf").write_text("")
+    (etc / "vs-tools.conf").write_text(f"GUESTS_CONF_DIR='{guests}'\n")
+    (etc / "slaves.conf").write_text("# the pool\nslave1:compress\n\n slave2 \n")
+    env = {"PATH": "/usr/bin:/bin", "VS_ETC_DIR": str(etc)}
+    scripts = generated / "completion" / "zsh"
+    assert _zsh(scripts / "_vs-control", env, "x", "_vs_tools_guests")[1] == ["db", "web"]
+    assert _zsh(scripts / "_vs-move", env, "x", "_vs_tools_hosts")[1] == ["slave1", "slave2"]
+    assert "parse" in _zsh(scripts / "_vs-fonctions", env, "x", "_vs_tools_functions")[1]
