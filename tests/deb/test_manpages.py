@@ -205,9 +205,8 @@ def test_zsh_completion_lists_the_parsers_options(generated: Path, module_name: 
     subprocess.run(["zsh", "-n", str(script)], check=True)
     array = "_shtab_" + parser.prog.replace("-", "_") + "_options"
     specs, _ = _zsh(script, {"PATH": "/usr/bin:/bin"}, array, "true")
-    offered = {
-        o for spec in specs for o in re.findall(r"(?<![\w-])--?[a-zA-Z0-9][\w-]*", spec.split("[")[0])
-    }
+    option = re.compile(r"(?<![\w-])--?[a-zA-Z0-9][\w-]*")
+    offered = {o for spec in specs for o in option.findall(spec.split("[")[0])}
     options = {o for action in parser._actions for o in action.option_strings}
     assert offered == options
 
