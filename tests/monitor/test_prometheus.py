@@ -1,6 +1,7 @@
 """The Prometheus textfile: what it says about running, stopped and unwatched guests, checked
 by an exposition-format parser (prometheus_client's) and by `promtool check metrics` (Debian's
-prometheus package); then vs-monitor --once writing it for a real running guest."""
+prometheus package); then vs-monitor --once writing it for a real running guest, and Debian's
+node_exporter scraping it."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.guests import Host
+from tests.guests import Host, named_netns, netns_prefix
 from vstools.monitor.prometheus import (
     TEXTFILE_NAME,
     escape_label,
@@ -174,3 +175,49 @@ def test_vs_monitor_once_writes_the_textfile_of_a_running_guest(host: Host, tmp_
     assert samples[_key("vs_guest_memory_limit_bytes", "web", hostname)] == 64 * MB
     assert samples[_key("vs_guest_processes", "web", hostname)] >= 1
     assert _key("vs_guest_processes", "db", hostname) not in samples
+
+
+@pytest.mark.privileged
+def test_node_exporter_scrapes_the_textfile_cleanly(tmp_path: Path, run_prefix: str) -> None:
+    """Debian's prometheus-node-exporter, in a network namespace of the test, serves the file
+    with its textfile collector and reports no scrape error."""
+    exporter = shutil.which("prometheus-node-exporter")
+    if exporter is None:
+        pytest.skip("prometheus-node-exporter is not installed")
+    collector = tmp_path / "collector"
+    collector.mkdir()
+    web = _state("h1", True, NOW)
+    web["alerts"] = {"rss": {"since": NOW}}
+    export_figures = tmp_path / "guests"
+    export_figures.mkdir()
+    (export_figures / "web.json").write_text(json.dumps({**web, "guest": "web"}))
+    assert export_textfile(export_figures, collector, "h1", NOW) is not None
+    with named_netns(f"{run_prefix}-prom") as netns:
+        subprocess.run([*netns_prefix(netns), "ip", "link", "set", "lo", "up"], check=True)
+        server = subprocess.Popen(
+            [*netns_prefix(netns), exporter, "--collector.disable-defaults",
+             "--collector.textfile", f"--collector.textfile.directory={collector}",
+             "--web.listen-address=127.0.0.1:9100"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        try:
+            scrape = (
+                "import time, urllib.request\n"
+                "for _ in range(100):\n"
+                "    try:\n"
+                "        print(urllib.request.urlopen('http://127.0.0.1:9100/metrics').read()"
+                ".decode()); break\n"
+                "    except OSError: time.sleep(0.1)\n"
+            )
+            done = subprocess.run(
+                [*netns_prefix(netns), sys.executable, "-c", scrape],
+                capture_output=True, text=True, check=True, timeout=60,
+            )  # fmt: skip
+        finally:
+            server.terminate()
+            _, errors = server.communicate(timeout=20)
+    samples = _samples(done.stdout)
+    assert samples[("node_textfile_scrape_error", ())] == 0, errors
+    assert samples[_key("vs_guest_state", "web", state="running")] == 1
+    assert samples[_key("vs_guest_alert", "web", alert="rss")] == 1
+    assert samples[_key("vs_guest_memory_limit_bytes", "web")] == 64 * MB
