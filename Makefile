@@ -10,9 +10,6 @@ PY := $(VENV)/bin/python
 DEB_PACKAGES := python3-venv python3-dev gcc iproute2 nftables iptables busybox-static debootstrap libc6-dev \
 	rsync openssh-server openssh-client systemd procps util-linux uidmap btrfs-progs \
 	zstd munin-node strace qemu-system-x86 seabios ipxe-qemu dmsetup iputils-arping lvm2
-# prometheus, prometheus-node-exporter: promtool checks vs-monitor's textfile and node_exporter
-# scrapes it (tests/monitor/test_prometheus.py).
-DEB_PACKAGES += prometheus prometheus-node-exporter
 # zsh: the zsh completion scripts are checked with it (tests/deb/test_manpages.py).
 DEB_PACKAGES += zsh
 

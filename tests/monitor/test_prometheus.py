@@ -1,20 +1,26 @@
 """The Prometheus textfile: what it says about running, stopped and unwatched guests, checked
 by an exposition-format parser (prometheus_client's) and by `promtool check metrics` (Debian's
 prometheus package); then vs-monitor --once writing it for a real running guest, and Debian's
-node_exporter scraping it."""
+node_exporter scraping it.
+
+promtool and node_exporter come from Debian's packages, downloaded and unpacked (never
+installed: installing them starts a Prometheus server and an exporter on the host) into
+VS_DEB_CACHE (/var/cache/vs-tools-tests/tools) once."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
-import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.deb.system import CACHE
 from tests.guests import Host, named_netns, netns_prefix
 from vstools.monitor.prometheus import (
     TEXTFILE_NAME,
@@ -67,20 +73,33 @@ def _key(
     return (name, tuple(sorted({"guest": guest, "host": host, **more}.items())))
 
 
-def _promtool(text: str, tmp_path: Path) -> None:
-    """`promtool check metrics` when Debian's prometheus package is installed."""
-    promtool = shutil.which("promtool")
-    if promtool is None:
-        return
+def debian_binary(package: str, path: str) -> Path:
+    """``path`` of Debian's ``package``, from the package unpacked once into the cache."""
+    target = CACHE / "tools" / package
+    binary = target / path.lstrip("/")
+    (CACHE / "tools").mkdir(parents=True, exist_ok=True)
+    with open(CACHE / "tools" / "lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not binary.exists():
+            with tempfile.TemporaryDirectory(prefix="vst-download-") as scratch:
+                subprocess.run(
+                    ["apt-get", "download", package], cwd=scratch, check=True, capture_output=True
+                )
+                [deb] = Path(scratch).glob(f"{package}_*.deb")
+                subprocess.run(["dpkg-deb", "-x", str(deb), str(target)], check=True)
+    return binary
+
+
+def _promtool(text: str) -> None:
+    """`promtool check metrics`: what Prometheus itself says of the text."""
+    promtool = debian_binary("prometheus", "/usr/bin/promtool")
     done = subprocess.run(
-        [promtool, "check", "metrics"], input=text, capture_output=True, text=True, check=False
+        [str(promtool), "check", "metrics"], input=text, capture_output=True, text=True, check=False
     )
     assert done.returncode == 0, done.stdout + done.stderr
 
 
-def test_every_munin_figure_limit_hit_and_state_labelled_by_guest_and_host(
-    tmp_path: Path,
-) -> None:
+def test_every_munin_figure_limit_hit_and_state_labelled_by_guest_and_host() -> None:
     web = _state("h1", True, NOW - 5)
     web["alerts"] = {"rss": {"since": NOW - 50}, "proc-hits": {"since": NOW - 20}}
     guests = {
@@ -89,7 +108,7 @@ def test_every_munin_figure_limit_hit_and_state_labelled_by_guest_and_host(
         "old": _state("h1", True, NOW - 3600),  # no monitor for an hour: unknown
     }
     text = render_textfile(guests, "fallback", NOW)
-    _promtool(text, tmp_path)
+    _promtool(text)
     samples = _samples(text)
 
     assert samples[_key("vs_guest_memory_bytes", "web")] == 12.5 * MB
@@ -167,7 +186,7 @@ def test_vs_monitor_once_writes_the_textfile_of_a_running_guest(host: Host, tmp_
     assert "web:running" in done.stdout, done.stdout + done.stderr
 
     text = (collector / TEXTFILE_NAME).read_text()
-    _promtool(text, tmp_path)
+    _promtool(text)
     samples = _samples(text)
     hostname = done.stdout.split(":", 1)[0]
     assert samples[_key("vs_guest_state", "web", hostname, state="running")] == 1
@@ -181,9 +200,7 @@ def test_vs_monitor_once_writes_the_textfile_of_a_running_guest(host: Host, tmp_
 def test_node_exporter_scrapes_the_textfile_cleanly(tmp_path: Path, run_prefix: str) -> None:
     """Debian's prometheus-node-exporter, in a network namespace of the test, serves the file
     with its textfile collector and reports no scrape error."""
-    exporter = shutil.which("prometheus-node-exporter")
-    if exporter is None:
-        pytest.skip("prometheus-node-exporter is not installed")
+    exporter = str(debian_binary("prometheus-node-exporter", "/usr/bin/prometheus-node-exporter"))
     collector = tmp_path / "collector"
     collector.mkdir()
     web = _state("h1", True, NOW)
