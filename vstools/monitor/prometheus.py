@@ -11,7 +11,6 @@ exposition format 0.0.4: a ``# HELP`` and a ``# TYPE`` line per metric family, t
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from collections.abc import Callable, Mapping
@@ -20,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from vstools.host.fsutil import atomic_write
-from vstools.monitor.munin import MB, STALE_S
+from vstools.monitor.munin import MB, fresh_figures, read_states
 
 log = logging.getLogger("vstools.monitor")
 
@@ -157,11 +156,8 @@ def _number(value: float) -> str:
 def guest_state(data: Mapping[str, Any], now: float) -> str:
     """running, stopped, or unknown when the figures are missing or stale (no monitor ran
     within three intervals or 15 minutes, as for Munin)."""
-    figures = data.get("figures")
-    if not isinstance(figures, dict):
-        return "unknown"
-    stale_s = max(STALE_S, 3 * float(data.get("pooling_s", 60)))
-    if now - float(figures.get("time", 0)) >= stale_s:
+    figures = fresh_figures(data, now)
+    if figures is None:
         return "unknown"
     return "running" if figures.get("running") else "stopped"
 
@@ -226,23 +222,6 @@ def render_textfile(guests: Mapping[str, Mapping[str, Any]], host: str, now: flo
                 samples.append(f"{fam.name}{_labels(**labels)} {_number(value)}")
         family(fam.name, fam.kind, fam.help, samples)
     return "\n".join(out) + "\n" if out else ""
-
-
-def read_states(directory: Path) -> dict[str, dict[str, Any]]:
-    """Every guest's saved monitor state in ``directory`` (unreadable files are skipped)."""
-    found: dict[str, dict[str, Any]] = {}
-    try:
-        files = sorted(directory.glob("*.json"))
-    except OSError:
-        return found
-    for path in files:
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue
-        if isinstance(data, dict):
-            found[str(data.get("guest") or path.stem)] = data
-    return found
 
 
 def write_textfile(directory: Path, text: str) -> Path:
