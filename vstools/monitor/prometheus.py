@@ -11,7 +11,6 @@ exposition format 0.0.4: a ``# HELP`` and a ``# TYPE`` line per metric family, t
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -20,8 +19,6 @@ from typing import Any
 
 from vstools.host.fsutil import atomic_write
 from vstools.monitor.munin import MB, fresh_figures, read_states
-
-log = logging.getLogger("vstools.monitor")
 
 TEXTFILE_NAME = "vs_tools.prom"
 STATES = ("running", "stopped", "unknown")  # unknown: no fresh figures (no monitor running)
