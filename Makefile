@@ -52,7 +52,8 @@ bench: venv
 	$(PY) -m bench.bench_start
 	$(PY) -m bench.bench_monitor
 
-# `make deb`: the Debian package, built from a copy of the tree (git's files, committed or not)
+# `make deb`: the Debian package, built from a copy of the tree (git's files, committed or not;
+# outside a git checkout, everything but build/, the venv and built packages)
 # under build/deb without network, checked by lintian; vs-tools_VERSION_all.deb lands here.
 # DEB_BUILD_PACKAGES: what the build needs (debian/control's Build-Depends) and lintian.
 DEB_BUILD_PACKAGES := debhelper dh-python pybuild-plugin-pyproject python3-all python3-setuptools \
@@ -69,8 +70,13 @@ deb-deps:
 
 deb: deb-deps
 	rm -rf build/deb && mkdir -p build/deb/src
-	git ls-files -z --cached --others --exclude-standard | \
-		tar --null --ignore-failed-read -T - -cf - 2>/dev/null | tar -xf - -C build/deb/src
+	if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then \
+		git ls-files -z --cached --others --exclude-standard | \
+			tar --null --ignore-failed-read -T - -cf - 2>/dev/null | tar -xf - -C build/deb/src; \
+	else \
+		tar --exclude=./build --exclude=./$(VENV) --exclude='./vs-tools_*' -cf - . | \
+			tar -xf - -C build/deb/src; \
+	fi
 	# No network during the build: the package must build from the tree and Debian alone.
 	# The system PATH: Debian's python3 builds it, whatever python a user put first (pyenv).
 	cd build/deb/src && PATH=/usr/sbin:/usr/bin:/sbin:/bin unshare --net -- dpkg-buildpackage -b -us -uc --no-sign
