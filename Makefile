@@ -68,6 +68,9 @@ deb-deps:
 		apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
 
+# The suite builds the package and generates its man pages and completion (tests/deb).
+test: deb-deps
+
 deb: deb-deps
 	rm -rf build/deb && mkdir -p build/deb/src
 	if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then \
