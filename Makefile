@@ -13,7 +13,7 @@ DEB_PACKAGES := python3-venv python3-dev gcc iproute2 nftables iptables busybox-
 # zsh: the zsh completion scripts are checked with it (tests/deb/test_manpages.py).
 DEB_PACKAGES += zsh
 
-.PHONY: all deps venv demo test lint bench clean deb deb-deps
+.PHONY: all deps venv demo test lint bench clean deb deb-deps test-debian-libs
 all: test
 
 # Install only what is missing, so a second run costs a dpkg query and nothing else.
@@ -86,6 +86,20 @@ deb: deb-deps
 	lintian --fail-on error build/deb/*.changes
 	cp build/deb/vs-tools_*_all.deb .
 	@ls -l vs-tools_*_all.deb
+
+# The suite on the libraries the package depends on, Debian 12's own (python3-sh 1.14,
+# python3-pyroute2 0.7, python3-seccomp, python3-apscheduler 3.9), not PyPI's: a venv that sees
+# the system's packages and adds only the test tools. python-iptables is PyPI's only: not here.
+DEB_RUNTIME_PACKAGES := python3-pyroute2 python3-psutil python3-sh python3-apscheduler \
+	python3-seccomp python3-setuptools
+DEBLIBS_VENV := build/venv-debian
+test-debian-libs: deps
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+		$(DEB_RUNTIME_PACKAGES) >/dev/null
+	[ -x $(DEBLIBS_VENV)/bin/python ] || $(PYTHON) -m venv --system-site-packages $(DEBLIBS_VENV)
+	$(DEBLIBS_VENV)/bin/pip install -q pytest hypothesis aiosmtpd prometheus-client
+	$(DEBLIBS_VENV)/bin/pip install -q --no-deps --no-build-isolation -e .
+	$(DEBLIBS_VENV)/bin/python -m pytest --ignore=tests/test_tooling.py -k 'not iptc' $(PYTEST_ARGS)
 
 lint: venv
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check . && $(VENV)/bin/mypy
