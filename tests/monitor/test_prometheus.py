@@ -12,9 +12,11 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -238,3 +240,48 @@ def test_node_exporter_scrapes_the_textfile_cleanly(tmp_path: Path, run_prefix: 
     assert samples[_key("vs_guest_state", "web", state="running")] == 1
     assert samples[_key("vs_guest_alert", "web", alert="rss")] == 1
     assert samples[_key("vs_guest_memory_limit_bytes", "web")] == 64 * MB
+
+
+@pytest.mark.privileged
+@pytest.mark.e2e
+def test_the_daemon_keeps_the_textfile_up_to_date(host: Host, tmp_path: Path) -> None:
+    collector = tmp_path / "node-exporter"
+    collector.mkdir()
+    with open(Path(host.env["VS_ETC_DIR"]) / "vs-tools.conf", "a") as conf:
+        conf.write(f"PROMETHEUS_TEXTFILE_DIR={collector}\nSYSLOG=no\n")
+    host.define("web", "198.51.100.10")
+    (host.guests_dir / "web" / "monitor.conf").write_text("MONITOR_POOLING=1\n")
+    textfile = collector / TEXTFILE_NAME
+    log = open(tmp_path / "monitor.log", "w")  # noqa: SIM115 - closed with the test
+    daemon = subprocess.Popen(
+        [str(BIN / "vs-monitor"), "--all", "-v"], env=host.env, stdout=log, stderr=log
+    )
+    try:
+
+        def state_of_web() -> str | None:
+            """The state the textfile gives web, once it has one."""
+            try:
+                samples = _samples(textfile.read_text())
+            except (OSError, ValueError):
+                return None
+            for (name, labels), value in samples.items():
+                if name == "vs_guest_state" and ("guest", "web") in labels and value == 1:
+                    return dict(labels)["state"]
+            return None
+
+        def wait_for(state: str) -> None:
+            for _ in range(900):  # a bound on the wait (the file is rewritten every 10 s)
+                if state_of_web() == state:
+                    return
+                time.sleep(0.1)
+            raise AssertionError((tmp_path / "monitor.log").read_text())
+
+        wait_for("stopped")
+        host.run("vs-control", "--name", "web", "--start")
+        wait_for("running")  # rewritten by the daemon as checks go on
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        daemon.wait(timeout=30)
+        log.close()
+    assert daemon.returncode == 0
+    assert sorted(os.listdir(collector)) == [TEXTFILE_NAME]
