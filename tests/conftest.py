@@ -24,7 +24,7 @@ RUN_PREFIX = "vst" + secrets.token_hex(2)
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 ON_DEMAND = {"bench": "VS_BENCH"}
 # Capability failures that fail the test in CI instead of skipping it.
-REQUIRED_IN_CI = ("privileged", "e2e", "lab")
+REQUIRED_IN_CI = ("privileged", "e2e", "lab", "deb")
 
 
 def _selected_by_marker(config: pytest.Config, tier: str) -> bool:
@@ -47,7 +47,7 @@ def _tier_status(config: pytest.Config, tier: str) -> str | None:
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
     rows = [f"vs-tools run prefix {RUN_PREFIX}; CI={'yes' if IN_CI else 'no'}"]
-    for tier in ("unit", "privileged", "e2e", "lab", "bench"):
+    for tier in ("unit", "privileged", "e2e", "lab", "deb", "bench"):
         status = None if tier == "unit" else _tier_status(config, tier)
         rows.append(f"  tier {tier:<10} " + ("enabled" if status is None else f"SKIPPED: {status}"))
     return rows
@@ -55,7 +55,7 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
-        for tier in ("privileged", "e2e", "lab", "bench"):
+        for tier in ("privileged", "e2e", "lab", "deb", "bench"):
             if item.get_closest_marker(tier) is None:
                 continue
             status = _tier_status(config, tier)

@@ -43,10 +43,17 @@ def probe_lab() -> str | None:
     return probe()
 
 
+@functools.cache
+def probe_debootstrap() -> str | None:
+    missing = [t for t in ("debootstrap", "dpkg-buildpackage", "make") if not shutil.which(t)]
+    return f"not installed: {', '.join(missing)}" if missing else None
+
+
 TIER_PROBES = {
     "privileged": (probe_root, probe_namespaces),
     "e2e": (probe_root, probe_namespaces),
     "lab": (probe_root, probe_lab),
+    "deb": (probe_root, probe_namespaces, probe_debootstrap),
 }
 
 

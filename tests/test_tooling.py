@@ -54,6 +54,7 @@ DOORS = {
     "sh": {"vstools.host.ssh"},
     "iptc": {"vstools.firewall.iptc"},
     "pyseccomp": {"vstools.runtime.sandbox"},
+    "seccomp": {"vstools.runtime.sandbox"},  # Debian's python3-seccomp, the same API
 }
 # The pure layer never touches the host.
 PURE_FORBIDDEN = {
@@ -68,7 +69,7 @@ PURE_FORBIDDEN = {
     "shutil",
     "tempfile",
 }
-HEAVY = ("pyroute2", "sh", "apscheduler", "psutil", "pyseccomp", "sqlite3")
+HEAVY = ("pyroute2", "sh", "apscheduler", "psutil", "pyseccomp", "seccomp", "sqlite3")
 
 
 def _module_name(path: Path) -> str:
@@ -249,7 +250,7 @@ def test_status_commands_do_not_load_the_guest_runtime(etc_tree: dict[str, str])
         "from vstools.cli import vs_control, vs_limit, vs_stats\n"
         "with contextlib.redirect_stdout(io.StringIO()):\n"
         "    vs_control.main(['--all']); vs_limit.main(['--all']); vs_stats.main([])\n"
-        "print(','.join(m for m in ('pyseccomp', 'pyroute2', 'vstools.runtime.sandbox',"
+        "print(','.join(m for m in ('pyseccomp', 'seccomp', 'pyroute2', 'vstools.runtime.sandbox',"
         " 'vstools.runtime.supervisor') if m in sys.modules))"
     )
     result = subprocess.run(

@@ -8,15 +8,17 @@ from collections.abc import Sequence
 from vstools.cli.common import Context, add_guest_selection, new_parser, run_command
 from vstools.errors import UsageError
 from vstools.host.cgrouplayout import probe_layout
-from vstools.monitor.daemon import serve
+from vstools.monitor.daemon import serve, write_textfile
 from vstools.monitor.watch import Monitor
 
 DESCRIPTION = """\
 Watch guests (all by default) and mail MONITOR_MAILTO when a threshold is crossed, a limit is
 hit, the load or the listening sockets change, or a guest stops. Runs under systemd
 (vs-monitor.service, or vs-monitor@NAME.service for one guest): Type=notify with a watchdog,
-SIGHUP re-reads the configuration. With --once, checks each guest once, delivers the spooled
-mails and prints host:vserver:state:alerts (the open alerts, or -)."""
+SIGHUP re-reads the configuration. Also writes every guest's figures for Prometheus into
+PROMETHEUS_TEXTFILE_DIR/vs_tools.prom (when that directory exists). With --once, checks each
+guest once, delivers the spooled mails and prints host:vserver:state:alerts (the open alerts,
+or -)."""
 
 FIELDS = ("host", "vserver", "state", "alerts")
 
@@ -73,6 +75,8 @@ def handle(ctx: Context) -> int:
             rows.append(
                 {"host": ctx.hostname, "vserver": name, "state": state, "alerts": alerts or "-"}
             )
+        if not ctx.dry_run:
+            write_textfile(monitor)
     finally:
         monitor.close()
     for subject, notice in monitor.dry_notices:

@@ -55,6 +55,13 @@ def _cgroup_parent(text: str) -> str:
 _PATH, _LINES, _PROBLEMS = meta_fields()
 
 
+def _textfile_dir(text: str) -> str | None:
+    return None if text == "none" else parse_abs_path(text)
+
+
+DEFAULT_TEXTFILE_DIR = "/var/lib/prometheus/node-exporter"  # Debian's prometheus-node-exporter
+
+
 def _ssh_timeout(text: str) -> int:
     return parse_uint(text, minimum=1, maximum=600, what="timeout in seconds")
 
@@ -85,6 +92,7 @@ class Settings(KeyValueFile):
     backup_dir: str | None = None
     backup_keep: int = 7
     cgroup_parent: str = "vs-tools"
+    prometheus_textfile_dir: str | None = DEFAULT_TEXTFILE_DIR
     path: str = _PATH
     key_lines: tuple[tuple[str, int, int], ...] = _LINES
     warnings: tuple[Problem, ...] = _PROBLEMS
@@ -134,5 +142,11 @@ class Settings(KeyValueFile):
             "cgroup_parent",
             _cgroup_parent,
             doc="the cgroup under which every guest's cgroup is made",
+        ),
+        Field(
+            "PROMETHEUS_TEXTFILE_DIR",
+            "prometheus_textfile_dir",
+            _textfile_dir,
+            doc="where vs-monitor writes vs_tools.prom for node_exporter (if it exists); none: off",
         ),
     )

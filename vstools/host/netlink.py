@@ -44,6 +44,17 @@ def NetlinkError() -> type[Exception]:  # noqa: N802 - used where the class woul
     return exceptions.NetlinkError  # type: ignore[no-any-return]
 
 
+def attr(msg: Any, *names: str, default: Any = None) -> Any:
+    """A netlink message's attribute by its full name, nested names walked in order
+    (``attr(link, "IFLA_LINKINFO", "IFLA_INFO_KIND")``), ``default`` when absent. pyroute2
+    0.7 (Debian 12) answers ``get`` of a full name (IFLA_MTU) with None, 0.9 with the value;
+    ``get_attr`` means the same in both."""
+    node = msg
+    for name in names:
+        node = node.get_attr(name) if node is not None else None
+    return default if node is None else node
+
+
 class NetworkError(HostError):
     """The kernel refused a network change; the message says which and why."""
 
@@ -117,9 +128,9 @@ class Netns:
             return None
         link = self.ipr.get_links(index)[0]
         return {
-            "mtu": link.get("IFLA_MTU"),
+            "mtu": attr(link, "IFLA_MTU"),
             "up": bool(link["flags"] & 1),
-            "kind": (link.get(("IFLA_LINKINFO", "IFLA_INFO_KIND"))),
+            "kind": attr(link, "IFLA_LINKINFO", "IFLA_INFO_KIND"),
         }
 
     def addresses(self, name: str | None = None) -> list[tuple[str, IPv4Interface]]:
@@ -136,8 +147,9 @@ class Netns:
         for msg in self.ipr.get_addr(**spec):
             index = int(msg["index"])
             if index not in names:
-                names[index] = str(self.ipr.get_links(index)[0].get("IFLA_IFNAME"))
-            address = f"{msg.get('IFA_LOCAL') or msg.get('IFA_ADDRESS')}/{msg['prefixlen']}"
+                names[index] = str(attr(self.ipr.get_links(index)[0], "IFLA_IFNAME"))
+            local = attr(msg, "IFA_LOCAL") or attr(msg, "IFA_ADDRESS")
+            address = f"{local}/{msg['prefixlen']}"
             found.append((names[index], IPv4Interface(address)))
         return found
 
@@ -226,11 +238,11 @@ class Netns:
     def route_exists(self, dst: IPv4Network, *, table: int = MAIN_TABLE) -> bool:
         """True when ``table`` has a route to exactly ``dst`` (whatever its device or gateway)."""
         for route in self.ipr.get_routes(family=2, table=table):
-            if route.get("RTA_TABLE", route["table"]) != table:
+            if attr(route, "RTA_TABLE", default=route["table"]) != table:
                 continue
             if route["dst_len"] != dst.prefixlen:
                 continue
-            if str(route.get("RTA_DST") or ANY_ADDRESS) == str(dst.network_address):
+            if str(attr(route, "RTA_DST") or ANY_ADDRESS) == str(dst.network_address):
                 return True
         return False
 
@@ -243,9 +255,9 @@ class Netns:
         """True when a policy rule ``from src lookup table`` exists (whatever its priority)."""
         for rule in self._rules():
             if (
-                rule.get("FRA_TABLE", rule["table"]) == table
+                attr(rule, "FRA_TABLE", default=rule["table"]) == table
                 and rule["src_len"] == src.prefixlen
-                and str(rule.get("FRA_SRC") or ANY_ADDRESS) == str(src.network_address)
+                and str(attr(rule, "FRA_SRC") or ANY_ADDRESS) == str(src.network_address)
             ):
                 return True
         return False
@@ -286,7 +298,8 @@ class Netns:
         arping cannot do this (it binds to the address, which is the guest's, not this
         host's), so the frames are built here and sent on a packet socket."""
         index = self.require(dev)
-        mac = bytes.fromhex(str(self.ipr.get_links(index)[0].get("IFLA_ADDRESS")).replace(":", ""))
+        link = self.ipr.get_links(index)[0]
+        mac = bytes.fromhex(str(attr(link, "IFLA_ADDRESS")).replace(":", ""))
         frames = [gratuitous_arp(mac, ip, op) for op in (1, 2)]
         context = entered(self.pid) if self.pid is not None else contextlib.nullcontext()
         with context, socket.socket(socket.AF_PACKET, socket.SOCK_RAW) as raw:

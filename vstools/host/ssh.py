@@ -120,6 +120,24 @@ def _command(argv: Sequence[str]) -> Any:
     return sh.Command(argv[0]).bake(*argv[1:])
 
 
+def sh_call_options(version: str) -> dict[str, Any]:
+    """The ``sh`` call options every run uses, for the installed ``sh``: 2.x returns the output
+    string unless asked for the command with ``_return_cmd``, which 1.x (Debian 12 ships 1.14)
+    does not know and rejects; 1.x always returns the command."""
+    options: dict[str, Any] = {
+        "_out_bufsize": 0,
+        "_err_to_out": False,
+        "_tty_in": False,
+        "_tty_out": False,
+        "_ok_code": list(range(256)),
+        "_encoding": "utf-8",
+        "_decode_errors": "replace",
+    }
+    if int(version.split(".", maxsplit=1)[0]) >= 2:
+        options["_return_cmd"] = True
+    return options
+
+
 def run_argv(
     argv: Sequence[str],
     *,
@@ -143,17 +161,10 @@ def run_argv(
 
     try:
         process = _command(argv)(
+            **sh_call_options(sh.__version__),
             _in=input if input is not None else "",
             _out=collect,
-            _out_bufsize=0,
-            _err_to_out=False,
-            _tty_in=False,
-            _tty_out=False,
-            _ok_code=list(range(256)),
             _timeout=timeout_s,
-            _encoding="utf-8",
-            _decode_errors="replace",
-            _return_cmd=True,
         )
     except sh.TimeoutException:
         raise HostError(f"{shlex.join(argv[:1])} did not finish within {timeout_s} s") from None

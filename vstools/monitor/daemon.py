@@ -18,12 +18,18 @@ import threading
 import time
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from types import FrameType
 
 from vstools.host.mail import Mailer
+from vstools.monitor.prometheus import export_textfile
 from vstools.monitor.watch import RESCAN_S, Monitor
 
 log = logging.getLogger("vstools.monitor")
+
+# The Prometheus textfile is rewritten at most this often (node_exporter is scraped every 15 s
+# or more; reading every guest's state file each second would cost more than it tells).
+EXPORT_S = 10.0
 
 
 def notify(env: Mapping[str, str], message: str) -> bool:
@@ -102,8 +108,14 @@ def serve(monitor: Monitor, env: Mapping[str, str], *, rescan_s: float = RESCAN_
     notify(env, f"READY=1\nSTATUS=watching {len(monitor.watches)} guests")
     log.info("vs-monitor started: %d guests watched", len(monitor.watches))
     next_rescan = time.monotonic() + rescan_s
+    exported = 0.0  # the check progress last exported
+    next_export = time.monotonic()
     try:
         while not stop.is_set():
+            if time.monotonic() >= next_export and monitor.last_progress != exported:
+                exported = monitor.last_progress
+                next_export = time.monotonic() + EXPORT_S
+                write_textfile(monitor)
             if rescan_now.is_set() or time.monotonic() >= next_rescan:
                 rescan_now.clear()
                 monitor.rescan()
@@ -119,6 +131,21 @@ def serve(monitor: Monitor, env: Mapping[str, str], *, rescan_s: float = RESCAN_
         monitor.close()
         log.info("vs-monitor stopped")
     return 0
+
+
+def write_textfile(monitor: Monitor) -> None:
+    """Export every guest's figures to PROMETHEUS_TEXTFILE_DIR, if it is set and exists; a
+    failure is logged, never fatal (Munin and the mails go on)."""
+    setting = monitor.settings.prometheus_textfile_dir
+    try:
+        export_textfile(
+            monitor.paths.monitor_figures_dir(),
+            Path(setting) if setting else None,
+            monitor.hostname,
+            time.time(),
+        )
+    except OSError as exc:
+        log.warning("cannot write the Prometheus textfile in %s: %s", setting, exc)
 
 
 def _sync_jobs(scheduler: object, monitor: Monitor) -> None:

@@ -94,9 +94,10 @@ def field_name(guest: str) -> str:
     return guest.replace("-", "_")
 
 
-def read_figures(directory: Path, now: float) -> dict[str, dict[str, Any] | None]:
-    """Each guest's latest figures, None where they are stale or the guest is stopped."""
-    found: dict[str, dict[str, Any] | None] = {}
+def read_states(directory: Path) -> dict[str, dict[str, Any]]:
+    """Every guest's saved monitor state in ``directory`` by guest name (unreadable files are
+    skipped): what this plugin and the Prometheus textfile are made from."""
+    found: dict[str, dict[str, Any]] = {}
     try:
         files = sorted(directory.glob("*.json"))
     except OSError:
@@ -106,11 +107,27 @@ def read_figures(directory: Path, now: float) -> dict[str, dict[str, Any] | None
             data = json.loads(path.read_text())
         except (OSError, ValueError):
             continue
-        figures = data.get("figures")
-        name = str(data.get("guest") or path.stem)
-        stale_s = max(STALE_S, 3 * float(data.get("pooling_s", 60)))
-        fresh = isinstance(figures, dict) and now - float(figures.get("time", 0)) < stale_s
-        found[name] = figures if fresh and figures.get("running") else None
+        if isinstance(data, dict):
+            found[str(data.get("guest") or path.stem)] = data
+    return found
+
+
+def fresh_figures(data: Mapping[str, Any], now: float) -> dict[str, Any] | None:
+    """A saved state's figures, None when there are none or they are stale (older than three
+    of the guest's intervals, 15 minutes at least: no monitor is running)."""
+    figures = data.get("figures")
+    if not isinstance(figures, dict):
+        return None
+    stale_s = max(STALE_S, 3 * float(data.get("pooling_s", 60)))
+    return figures if now - float(figures.get("time", 0)) < stale_s else None
+
+
+def read_figures(directory: Path, now: float) -> dict[str, dict[str, Any] | None]:
+    """Each guest's latest figures, None where they are stale or the guest is stopped."""
+    found: dict[str, dict[str, Any] | None] = {}
+    for name, data in read_states(directory).items():
+        figures = fresh_figures(data, now)
+        found[name] = figures if figures is not None and figures.get("running") else None
     return found
 
 

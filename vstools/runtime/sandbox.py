@@ -373,16 +373,19 @@ def set_loopback_up() -> None:
         fcntl.ioctl(sock, SIOCSIFFLAGS, struct.pack("16sH14x", b"lo", flags | IFF_UP))
 
 
-_SECCOMP: list[Any] = []  # the pyseccomp module, once preload() has run
+_SECCOMP: list[Any] = []  # pyseccomp (or seccomp), once preload() has run
 
 
 def preload() -> None:
     """Import what confining a process needs (pyseccomp and its libseccomp) while the host's
     files are still reachable."""
     if not _SECCOMP:
-        import pyseccomp
-
-        _SECCOMP.append(pyseccomp)
+        try:
+            import pyseccomp as binding
+        except ImportError:
+            # Debian's python3-seccomp: libseccomp's own binding, the API pyseccomp copies.
+            import seccomp as binding
+        _SECCOMP.append(binding)
 
 
 def install_seccomp(*, no_new_privs: bool, deny_user_namespaces: bool) -> None:
