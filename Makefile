@@ -9,7 +9,8 @@ PY := $(VENV)/bin/python
 # iputils-arping: vs-create probes a new address on its network.
 DEB_PACKAGES := python3-venv python3-dev gcc iproute2 nftables iptables busybox-static debootstrap libc6-dev \
 	rsync openssh-server openssh-client systemd procps util-linux uidmap btrfs-progs \
-	zstd munin-node strace qemu-system-x86 seabios ipxe-qemu dmsetup iputils-arping lvm2
+	zstd munin-node strace qemu-system-x86 seabios ipxe-qemu dmsetup iputils-arping lvm2 \
+	borgbackup bubblewrap python3-aiosmtpd
 
 .PHONY: all deps venv demo test lint bench clean
 all: test

@@ -8,9 +8,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from vstools import __version__
+from vstools.backup.slave import (
+    backup_guest,
+    backup_public_key,
+    read_secrets_from_stdin,
+    taken_json,
+)
 from vstools.config.create import mb as _mb
 from vstools.config.files import check_files, parse_file
 from vstools.config.lexer import ValueProblem
+from vstools.config.pool import BackupMode
 from vstools.config.values import parse_guest_name, parse_host, parse_ipv4
 from vstools.errors import ConfigError, NotFoundError, Problem, UsageError
 from vstools.guest.facts import guest_facts, guests_facts, host_facts
@@ -169,6 +176,15 @@ def _move_drop(env: Env, name: str) -> dict[str, str]:
     return drop_moved(HostConfig.load(env), name)
 
 
+def _backup_key(env: Env) -> str:
+    return backup_public_key(HostConfig.load(env))
+
+
+def _backup_guest(env: Env, name: str, mode: BackupMode) -> dict[str, Any]:
+    secrets = read_secrets_from_stdin()  # never on the command line: any local user reads that
+    return taken_json(backup_guest(HostConfig.load(env), name, mode, secrets))
+
+
 def _check_room(env: Env, size_mb: int) -> dict[str, Any]:
     return check_room(HostConfig.load(env), size_mb)
 
@@ -289,6 +305,18 @@ REGISTRY: dict[str, Function] = {
             _move_drop,
             (Param("name", parse_guest_name),),
             "remove what move_keep put aside",
+        ),
+        Function(
+            "backup_key",
+            _backup_key,
+            (),
+            "this slave's public key for the master's backup repository (made on first use)",
+        ),
+        Function(
+            "backup_guest",
+            _backup_guest,
+            (Param("name", parse_guest_name), Param("mode", BackupMode)),
+            "archive a guest (hot or cold) into the master's repository (secrets on stdin)",
         ),
         Function(
             "check_room",
