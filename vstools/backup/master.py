@@ -12,6 +12,8 @@ therefore stops every prune and compaction (exit 4) until an administrator looke
 from __future__ import annotations
 
 import json
+import os
+import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,6 +29,13 @@ from vstools.host.journal import log
 from vstools.pool.slaves import Pool
 
 Say = Callable[[str], None]
+
+
+def failpoint(env: dict[str, str], step: str) -> None:
+    """VS_FAILPOINT=backup:STEP (tests only) kills the process at ``step``, as a power cut."""
+    log.info("step: backup: %s", step)
+    if env.get("VS_FAILPOINT") == f"backup:{step}":
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 @dataclass
@@ -125,7 +134,12 @@ def check_history(repository: Repository, records: Records) -> None:
 
 
 def backup_one(
-    pool: Pool, repository: Repository, records: Records, entry: BackupEntry, host: str
+    pool: Pool,
+    repository: Repository,
+    records: Records,
+    entry: BackupEntry,
+    host: str,
+    env: dict[str, str],
 ) -> Outcome:
     """Have ``host`` archive ``entry``'s guest into the repository; its outcome."""
     outcome = Outcome(entry.name, host, str(entry.mode))
@@ -133,6 +147,7 @@ def backup_one(
     key = remote.call("backup_key")
     if repository.authorize(pool.host, host, str(key)):
         log.info("step: backup: %s's key may append to %s", host, repository.path)
+    failpoint(env, "archive")
     answer = remote.call("backup_guest", entry.name, str(entry.mode),
                          input=secrets_json(pool, repository), timeout_s=None)  # fmt: skip
     outcome.archive = str(answer["archive"])
@@ -144,6 +159,7 @@ def backup_one(
     ids = {a.name: a.id for a in repository.archives(entry.name)}
     if outcome.archive not in ids:
         raise StateError(f"{host} reported archive {outcome.archive}, the repository has not it")
+    failpoint(env, "record")
     records.succeeded(entry.name, host, outcome.archive, ids[outcome.archive])
     return outcome
 
@@ -157,6 +173,7 @@ def run_backups(
     host: str | None,
     dry_run: bool,
     say: Say,
+    env: dict[str, str],
 ) -> list[Outcome]:
     """Back up the selected guests of backup.conf, then apply retention to each guest whose new
     archive is complete (all of it with ``dry_run``: only what would happen is said)."""
@@ -178,18 +195,20 @@ def run_backups(
         try:
             if where is None:
                 raise NotFoundError(f"no slave holds guest {entry.name}")
-            outcomes.append(backup_one(pool, repository, records, entry, where))
+            outcomes.append(backup_one(pool, repository, records, entry, where, env))
         except VSError as exc:
             log.info("step: backup of %s failed: %s", entry.name, exc)
             records.failed(entry.name, where, str(exc))
             outcomes.append(Outcome(entry.name, where, str(entry.mode), error=exc))
     done = [o for o in outcomes if o.error is None]
     if done:
+        failpoint(env, "prune")
         check_history(repository, records)
         for outcome in done:
             outcome.pruned = repository.prune(outcome.name, policy, dry_run=False)
             records.pruned(outcome.pruned)
         if any(o.pruned for o in done):
+            failpoint(env, "compact")
             repository.compact()
     return outcomes
 

@@ -110,7 +110,7 @@ def handle(ctx: Context) -> int:
             return _prune(ctx, pool, repository, records)
         with _lock(ctx), operation("vs-backup"):
             outcomes = run_backups(pool, repository, records, name=args.name, host=args.host,
-                                   dry_run=ctx.dry_run,
+                                   dry_run=ctx.dry_run, env=dict(ctx.env),
                                    say=lambda line: print(line, file=ctx.stderr))  # fmt: skip
     finally:
         inventory.close()

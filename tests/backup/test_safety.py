@@ -1,0 +1,136 @@
+"""Backups that fail or are killed never cost a good archive: D9 (killed at every step, the
+previous archives intact and a re-run completes), D10 (a failed backup never prunes), D12 (a
+failed cold backup restarts its guest), the slave's key that can only append (and the master
+that notices a deletion before a compaction makes it permanent), and hot backups on btrfs read
+from a snapshot that is always removed."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+
+from tests.backup.test_backup import _archives, _backup_conf, _line, backup_pool  # noqa: F401
+from tests.pool.test_btrfs import btrfs_slave  # noqa: F401
+from tests.pool.test_copy import _create, describe_tree, fidelity_tree
+from tests.poolhosts import Pool, PoolHost
+
+import pytest
+
+pytestmark = [pytest.mark.privileged, pytest.mark.e2e]
+
+
+def _set(pool: Pool, line: str) -> None:
+    """Set one KEY=VALUE of the master's vs-tools.conf (replacing the key's line)."""
+    path = pool.master.base / "etc" / "vs-tools.conf"
+    key = line.split("=", 1)[0]
+    kept = [old for old in path.read_text().splitlines() if not old.startswith(f"{key}=")]
+    path.write_text("\n".join([*kept, line]) + "\n")
+
+
+def _running(host: PoolHost, name: str = "web") -> bool:
+    facts = json.loads(host.run("vs-fonctions", "--json", "guest_facts", name).stdout)["result"]
+    return bool(facts["running"]) and not facts["frozen"]
+
+
+def _break_master_host_key(pool: Pool) -> None:
+    """The slaves are told a wrong host key for the master: their ssh refuses it, borg fails."""
+    wrong = pool.master.base / "etc" / "vst-wrong-host-key.pub"
+    wrong.write_text((pool.slave("vsh-01").base / "ssh" / "host_ed25519.pub").read_text())
+    _set(pool, f"BACKUP_HOST_KEY={wrong}")
+
+
+def test_d10_a_failed_backup_never_prunes_and_d12_restarts_a_cold_guest(backup_pool: Pool) -> None:
+    pool = backup_pool
+    one = pool.slave("vsh-01")
+    _create(one)
+    one.run("vs-control", "--name", "web", "--start")
+    _backup_conf(pool, "web:cold\n")
+    _set(pool, "BACKUP_KEEP=5")
+    made = [_line(pool.master.run("vs-backup"))[2] for _ in range(3)]
+    assert _archives(pool) == made
+    _set(pool, "BACKUP_KEEP=1")
+    saved = (pool.master.base / "etc" / "vs-tools.conf").read_text()
+    _break_master_host_key(pool)
+    failed = pool.master.run("vs-backup", check=False)
+    assert failed.returncode == 5 and "FAILED" in failed.stdout
+    assert _archives(pool) == made  # D10: nothing pruned
+    assert _running(one)  # D12: stopped for the backup, started again though it failed
+    # --dry-run says what retention would remove, and removes nothing.
+    (pool.master.base / "etc" / "vs-tools.conf").write_text(saved)
+    dry = pool.master.run("vs-backup", "--prune", "--dry-run")
+    assert sorted(dry.stdout.splitlines()) == [f"web:{a}:would prune" for a in made[:2]]
+    assert _archives(pool) == made
+    # A complete new archive, then retention keeps one.
+    newest = _line(pool.master.run("vs-backup"))[2]
+    assert _archives(pool) == [newest]
+
+
+@pytest.mark.parametrize("step", ["archive", "record", "prune", "compact"])
+def test_d9_a_backup_killed_at_a_step_keeps_the_previous_archives(
+    backup_pool: Pool, step: str
+) -> None:
+    pool = backup_pool
+    one = pool.slave("vsh-01")
+    _create(one)
+    _backup_conf(pool, "web:hot\n")
+    first = [_line(pool.master.run("vs-backup"))[2], _line(pool.master.run("vs-backup"))[2]]
+    killed = pool.master.run("env", f"VS_FAILPOINT=backup:{step}", "vs-backup", check=False)
+    assert killed.returncode == -9, killed.stderr
+    kept = _archives(pool)
+    assert set(first) <= set(kept) or step == "compact"  # KEEP=2: compact comes after prune
+    if step == "compact":
+        assert len(kept) == 2 and first[1] in kept
+    again = _line(pool.master.run("vs-backup"))
+    assert again[2] in _archives(pool) and len(_archives(pool)) == 2
+    assert pool.master.run("vs-backup", "--check").stdout.split(":")[1] == "ok"
+
+
+def test_a_slave_key_can_only_append_and_a_deletion_stops_the_prunes(backup_pool: Pool) -> None:
+    pool = backup_pool
+    one = pool.slave("vsh-01")
+    _create(one)
+    _backup_conf(pool, "web:hot\n")
+    made = [_line(pool.master.run("vs-backup"))[2] for _ in range(2)]
+    key, known = "/etc/vs-tools/backup_key", "/etc/vs-tools/vst-master-known"
+    host_key = (pool.master.base / "ssh" / "host_ed25519.pub").read_text().split()
+    (one.base / "etc" / "vst-master-known").write_text(f"vsm {host_key[0]} {host_key[1]}\n")
+    ssh = ["ssh", "-i", key, "-o", "IdentitiesOnly=yes", "-o", f"UserKnownHostsFile={known}",
+           "-o", "BatchMode=yes"]  # fmt: skip
+    # The key runs borg serve, never a shell.
+    shell = one.run(*ssh, "root@vsm", "id", check=False)
+    assert "uid=" not in shell.stdout
+    # borg delete through it: borg 1.2's append-only mode only hides the archive...
+    passphrase = (pool.master.base / "etc" / "backup.passphrase").read_text().strip()
+    one.run("env", f"BORG_PASSPHRASE={passphrase}", f"BORG_RSH={shlex.join(ssh)}",
+            "BORG_BASE_DIR=/var/lib/vs-tools/vst-borg", "BORG_RELOCATED_REPO_ACCESS_IS_OK=yes",
+            "borg", "delete", f"ssh://root@vsm/var/lib/vs-tools/backup::{made[0]}")  # fmt: skip
+    assert _archives(pool) == made[1:]
+    # ...so the master refuses every prune and compaction until someone looked.
+    refused = pool.master.run("vs-backup", check=False)
+    assert refused.returncode == 4, refused.stderr
+    assert f"vanished: {made[0]}" in refused.stderr
+    assert len(_archives(pool)) == 2  # the new archive was made, nothing pruned
+
+
+def test_hot_backup_on_btrfs_reads_a_snapshot_and_removes_it(
+    backup_pool: Pool,
+    btrfs_slave: PoolHost,  # noqa: F811
+) -> None:
+    pool = backup_pool
+    one, two = pool.slave("vsh-01"), btrfs_slave
+    source = _create(one)
+    fidelity_tree(source)
+    expected = describe_tree(source / "root" / "d1")
+    pool.master.run("vs-move", "--name", "web", "--dst_host", "vsh-02", "--1step")
+    two.run("vs-control", "--name", "web", "--start")
+    _backup_conf(pool, "web:hot\n")
+    fields = _line(pool.master.run("vs-backup"))
+    assert fields[0] == "vsh-02" and fields[6] == "from a snapshot"
+    assert _running(two)
+    snapshots = two.inside("/var/lib/vservers/.snapshots")
+    assert not snapshots.exists() or os.listdir(snapshots) == []
+    two.run("vs-control", "--name", "web", "--stop")
+    pool.master.run("vs-remove", "--name", "web", "--host", "vsh-02", "--force")
+    pool.master.run("vs-put", "--name", "web", "--host", "vsh-03", "--from-backup")
+    assert describe_tree(pool.slave("vsh-03").base / "roots" / "web" / "root" / "d1") == expected
