@@ -10,12 +10,11 @@ import json
 import os
 import shlex
 
-from tests.backup.test_backup import _archives, _backup_conf, _line, backup_pool  # noqa: F401
-from tests.pool.test_btrfs import btrfs_slave  # noqa: F401
+import pytest
+
+from tests.backup.conftest import _archives, _backup_conf, _line
 from tests.pool.test_copy import _create, describe_tree, fidelity_tree
 from tests.poolhosts import Pool, PoolHost
-
-import pytest
 
 pytestmark = [pytest.mark.privileged, pytest.mark.e2e]
 
@@ -115,7 +114,7 @@ def test_a_slave_key_can_only_append_and_a_deletion_stops_the_prunes(backup_pool
 
 def test_hot_backup_on_btrfs_reads_a_snapshot_and_removes_it(
     backup_pool: Pool,
-    btrfs_slave: PoolHost,  # noqa: F811
+    btrfs_slave: PoolHost,
 ) -> None:
     pool = backup_pool
     one, two = pool.slave("vsh-01"), btrfs_slave

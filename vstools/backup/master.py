@@ -139,6 +139,7 @@ def backup_one(
     records: Records,
     entry: BackupEntry,
     host: str,
+    *,
     env: dict[str, str],
 ) -> Outcome:
     """Have ``host`` archive ``entry``'s guest into the repository; its outcome."""
@@ -195,7 +196,7 @@ def run_backups(
         try:
             if where is None:
                 raise NotFoundError(f"no slave holds guest {entry.name}")
-            outcomes.append(backup_one(pool, repository, records, entry, where, env))
+            outcomes.append(backup_one(pool, repository, records, entry, where, env=env))
         except VSError as exc:
             log.info("step: backup of %s failed: %s", entry.name, exc)
             records.failed(entry.name, where, str(exc))
