@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -46,6 +47,16 @@ def test_cold_backup_of_a_running_guest_restarts_it_and_restores_byte_for_byte(
     assert archive.startswith("web.") and held.startswith("stopped ")
     assert one.state("web") is not None  # started again
     assert _archives(pool) == [archive]
+    assert pool.master.run("vs-backup", "--check").stdout.split(":")[1] == "ok"
+    db = sqlite3.connect(pool.master.base / "state" / "pool" / "inventory.db")
+    try:
+        row = db.execute(
+            "SELECT host, last_archive, last_success, last_check_ok FROM backup_guests"
+            " WHERE guest = 'web'"
+        ).fetchone()
+    finally:
+        db.close()
+    assert row[:2] == ("vsh-01", archive) and row[2] is not None and row[3] == 1
     # The slave's key is restricted on the master to an append-only borg serve of the repo.
     keys = (pool.master.base / "ssh" / "authorized_keys").read_text()
     line = next(k for k in keys.splitlines() if k.endswith("vs-backup:vsh-01"))

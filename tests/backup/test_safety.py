@@ -55,6 +55,8 @@ def test_d10_a_failed_backup_never_prunes_and_d12_restarts_a_cold_guest(backup_p
     assert failed.returncode == 5 and "FAILED" in failed.stdout
     assert _archives(pool) == made  # D10: nothing pruned
     assert _running(one)  # D12: stopped for the backup, started again though it failed
+    spool = pool.master.base / "state" / "monitor" / "spool"  # no SMTP server: it waits there
+    assert any("Subject: vsh-01:web:backup failed" in p.read_text() for p in spool.glob("*.eml"))
     # --dry-run says what retention would remove, and removes nothing.
     (pool.master.base / "etc" / "vs-tools.conf").write_text(saved)
     dry = pool.master.run("vs-backup", "--prune", "--dry-run")

@@ -24,7 +24,7 @@ from vstools.backup.repository import Repository, master_known_hosts, master_nam
 from vstools.backup.retention import KeepPolicy
 from vstools.config.pool import BackupConf, BackupEntry, parse_backup
 from vstools.errors import NotFoundError, StateError, UsageError, VSError
-from vstools.host.hostconfig import load_optional
+from vstools.host.hostconfig import HostConfig, load_optional
 from vstools.host.journal import log
 from vstools.pool.slaves import Pool
 
@@ -72,9 +72,9 @@ class Outcome:
         }
 
 
-def backup_conf(pool: Pool) -> BackupConf:
+def backup_conf(host: HostConfig) -> BackupConf:
     """The master's backup.conf (empty when there is none)."""
-    path = pool.host.paths.etc_file(BackupConf.FILE_NAME)
+    path = host.paths.etc_file(BackupConf.FILE_NAME)
     return load_optional(path, parse_backup, BackupConf(()))
 
 
@@ -182,7 +182,7 @@ def run_backups(
     if host is not None:
         pool.slave(host)  # UsageError for a host that is no slave
     placed = where_guests_run(pool)
-    entries = selected_entries(backup_conf(pool), placed, name=name, host=host)
+    entries = selected_entries(backup_conf(pool.host), placed, name=name, host=host)
     policy = KeepPolicy.of_settings(pool.host.settings)
     outcomes: list[Outcome] = []
     for entry in entries:

@@ -4,15 +4,19 @@ verification, listing and single-file restore."""
 from __future__ import annotations
 
 import argparse
+import time
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
 
+from vstools.backup.alerts import backup_spool, deliver, mail_alert, mail_overdue
 from vstools.backup.borg import check_archive
 from vstools.backup.master import (
+    Outcome,
     backup_conf,
     check_usage,
     latest_archive,
+    overdue,
     prune_only,
     run_backups,
     timestamp,
@@ -59,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--check", action="store_true", help="verify the repository (borg check)")
     what.add_argument("--prune", action="store_true", help="apply retention only")
     what.add_argument("--extract", action="store_true", help="restore PATHs of --archive to --to")
+    what.add_argument("--overdue", action="store_true",
+                      help="only mail the guests whose backup is overdue")  # fmt: skip
     parser.add_argument("--verify-data", action="store_true",
                         help="with --check: read and decrypt every chunk too")  # fmt: skip
     parser.add_argument("--archive", type=ARCHIVE, help="with --extract: the archive")
@@ -105,6 +111,8 @@ def handle(ctx: Context) -> int:
         records = Records(inventory)
         if args.check:
             return _check(ctx, repository, records)
+        if args.overdue:
+            return _overdue(ctx, records)
         pool = Pool(ctx.host)
         if args.prune:
             return _prune(ctx, pool, repository, records)
@@ -112,6 +120,8 @@ def handle(ctx: Context) -> int:
             outcomes = run_backups(pool, repository, records, name=args.name, host=args.host,
                                    dry_run=ctx.dry_run, env=dict(ctx.env),
                                    say=lambda line: print(line, file=ctx.stderr))  # fmt: skip
+            if not ctx.dry_run:
+                _alerts(ctx, records, outcomes)
     finally:
         inventory.close()
     for outcome in outcomes:
@@ -121,6 +131,32 @@ def handle(ctx: Context) -> int:
             print(f"vs-backup: {outcome.name}: pruned {archive}", file=ctx.stderr)
     ctx.emit_rows([o.fields() for o in outcomes], FIELDS)
     return ctx.exit_code()
+
+
+def _alerts(ctx: Context, records: Records, outcomes: list[Outcome]) -> None:
+    """Mail each failure, then every guest now overdue; try to deliver them at once."""
+    spool = backup_spool(ctx.host)
+    for outcome in outcomes:
+        if outcome.error is not None:
+            body = f"The backup of guest {outcome.name} failed:\n{outcome.error}\n"
+            mail_alert(ctx.host, spool, outcome.host or "unknown", outcome.name, reason="failed",
+                       body=body)  # fmt: skip
+    mail_overdue(ctx.host, records, backup_conf(ctx.host), spool)
+    deliver(spool)
+
+
+def _overdue(ctx: Context, records: Records) -> int:
+    if ctx.dry_run:
+        late = overdue(records, backup_conf(ctx.host), ctx.settings.backup_max_age_h, time.time())
+        ctx.emit_rows([{"vserver": g, "alert": "would mail"} for g in late], ("vserver", "alert"))
+        return 0
+    spool = backup_spool(ctx.host)
+    subjects = mail_overdue(ctx.host, records, backup_conf(ctx.host), spool)
+    deliver(spool)
+    ctx.emit_rows(
+        [{"vserver": s.split(":")[1], "alert": s} for s in subjects], ("vserver", "alert")
+    )
+    return 0
 
 
 def _lock(ctx: Context) -> AbstractContextManager[None]:
@@ -160,7 +196,7 @@ def _check(ctx: Context, repository: Repository, records: Records) -> int:
 
 def _prune(ctx: Context, pool: Pool, repository: Repository, records: Records) -> int:
     policy = KeepPolicy.of_settings(ctx.settings)
-    guests = [e.name for e in backup_conf(pool).entries]
+    guests = [e.name for e in backup_conf(ctx.host).entries]
     if ctx.args.name:
         guests = [ctx.args.name]
     with _lock(ctx), operation("vs-backup --prune"):
