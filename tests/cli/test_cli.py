@@ -34,6 +34,7 @@ IMPLEMENTED = {
     "vs-remove",
     "vs-move",
     "vs-backup",
+    "vs-snapshot",
 }
 NOT_YET = {
     "vs-pkg": ["--name", "web", "--update_sources"],

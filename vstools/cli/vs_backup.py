@@ -35,7 +35,16 @@ from vstools.pool.slaves import Pool
 
 GUEST = arg_type(parse_guest_name, "name")
 HOST = arg_type(parse_host, "host")
-ARCHIVE = arg_type(check_archive, "archive")
+
+
+def _archive_arg(text: str) -> str:
+    try:
+        return check_archive(text)
+    except UsageError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+ARCHIVE = arg_type(_archive_arg, "archive")
 FIELDS = ("host", "vserver", "archive", "mb", "dedup_mb", "seconds", "held")
 
 DESCRIPTION = """\

@@ -50,7 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _archive(text: str) -> str:
-    return check_archive(text) if text else ""
+    try:
+        return check_archive(text) if text else ""
+    except UsageError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _from_backup(ctx: Context, pool: Pool, store: Store) -> None:
