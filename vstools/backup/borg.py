@@ -84,7 +84,12 @@ def build_authorized_line(borg: str, repository: Path, public_key: str, slave: s
     """One line of the master's authorized_keys for ``slave``'s key: ``restrict`` (no pty, no
     forwarding of any kind) and the forced append-only borg serve."""
     words = public_key.split()
-    if len(words) < 2 or not words[0].startswith(("ssh-", "ecdsa-")):
+    # What the slave sent is checked word by word: nothing of it may add an option to the line.
+    if (
+        len(words) < 2
+        or not re.fullmatch(r"(ssh|ecdsa)-[a-z0-9@.-]+", words[0])
+        or not re.fullmatch(r"[A-Za-z0-9+/]+={0,2}", words[1])
+    ):
         raise HostError(f"{slave}: not an SSH public key: {public_key[:40]!r}")
     command = build_serve_command(borg, repository)
     return f'command="{command}",restrict {words[0]} {words[1]} {SERVE_MARK}{slave}'
