@@ -9,12 +9,16 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import signal
+import subprocess
+import time
+from pathlib import Path
 
 import pytest
 
 from tests.backup.conftest import _archives, _backup_conf, _line
 from tests.pool.test_copy import _create, describe_tree, fidelity_tree
-from tests.poolhosts import Pool, PoolHost
+from tests.poolhosts import SESSION_PATH, Pool, PoolHost
 
 pytestmark = [pytest.mark.privileged, pytest.mark.e2e]
 
@@ -135,3 +139,50 @@ def test_hot_backup_on_btrfs_reads_a_snapshot_and_removes_it(
     pool.master.run("vs-remove", "--name", "web", "--host", "vsh-02", "--force")
     pool.master.run("vs-put", "--name", "web", "--host", "vsh-03", "--from-backup")
     assert describe_tree(pool.slave("vsh-03").base / "roots" / "web" / "root" / "d1") == expected
+
+
+def _borg_create_pid(host: PoolHost) -> int | None:
+    """The PID of a ``borg create`` running on ``host`` (in its network namespace), if any."""
+    listed = subprocess.run(["ip", "netns", "pids", host.netns], capture_output=True, text=True,
+                            check=False).stdout.split()  # fmt: skip
+    for pid in listed:
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if any(a.endswith(b"borg") for a in argv) and b"create" in argv:
+            return int(pid)
+    return None
+
+
+def test_d9_the_slaves_borg_killed_mid_archive_keeps_the_previous_one(backup_pool: Pool) -> None:
+    pool = backup_pool
+    one = pool.slave("vsh-01")
+    source = _create(one)
+    _backup_conf(pool, "web:hot\n")
+    first = _line(pool.master.run("vs-backup"))[2]
+    (source / "root" / "big").write_bytes(os.urandom(160 << 20))  # something to read a while
+    env = {"PATH": SESSION_PATH, "VS_NO_SYSTEMD": "1", "HOME": "/root"}
+    backup = subprocess.Popen(
+        ["nsenter", f"--target={pool.master.pid}", "--mount", "--net", "--", "vs-backup"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        pid = None
+        for _ in range(3000):
+            pid = _borg_create_pid(one)
+            if pid is not None or backup.poll() is not None:
+                break
+            time.sleep(0.01)
+        assert pid is not None, "borg create never ran on vsh-01"
+        os.kill(pid, signal.SIGKILL)  # by the PID found, as a crash of the slave's borg
+        out, err = backup.communicate(timeout=300)
+    finally:
+        if backup.poll() is None:
+            backup.kill()
+            backup.wait()
+    assert backup.returncode == 5, out + err
+    assert _archives(pool) == [first]  # the previous archive, and no half one listed
+    again = _line(pool.master.run("vs-backup"))
+    assert _archives(pool) == [first, again[2]]
+    assert pool.master.run("vs-backup", "--check").stdout.split(":")[1] == "ok"

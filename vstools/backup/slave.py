@@ -35,7 +35,7 @@ from vstools.config.create import StorageKind
 from vstools.config.pool import BackupMode
 from vstools.errors import StateError, UsageError, VSError
 from vstools.guest.facts import hostname
-from vstools.guest.lifecycle import freeze_guest, is_active
+from vstools.guest.lifecycle import freeze_guest, guest_status, is_active
 from vstools.guest.start import start_guest
 from vstools.guest.stop import stop_guest
 from vstools.host.hostconfig import HostConfig
@@ -175,13 +175,15 @@ def still_image(
         return
     if storage.kind is StorageKind.DIR:
         taken.how = "frozen"
+        already = guest_status(host, name).frozen  # frozen by an administrator: left so
         log.info("step: backup: freeze %s", name)
         freeze_guest(host, name)
         held = time.monotonic()
         try:
             yield storage.root(name), taken
         finally:
-            freeze_guest(host, name, thaw=True)
+            if not already:
+                freeze_guest(host, name, thaw=True)
             taken.held_s = time.monotonic() - held
         return
     taken.how = "snapshot"
