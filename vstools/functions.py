@@ -8,9 +8,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from vstools import __version__
+from vstools.backup.borg import forget_repositories
 from vstools.backup.slave import (
     backup_guest,
     backup_public_key,
+    borg_dir,
     read_secrets_from_stdin,
     taken_json,
 )
@@ -185,6 +187,10 @@ def _backup_guest(env: Env, name: str, mode: BackupMode) -> dict[str, Any]:
     return taken_json(backup_guest(HostConfig.load(env), name, mode, secrets))
 
 
+def _backup_forget(env: Env) -> list[str]:
+    return forget_repositories(borg_dir(HostConfig.load(env)))
+
+
 def _check_room(env: Env, size_mb: int) -> dict[str, Any]:
     return check_room(HostConfig.load(env), size_mb)
 
@@ -317,6 +323,12 @@ REGISTRY: dict[str, Function] = {
             _backup_guest,
             (Param("name", parse_guest_name), Param("mode", BackupMode)),
             "archive a guest (hot or cold) into the master's repository (secrets on stdin)",
+        ),
+        Function(
+            "backup_forget",
+            _backup_forget,
+            (),
+            "forget borg's cache and security records of the master's repository (rollback)",
         ),
         Function(
             "check_room",

@@ -91,7 +91,7 @@ def test_d9_a_backup_killed_at_a_step_keeps_the_previous_archives(
     assert pool.master.run("vs-backup", "--check").stdout.split(":")[1] == "ok"
 
 
-def test_a_slave_key_can_only_append_and_a_deletion_stops_the_prunes(backup_pool: Pool) -> None:
+def test_a_slave_key_can_only_append_and_a_deletion_is_rolled_back(backup_pool: Pool) -> None:
     pool = backup_pool
     one = pool.slave("vsh-01")
     _create(one)
@@ -116,6 +116,13 @@ def test_a_slave_key_can_only_append_and_a_deletion_stops_the_prunes(backup_pool
     assert refused.returncode == 4, refused.stderr
     assert f"vanished: {made[0]}" in refused.stderr
     assert len(_archives(pool)) == 2  # the new archive was made, nothing pruned
+    # The master puts the repository back as it last saw it: the deleted archive returns.
+    rolled = pool.master.run("vs-backup", "--rollback")
+    assert "rolled back to transaction" in rolled.stderr
+    assert _archives(pool) == made
+    assert pool.master.run("vs-backup", "--check").stdout.split(":")[1] == "ok"
+    newest = _line(pool.master.run("vs-backup"))[2]  # and backups go on
+    assert _archives(pool) == [made[1], newest]
 
 
 def test_hot_backup_on_btrfs_reads_a_snapshot_and_removes_it(

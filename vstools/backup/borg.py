@@ -52,6 +52,21 @@ def borg_env(base_dir: Path, passphrase: str | None, *, rsh: str | None = None) 
     return env
 
 
+def forget_repositories(base_dir: Path) -> list[str]:
+    """Remove borg's cache and security records under ``base_dir``: after a rollback, borg
+    rightly refuses a repository older than it last saw ("this is either an attack..."), and
+    the caches describe archives that are gone. What was removed."""
+    import shutil
+
+    removed = []
+    for sub in (".cache/borg", ".config/borg/security"):
+        path = base_dir / sub
+        if path.exists():
+            shutil.rmtree(path)
+            removed.append(str(path))
+    return removed
+
+
 def archive_name(guest: str, when: float) -> str:
     """``NAME.YYYYMMDDTHHMMSSZ`` (UTC, no colon: it shows in colon lines): a guest name has no
     dot, so ``NAME.*`` selects the archives of exactly that guest."""

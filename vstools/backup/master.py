@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from vstools.backup.borg import forget_repositories
 from vstools.backup.records import Records
 from vstools.backup.repository import Repository, master_known_hosts, master_name
 from vstools.backup.retention import KeepPolicy
@@ -129,8 +130,10 @@ def check_history(repository: Repository, records: Records) -> None:
         raise StateError(
             f"archives the master made are no longer as it made them ({'; '.join(parts)}):"
             " no prune or compaction until this is looked into (a slave's key can only append,"
-            " and the data is still in the repository: see vs-backup(1), 'rolling back')"
+            " and the data is still there: vs-backup --rollback puts the repository back as"
+            " the master last saw it)"
         )
+    records.good(repository.last_segment())
 
 
 def backup_one(
@@ -211,6 +214,7 @@ def run_backups(
         if any(o.pruned for o in done):
             failpoint(env, "compact")
             repository.compact()
+            records.good(repository.last_segment())
     return outcomes
 
 
@@ -231,7 +235,36 @@ def prune_only(
             records.pruned(removed[guest])
     if not dry_run and any(removed.values()):
         repository.compact()
+        records.good(repository.last_segment())
     return removed
+
+
+def rollback(
+    pool: Pool, repository: Repository, records: Records, *, dry_run: bool, say: Say
+) -> list[str]:
+    """Put the repository back to the last transaction at which it was as the master made it
+    (after a slave's key removed or rewrote an archive); the archives made since then are
+    gone too and no longer expected. The files set aside."""
+    repository.require()
+    good = records.last_good()
+    if good is None:
+        raise StateError("the master has not verified this repository yet: nothing to roll back to")
+    transaction, when = good
+    if dry_run:
+        say(f"would: roll {repository.path} back to transaction {transaction} ({timestamp(when)})")
+        return []
+    aside = repository.path.parent / f"{repository.path.name}.rolled-back.{int(time.time())}"
+    moved = repository.rollback(transaction, aside)
+    # borg refuses a repository older than it last saw: every host forgets what it saw.
+    forget_repositories(repository.base_dir)
+    for answer in pool.fan_out(lambda remote: remote.call("backup_forget")):
+        if answer.error is not None:
+            say(f"{answer.host}: run vs-fonctions backup_forget there: {answer.error}")
+    say(f"rolled back to transaction {transaction}: {len(moved)} files set aside in {aside}")
+    for name in records.rolled_back(when):
+        say(f"rolled back with it: {name}")
+    check_history(repository, records)
+    return moved
 
 
 def latest_archive(repository: Repository, guest: str, archive: str | None) -> str:

@@ -20,6 +20,10 @@ CREATE TABLE IF NOT EXISTS backup_archives (
     created REAL NOT NULL,
     pruned REAL
 );
+CREATE TABLE IF NOT EXISTS backup_state (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS backup_guests (
     guest TEXT PRIMARY KEY,
     host TEXT,
@@ -101,6 +105,39 @@ class Records:
         with self.inventory.transaction() as db:
             for name in names:
                 db.execute("UPDATE backup_archives SET pruned = ? WHERE name = ?", (now, name))
+
+    def good(self, transaction: int) -> None:
+        """The repository was as the master made it at ``transaction`` (now)."""
+        with self.inventory.transaction() as db:
+            for key, value in (
+                ("good_transaction", transaction),
+                ("good_time", self.inventory.clock()),
+            ):
+                db.execute(
+                    "INSERT INTO backup_state (key, value) VALUES (?, ?)"
+                    " ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                    (key, str(value)),
+                )
+
+    def last_good(self) -> tuple[int, float] | None:
+        """The last transaction at which the repository was as the master made it, and when."""
+        rows = dict(
+            self.inventory._conn().execute("SELECT key, value FROM backup_state").fetchall()
+        )
+        if "good_transaction" not in rows:
+            return None
+        return int(rows["good_transaction"]), float(rows["good_time"])
+
+    def rolled_back(self, since: float) -> list[str]:
+        """Archives recorded after ``since`` are gone with a rollback: no longer expected."""
+        now = self.inventory.clock()
+        with self.inventory.transaction() as db:
+            names = [row[0] for row in db.execute(
+                "SELECT name FROM backup_archives WHERE pruned IS NULL AND created > ?", (since,)
+            ).fetchall()]  # fmt: skip
+            db.execute("UPDATE backup_archives SET pruned = ? WHERE pruned IS NULL AND created > ?",
+                       (now, since))  # fmt: skip
+        return names
 
     def known(self) -> dict[str, str | None]:
         """Every archive the master recorded and did not remove: name to borg id."""

@@ -35,6 +35,8 @@ from vstools.host.fsutil import atomic_write
 from vstools.host.hostconfig import HostConfig
 from vstools.host.run import which
 
+DERIVED = ("index", "hints", "integrity")  # borg's files rebuilt from the segments
+
 
 @dataclass(frozen=True, slots=True)
 class Repository:
@@ -172,6 +174,39 @@ class Repository:
                 f"{self.path}::{archive}", *paths]  # fmt: skip
         run_borg(argv, env, what=f"extract {archive}", prefix=sandbox, warnings_ok=False)
 
+    # -- rolling back what a slave's key did -------------------------------------------------
+
+    def last_segment(self) -> int:
+        """The newest segment file's number: borg's id of the last committed transaction."""
+        numbers = [
+            int(file.name)
+            for directory in (self.path / "data").iterdir()
+            for file in directory.iterdir()
+            if file.name.isdigit()
+        ]
+        return max(numbers, default=0)
+
+    def rollback(self, transaction: int, aside: Path) -> list[str]:
+        """Put the repository back to ``transaction``: every newer segment and borg's index
+        files moved into ``aside`` (kept, not deleted); borg rebuilds its index from the
+        segments left, then borg check verifies them. The files moved.
+
+        No slave may write meanwhile: the repository is renamed for the duration (a slave's
+        forced command names its path, so it cannot open it), and refused if a borg holds its
+        lock (``borg with-lock`` would not do: it commits a transaction of its own)."""
+        hidden = self.path.with_name(f".{self.path.name}.rolling-back")
+        self.path.rename(hidden)
+        try:
+            if any((hidden / lock).exists() for lock in ("lock.exclusive", "lock.roster")):
+                raise StateError(f"{self.path} is in use (a borg holds its lock): try again later")
+            moved = _set_aside(hidden, transaction, aside)
+        finally:
+            hidden.rename(self.path)
+        ok, why = self.check(verify_data=False)
+        if not ok:
+            raise StateError(f"rolled back to transaction {transaction}, but: {why}")
+        return [str(path) for path in moved]
+
     # -- the slaves' keys ----------------------------------------------------------------------
 
     def authorize(self, host: HostConfig, slave: str, public_key: str) -> bool:
@@ -191,6 +226,23 @@ class Repository:
     def url(self, master: str) -> str:
         """The repository as a slave reaches it over SSH."""
         return f"ssh://root@{master}{self.path}"
+
+
+def _set_aside(repository: Path, transaction: int, aside: Path) -> list[Path]:
+    segments = [f for d in (repository / "data").iterdir() for f in d.iterdir() if f.name.isdigit()]
+    if not any(int(f.name) == transaction for f in segments):
+        raise StateError(f"{repository} has no transaction {transaction} to roll back to")
+    newer = [f for f in segments if int(f.name) > transaction]
+    if not newer:
+        return []
+    derived = [p for p in repository.iterdir() if p.name.split(".")[0] in DERIVED]
+    aside.mkdir(mode=0o700, parents=True, exist_ok=True)
+    moved = []
+    for path in [*sorted(newer, key=lambda f: int(f.name)), *derived]:
+        target = aside / f"{path.parent.name}-{path.name}" if path in newer else aside / path.name
+        path.rename(target)
+        moved.append(target)
+    return moved
 
 
 def master_known_hosts(host: HostConfig, master: str) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
 
@@ -18,6 +18,7 @@ from vstools.backup.master import (
     latest_archive,
     overdue,
     prune_only,
+    rollback,
     run_backups,
     timestamp,
 )
@@ -72,6 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--check", action="store_true", help="verify the repository (borg check)")
     what.add_argument("--prune", action="store_true", help="apply retention only")
     what.add_argument("--extract", action="store_true", help="restore PATHs of --archive to --to")
+    what.add_argument("--rollback", action="store_true",
+                      help="undo what came after the master last verified it")  # fmt: skip
     what.add_argument("--overdue", action="store_true",
                       help="only mail the guests whose backup is overdue")  # fmt: skip
     parser.add_argument("--verify-data", action="store_true",
@@ -122,6 +125,10 @@ def handle(ctx: Context) -> int:
             return _check(ctx, repository, records)
         if args.overdue:
             return _overdue(ctx, records)
+        if args.rollback:
+            with _lock(ctx), operation("vs-backup --rollback"):
+                rollback(Pool(ctx.host), repository, records, dry_run=ctx.dry_run, say=_say(ctx))
+            return 0
         pool = Pool(ctx.host)
         if args.prune:
             return _prune(ctx, pool, repository, records)
@@ -166,6 +173,10 @@ def _overdue(ctx: Context, records: Records) -> int:
         [{"vserver": s.split(":")[1], "alert": s} for s in subjects], ("vserver", "alert")
     )
     return 0
+
+
+def _say(ctx: Context) -> Callable[[str], None]:
+    return lambda line: print(f"vs-backup: {line}", file=ctx.stderr)
 
 
 def _lock(ctx: Context) -> AbstractContextManager[None]:
