@@ -93,3 +93,8 @@ def test_hot_backup_on_dir_freezes_the_guest_and_extracts_single_files(
                     "--to", str(target), "/etc/vst-file")  # fmt: skip
     assert (target / "etc" / "vst-file").read_text() == "one\n"
     assert sorted(os.listdir(target)) == ["etc"]
+    # --force replaces the running guest by its archive, on the same slave.
+    (source / "etc" / "vst-file").write_text("changed\n")
+    pool.master.run("vs-put", "--name", "web", "--from-backup", "--force", "--host", "vsh-01")
+    assert (one.base / "roots" / "web" / "etc" / "vst-file").read_text() == "one\n"
+    assert pool.master.run("vs-scan").stdout == "vsh-01:web:disabled:stopped\n"

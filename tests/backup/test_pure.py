@@ -122,6 +122,9 @@ class FakeRepository:
     def archives(self, guest: str | None = None) -> list[Listed]:
         return self.listed
 
+    def last_segment(self) -> int:
+        return 7
+
 
 def test_history_check_catches_a_vanished_or_rewritten_archive(tmp_path: Path) -> None:
     records = Records(Inventory(tmp_path / "inv.db"))
@@ -129,6 +132,7 @@ def test_history_check_catches_a_vanished_or_rewritten_archive(tmp_path: Path) -
     records.succeeded("web", "vsh-01", "web.20261202T020000Z", "bb")
     both = [Listed("web.20261201T020000Z", "aa", ""), Listed("web.20261202T020000Z", "bb", "")]
     check_history(FakeRepository(both), records)  # type: ignore[arg-type]
+    assert records.last_good() is not None and records.last_good()[0] == 7  # type: ignore[index]
     with pytest.raises(StateError, match=r"vanished: web\.20261201T020000Z"):
         check_history(FakeRepository(both[1:]), records)  # type: ignore[arg-type]
     changed = [both[0], Listed("web.20261202T020000Z", "cc", "")]
