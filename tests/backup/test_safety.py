@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import time
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.backup.conftest import _archives, _backup_conf, _line
+from tests.backup.conftest import REPO, _archives, _backup_conf, _line
 from tests.pool.test_copy import _create, describe_tree, fidelity_tree
 from tests.poolhosts import SESSION_PATH, Pool, PoolHost
 
@@ -193,3 +194,33 @@ def test_d9_the_slaves_borg_killed_mid_archive_keeps_the_previous_one(backup_poo
     again = _line(pool.master.run("vs-backup"))
     assert _archives(pool) == [first, again[2]]
     assert pool.master.run("vs-backup", "--check").stdout.split(":")[1] == "ok"
+
+
+def test_a_forged_archive_cannot_make_a_restore_write_outside(
+    backup_pool: Pool, tmp_path: Path
+) -> None:
+    """borg 1.2 extracts x/f through a symlink x the same archive made: a slave holding the
+    passphrase could forge such an archive. The sandboxed extraction fails instead."""
+    pool = backup_pool
+    forge = tmp_path / "vst-forge"
+    real = forge / "real"  # where the forged symlink leads: outside any restore target
+    real.mkdir(parents=True)
+    (real / "planted").write_text("pwned\n")
+    (forge / "tree").mkdir()
+    (forge / "tree" / "x").symlink_to(real)
+    passphrase = (pool.master.base / "etc" / "backup.passphrase").read_text().strip()
+    archive = "web.20260101T000000Z"
+    script = f"cd {forge / 'tree'} && borg create {REPO}::{archive} x x/planted"
+    pool.master.run("env", f"BORG_PASSPHRASE={passphrase}", "BORG_BASE_DIR=/tmp/vst-forge-borg",
+                    "sh", "-c", script)  # fmt: skip
+    listed = pool.master.run("env", f"BORG_PASSPHRASE={passphrase}",
+                             "BORG_BASE_DIR=/tmp/vst-forge-borg", "borg", "list",
+                             f"{REPO}::{archive}").stdout  # fmt: skip
+    shutil.rmtree("/tmp/vst-forge-borg", ignore_errors=True)
+    assert "x/planted" in listed
+    (real / "planted").unlink()
+    target = tmp_path / "vst-extract"
+    failed = pool.master.run("vs-backup", "--extract", "--name", "web", "--archive", archive,
+                             "--to", str(target), "x", "x/planted", check=False)  # fmt: skip
+    assert failed.returncode == 5, failed.stdout + failed.stderr
+    assert os.listdir(real) == []  # nothing written through the symlink

@@ -165,9 +165,10 @@ class Repository:
             raise StateError("bubblewrap (bwrap) is not installed: archives are only extracted"
                              " in its sandbox (apt-get install bubblewrap)")  # fmt: skip
         target = target.resolve()
-        sandbox = [bwrap, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
-                   "--tmpfs", "/tmp", "--ro-bind", str(self.path), str(self.path),
-                   "--bind", str(target), str(target), "--chdir", str(target),
+        # No fresh /proc: the host's, read-only like everything else (a writable /proc/sys
+        # reached through a forged symlink would change the host's kernel settings).
+        sandbox = [bwrap, "--ro-bind", "/", "/", "--dev", "/dev", "--tmpfs", "/tmp",
+                   "--ro-bind", str(self.path), str(self.path), "--bind", str(target), str(target), "--chdir", str(target),
                    "--unshare-pid", "--unshare-ipc", "--die-with-parent", "--"]  # fmt: skip
         env = borg_env(Path("/tmp/borg"), self.passphrase())
         argv = ["extract", "--bypass-lock", "--numeric-ids", "--sparse",
