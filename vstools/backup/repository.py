@@ -168,7 +168,8 @@ class Repository:
         # No fresh /proc: the host's, read-only like everything else (a writable /proc/sys
         # reached through a forged symlink would change the host's kernel settings).
         sandbox = [bwrap, "--ro-bind", "/", "/", "--dev", "/dev", "--tmpfs", "/tmp",
-                   "--ro-bind", str(self.path), str(self.path), "--bind", str(target), str(target), "--chdir", str(target),
+                   "--ro-bind", str(self.path), str(self.path),
+                   "--bind", str(target), str(target), "--chdir", str(target),
                    "--unshare-pid", "--unshare-ipc", "--die-with-parent", "--"]  # fmt: skip
         env = borg_env(Path("/tmp/borg"), self.passphrase())
         argv = ["extract", "--bypass-lock", "--numeric-ids", "--sparse",
