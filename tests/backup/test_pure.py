@@ -186,3 +186,70 @@ def test_lvm_snapshots_are_listed_by_origin_and_reverted_by_merge(
     # A hot backup's snapshot of an XFS guest is mounted without replaying its log.
     take = storage.snapshot_steps("web", "vsbackup")[0]
     assert take[1].apply.args[3] == "ro,nodev,nosuid,noexec,norecovery,nouuid"  # type: ignore[attr-defined]
+
+
+class FakeStorage:
+    """A storage backend that records what is done (the LVM path, without device-mapper)."""
+
+    def __init__(self, kind: Any, root: Path) -> None:
+        self.kind = kind
+        self.calls: list[str] = []
+        self.top = root
+
+    def root(self, name: str) -> Path:
+        return self.top / name
+
+    def snapshot_steps(self, name: str, tag: str) -> tuple[list[Any], Any]:
+        from vstools.storage.base import Snapshot
+
+        return [], Snapshot(name, tag, self.top / f".snapshots/{name}.{tag}", f"vg0/{name}.{tag}")
+
+    def remove_snapshot(self, snapshot: Any) -> None:
+        self.calls.append(f"remove {snapshot.tag}")
+
+    def create_snapshot(self, name: str, tag: str) -> Any:
+        self.calls.append(f"create {tag}")
+        return self.snapshot_steps(name, tag)[1]
+
+
+@pytest.mark.parametrize("kind", ["lvm", "dir"])
+@pytest.mark.parametrize("mode", ["hot", "cold"])
+def test_the_guest_is_put_back_as_it_was_even_when_borg_fails(
+    kind: str, mode: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from types import SimpleNamespace
+
+    from vstools.backup import slave
+    from vstools.config.create import StorageKind
+    from vstools.config.pool import BackupMode
+
+    done: list[str] = []
+    monkeypatch.setattr(slave, "is_active", lambda host, name: True)
+    monkeypatch.setattr(slave, "stop_guest", lambda host, name: done.append("stop"))
+    monkeypatch.setattr(slave, "start_guest", lambda host, name: done.append("start"))
+    monkeypatch.setattr(slave, "guest_status", lambda host, name: SimpleNamespace(frozen=False))
+
+    def freeze(host: object, name: str, thaw: bool = False) -> None:
+        done.append("thaw" if thaw else "freeze")
+
+    monkeypatch.setattr(slave, "freeze_guest", freeze)
+    storage = FakeStorage(StorageKind(kind), tmp_path)
+    with (
+        pytest.raises(RuntimeError),
+        slave.still_image(
+            None,
+            "web",
+            BackupMode(mode),
+            storage,  # type: ignore[arg-type]
+        ) as (view, taken),
+    ):
+        done.append(f"read {view.relative_to(tmp_path)}")
+        raise RuntimeError("borg failed")
+    if mode == "cold":
+        assert done == ["stop", "read web", "start"] and taken.how == "stopped"
+    elif kind == "dir":
+        assert done == ["freeze", "read web", "thaw"] and taken.how == "frozen"
+    else:
+        assert done == ["read .snapshots/web.vsbackup"] and taken.how == "snapshot"
+        assert storage.calls == ["remove vsbackup", "create vsbackup", "remove vsbackup"]
+    assert taken.held_s is not None or taken.how == "snapshot"
