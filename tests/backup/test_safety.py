@@ -67,6 +67,10 @@ def test_d10_a_failed_backup_never_prunes_and_d12_restarts_a_cold_guest(backup_p
     dry = pool.master.run("vs-backup", "--prune", "--dry-run")
     assert sorted(dry.stdout.splitlines()) == [f"web:{a}:would prune" for a in made[:2]]
     assert _archives(pool) == made
+    plan = pool.master.run("vs-backup", "--dry-run")
+    assert "would: back up web (cold) on vsh-01" in plan.stderr
+    assert f"would: prune {made[0]}" in plan.stderr and plan.stdout == ""
+    assert _archives(pool) == made and _running(one)
     # A complete new archive, then retention keeps one.
     newest = _line(pool.master.run("vs-backup"))[2]
     assert _archives(pool) == [newest]
