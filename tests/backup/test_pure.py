@@ -22,7 +22,7 @@ from vstools.backup.borg import (
     parse_created,
     parse_list,
 )
-from vstools.backup.master import check_history, overdue
+from vstools.backup.master import accept_history, check_history, overdue
 from vstools.backup.records import Records
 from vstools.backup.retention import KeepPolicy, pruned_archives
 from vstools.backup.slave import Secrets
@@ -140,6 +140,9 @@ def test_history_check_catches_a_vanished_or_rewritten_archive(tmp_path: Path) -
         check_history(FakeRepository(changed), records)  # type: ignore[arg-type]
     records.pruned(["web.20261201T020000Z"])  # the master's own prune is no alarm
     check_history(FakeRepository(both[1:]), records)  # type: ignore[arg-type]
+    # An administrator's own deletion is accepted once, then expected no more.
+    assert accept_history(FakeRepository([]), records) == ["web.20261202T020000Z"]  # type: ignore[arg-type]
+    check_history(FakeRepository([]), records)  # type: ignore[arg-type]
 
 
 def test_overdue_rule(tmp_path: Path) -> None:

@@ -131,9 +131,20 @@ def check_history(repository: Repository, records: Records) -> None:
             f"archives the master made are no longer as it made them ({'; '.join(parts)}):"
             " no prune or compaction until this is looked into (a slave's key can only append,"
             " and the data is still there: vs-backup --rollback puts the repository back as"
-            " the master last saw it)"
+            " the master last saw it; vs-backup --accept if an administrator removed them)"
         )
     records.good(repository.last_segment())
+
+
+def accept_history(repository: Repository, records: Records) -> list[str]:
+    """An administrator removed archives on purpose (borg delete on the master): the master
+    stops expecting every archive it recorded that is gone, and the repository as it is now
+    becomes the state a rollback returns to. The archives no longer expected."""
+    present = {a.name: a.id for a in repository.archives()}
+    gone = [n for n, i in records.known().items() if n not in present or (i and present[n] != i)]
+    records.pruned(gone)
+    check_history(repository, records)
+    return gone
 
 
 def backup_one(

@@ -13,6 +13,7 @@ from vstools.backup.alerts import backup_spool, deliver, mail_alert, mail_overdu
 from vstools.backup.borg import check_archive
 from vstools.backup.master import (
     Outcome,
+    accept_history,
     backup_conf,
     check_usage,
     latest_archive,
@@ -26,7 +27,7 @@ from vstools.backup.records import Records
 from vstools.backup.repository import Repository
 from vstools.backup.restore import extract_files
 from vstools.backup.retention import KeepPolicy
-from vstools.cli.common import Context, arg_type, new_parser, run_command
+from vstools.cli.common import Context, arg_type, confirm, new_parser, run_command
 from vstools.config.values import parse_guest_name, parse_host
 from vstools.errors import UsageError
 from vstools.host.fsutil import locked
@@ -75,6 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--extract", action="store_true", help="restore PATHs of --archive to --to")
     what.add_argument("--rollback", action="store_true",
                       help="undo what came after the master last verified it")  # fmt: skip
+    what.add_argument("--accept", action="store_true",
+                      help="archives removed on purpose: stop expecting them")  # fmt: skip
     what.add_argument("--overdue", action="store_true",
                       help="only mail the guests whose backup is overdue")  # fmt: skip
     parser.add_argument("--verify-data", action="store_true",
@@ -125,6 +128,16 @@ def handle(ctx: Context) -> int:
             return _check(ctx, repository, records)
         if args.overdue:
             return _overdue(ctx, records)
+        if args.accept:
+            repository.require()
+            confirm(ctx, "accept the repository as it is now, with every missing archive gone?")
+            if ctx.dry_run:
+                print("would: accept the repository as it is", file=ctx.stderr)
+                return 0
+            with _lock(ctx), operation("vs-backup --accept"):
+                for name in accept_history(repository, records):
+                    print(f"vs-backup: no longer expected: {name}", file=ctx.stderr)
+            return 0
         if args.rollback:
             with _lock(ctx), operation("vs-backup --rollback"):
                 rollback(Pool(ctx.host), repository, records, dry_run=ctx.dry_run, say=_say(ctx))
