@@ -147,6 +147,9 @@ def test_hot_backup_on_btrfs_reads_a_snapshot_and_removes_it(
     assert _running(two)
     snapshots = two.inside("/var/lib/vservers/.snapshots")
     assert not snapshots.exists() or os.listdir(snapshots) == []
+    _backup_conf(pool, "web:cold\n")  # cold on btrfs: stopped, read in place, started again
+    cold = _line(pool.master.run("vs-backup"))
+    assert cold[6].startswith("stopped ") and _running(two)
     two.run("vs-control", "--name", "web", "--stop")
     pool.master.run("vs-remove", "--name", "web", "--host", "vsh-02", "--force")
     pool.master.run("vs-put", "--name", "web", "--host", "vsh-03", "--from-backup")
