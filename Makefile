@@ -9,7 +9,8 @@ PY := $(VENV)/bin/python
 # iputils-arping: vs-create probes a new address on its network.
 DEB_PACKAGES := python3-venv python3-dev gcc iproute2 nftables iptables busybox-static debootstrap libc6-dev \
 	rsync openssh-server openssh-client systemd procps util-linux uidmap btrfs-progs \
-	zstd munin-node strace qemu-system-x86 seabios ipxe-qemu dmsetup iputils-arping lvm2
+	zstd munin-node strace qemu-system-x86 seabios ipxe-qemu dmsetup iputils-arping lvm2 \
+	borgbackup bubblewrap python3-aiosmtpd
 # zsh: the zsh completion scripts are checked with it (tests/deb/test_manpages.py).
 DEB_PACKAGES += zsh
 
@@ -51,6 +52,7 @@ bench: venv
 		--no-install-recommends $$missing >/dev/null; fi
 	$(PY) -m bench.bench_start
 	$(PY) -m bench.bench_monitor
+	$(PY) -m bench.bench_backup
 
 # `make deb`: the Debian package, built from a copy of the tree (git's files, committed or not;
 # outside a git checkout, everything but build/, the venv and built packages)

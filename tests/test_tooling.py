@@ -26,7 +26,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("firewall", ("vstools.firewall",)),
     ("guest", ("vstools.guest",)),
     ("monitor", ("vstools.monitor",)),
-    ("pool", ("vstools.pkg", "vstools.pool")),
+    ("pool", ("vstools.backup", "vstools.pkg", "vstools.pool")),
     ("top", ("vstools.functions", "vstools.cli")),
 ]  # fmt: skip
 # The few exceptions: modules of a higher package that only compute, held to the ground's rule.

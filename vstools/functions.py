@@ -9,9 +9,18 @@ from dataclasses import dataclass
 from typing import Any
 
 from vstools import __version__
+from vstools.backup.borg import forget_repositories
+from vstools.backup.slave import (
+    backup_guest,
+    backup_public_key,
+    borg_dir,
+    read_secrets_from_stdin,
+    taken_json,
+)
 from vstools.config.create import mb as _mb
 from vstools.config.files import check_files, parse_file
 from vstools.config.lexer import ValueProblem
+from vstools.config.pool import BackupMode
 from vstools.config.values import parse_guest_name, parse_host, parse_ipv4
 from vstools.errors import ConfigError, NotFoundError, Problem, UsageError
 from vstools.guest.facts import guest_facts, guests_facts, host_facts
@@ -209,6 +218,19 @@ def _json_object(text: str) -> dict[str, Any]:
     return value
 
 
+def _backup_key(env: Env) -> str:
+    return backup_public_key(HostConfig.load(env))
+
+
+def _backup_guest(env: Env, name: str, mode: BackupMode) -> dict[str, Any]:
+    secrets = read_secrets_from_stdin()  # never on the command line: any local user reads that
+    return taken_json(backup_guest(HostConfig.load(env), name, mode, secrets))
+
+
+def _backup_forget(env: Env) -> list[str]:
+    return forget_repositories(borg_dir(HostConfig.load(env)))
+
+
 def _check_room(env: Env, size_mb: int) -> dict[str, Any]:
     return check_room(HostConfig.load(env), size_mb)
 
@@ -366,6 +388,24 @@ REGISTRY: dict[str, Function] = {
             _push_copy,
             (Param("name", parse_guest_name), Param("what"), Param("options", _json_object)),
             "source of a move: rsync NAME's root (or snapshot:TAG) straight to the destination",
+        ),
+        Function(
+            "backup_key",
+            _backup_key,
+            (),
+            "this slave's public key for the master's backup repository (made on first use)",
+        ),
+        Function(
+            "backup_guest",
+            _backup_guest,
+            (Param("name", parse_guest_name), Param("mode", BackupMode)),
+            "archive a guest (hot or cold) into the master's repository (secrets on stdin)",
+        ),
+        Function(
+            "backup_forget",
+            _backup_forget,
+            (),
+            "forget borg's cache and security records of the master's repository (rollback)",
         ),
         Function(
             "check_room",

@@ -33,10 +33,11 @@ IMPLEMENTED = {
     "vs-put",
     "vs-remove",
     "vs-move",
+    "vs-backup",
+    "vs-snapshot",
 }
 NOT_YET = {
     "vs-pkg": ["--name", "web", "--update_sources"],
-    "vs-backup": [],
 }
 
 
@@ -227,7 +228,7 @@ def test_installed_scripts_run(etc_tree: dict[str, str]) -> None:
     )
     assert (result.returncode, result.stdout) == (0, "web-1\n")
     result = subprocess.run(
-        [str(bindir / "vs-backup")],
+        [str(bindir / "vs-pkg"), *NOT_YET["vs-pkg"]],
         env=etc_tree,
         capture_output=True,
         text=True,

@@ -287,6 +287,16 @@ KV_VALUES: dict[str, st.SearchStrategy[str]] = {
     "LOADAVG_1_THRESHOLD": st.sampled_from(["2", "1.5", "0.25"]),
     "LOADAVG_5_THRESHOLD": st.sampled_from(["2", "1.5"]),
     "LOADAVG_15_THRESHOLD": st.sampled_from(["2", "10.75"]),
+    "BACKUP_KEEP_LAST": st.integers(0, 100).map(str),
+    "BACKUP_KEEP_DAILY": st.integers(0, 100).map(str),
+    "BACKUP_KEEP_WEEKLY": st.integers(0, 100).map(str),
+    "BACKUP_KEEP_MONTHLY": st.integers(0, 100).map(str),
+    "BACKUP_KEEP_YEARLY": st.integers(0, 100).map(str),
+    "BACKUP_MAX_AGE": st.integers(1, 1000).map(str),
+    "BACKUP_MASTER": VALUES["host"],
+    "BACKUP_MAILTO": st.sampled_from(["root", "admin@example.org,ops@example.org"]),
+    "BACKUP_PASSPHRASE_FILE": VALUES["path"],
+    "BACKUP_AUTHORIZED_KEYS": VALUES["path"],
 }
 
 

@@ -200,3 +200,26 @@ def test_a_failed_lvm_create_leaves_no_volume(lvm_host: Host, vg: str, tmp_path:
     assert "rolled back: " in failed.stderr
     assert _lvs(vg) == [] and not host.rootfs("web").exists()
     assert not (host.guests_dir / "web").exists()
+
+
+def test_vs_snapshot_on_lvm_create_list_revert_delete(lvm_host: Host, vg: str) -> None:
+    """vs-snapshot on STORAGE=lvm: an lvcreate -s volume of the running guest, listed; the
+    revert stops the guest, merges the snapshot into its volume and starts it again."""
+    host = lvm_host
+    host.run("vs-create", "--name", "web", "--interface", "198.51.100.10", "--disk", "32")
+    host.guests.append("web")
+    host.run("vs-control", "--name", "web", "--start")
+    host.exec("web", "sh", "-c", "echo before > /root/note")
+    made = host.run("vs-snapshot", "--name", "web", "--create", "before").stdout
+    assert made.startswith("web:before:") and _lvs(vg) == ["web", "web.before"]
+    host.run("vs-snapshot", "--name", "web", "--create", "spare")
+    host.exec("web", "sh", "-c", "echo after > /root/note")
+    listed = json.loads(host.run("vs-snapshot", "--json", "--name", "web").stdout)
+    assert [s["label"] for s in listed] == ["before", "spare"]
+    host.run("vs-snapshot", "--name", "web", "--delete", "spare")
+    reverted = host.run("vs-snapshot", "--name", "web", "--revert", "before")
+    assert "started again" in reverted.stderr
+    assert host.exec("web", "cat", "/root/note") == "before\n"
+    assert _lvs(vg) == ["web"]  # merged: LVM consumes the snapshot
+    assert host.run("vs-snapshot", "--name", "web").stdout == ""
+    host.run("vs-control", "--name", "web", "--stop")

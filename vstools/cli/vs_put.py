@@ -5,13 +5,19 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
+from vstools.backup.borg import check_archive
+from vstools.backup.master import latest_archive
+from vstools.backup.repository import Repository
+from vstools.backup.restore import restore_to_store
 from vstools.cli.common import Context, arg_type, new_parser, progress_line, run_command
 from vstools.config.values import parse_guest_name, parse_host
+from vstools.errors import StateError, UsageError
 from vstools.host.journal import operation
 from vstools.pool.inventory import Inventory, inventory_path
+from vstools.pool.locate import locate
 from vstools.pool.ops import put_guest, stored_conf
 from vstools.pool.slaves import Pool
-from vstools.pool.store import store_of
+from vstools.pool.store import Store, store_of
 
 GUEST = arg_type(parse_guest_name, "name")
 HOST = arg_type(parse_host, "host")
@@ -22,7 +28,9 @@ with the most free memory and disk that can hold it: placement prints why). Refu
 anything is sent when the slave has the guest, its address or its context already, lacks its
 network, room, extended attributes or ACLs. The slave receives it aside; it is verified
 against the store (checksums), then put in place, stopped. Killed at any step, the same
-command resumes it.
+command resumes it. --from-backup first restores the guest's archive (its newest, or ARCHIVE)
+from the backup repository into the store (refused when the guest exists in the pool, unless
+--force, which removes it there once the archive is restored).
 Output: one summary line."""
 
 
@@ -33,13 +41,55 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--host", type=HOST, help="the destination slave (default: placement chooses)"
     )
+    parser.add_argument("--from-backup", nargs="?", const="", type=_archive, metavar="ARCHIVE",
+                        help="restore the guest from its newest archive (or ARCHIVE) of the"
+                        " backup repository, through the store")  # fmt: skip
+    parser.add_argument("--force", action="store_true",
+                        help="with --from-backup: replace the guest where it is now")  # fmt: skip
     return parser
+
+
+def _archive(text: str) -> str:
+    try:
+        return check_archive(text) if text else ""
+    except UsageError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _from_backup(ctx: Context, pool: Pool, store: Store) -> None:
+    """Put the archive in the store as the guest's copy, refused (before anything is changed)
+    when the guest exists in the pool, unless --force, which removes it there once the archive
+    is in the store."""
+    name = ctx.args.name
+    repository = Repository.of(ctx.host)
+    repository.require()
+    archive = latest_archive(repository, name, ctx.args.from_backup or None)
+    holders = locate(pool, name).holders
+    if holders and not ctx.args.force:
+        raise StateError(f"guest {name} exists on {', '.join(sorted(holders))}: restoring"
+                         " would replace it; --force to do so")  # fmt: skip
+    if ctx.dry_run:
+        print(f"would: restore {archive} into the store, then put it on"
+              f" {ctx.args.host or 'a slave'}", file=ctx.stderr)  # fmt: skip
+        return
+    with operation(f"vs-put {name} --from-backup {archive}"):
+        restore_to_store(repository, store, name, archive)
+        print(f"vs-put: {name}: {archive} restored into the store", file=ctx.stderr)
+        for holder in sorted(holders):
+            pool.remote(holder).run(["vs-remove", "--name", name, "--yes", "--force"])
+            print(f"vs-put: {name}: removed from {holder} (--force)", file=ctx.stderr)
 
 
 def handle(ctx: Context) -> int:
     """Run vs-put: copy the stored guest to a slave and print a summary line."""
     name = ctx.args.name
     store = store_of(ctx.paths.state_dir)
+    if ctx.args.force and ctx.args.from_backup is None:
+        raise UsageError("--force is only for --from-backup")
+    if ctx.args.from_backup is not None:
+        _from_backup(ctx, Pool(ctx.host), store)
+        if ctx.dry_run:
+            return 0
     if ctx.dry_run:
         stored_conf(store, name)
         print(f"would: copy {name} from {store.copy(name)} to {ctx.args.host or 'a slave'}",

@@ -16,6 +16,7 @@ from vstools.config.values import (
     parse_host,
     parse_hostname,
     parse_mail,
+    parse_mail_list,
     parse_uint,
 )
 from vstools.errors import Problem
@@ -62,6 +63,14 @@ def _textfile_dir(text: str) -> str | None:
 DEFAULT_TEXTFILE_DIR = "/var/lib/prometheus/node-exporter"  # Debian's prometheus-node-exporter
 
 
+def _keep(text: str) -> int:
+    return parse_uint(text, minimum=0, maximum=100_000, what="number of archives")
+
+
+def _hours(text: str) -> int:
+    return parse_uint(text, minimum=1, what="number of hours")
+
+
 def _ssh_timeout(text: str) -> int:
     return parse_uint(text, minimum=1, maximum=600, what="timeout in seconds")
 
@@ -91,6 +100,18 @@ class Settings(KeyValueFile):
     ssh_authorized_keys: str = "/root/.ssh/authorized_keys"
     backup_dir: str | None = None
     backup_keep: int = 7
+    backup_keep_last: int | None = None  # unset: BACKUP_KEEP
+    backup_keep_daily: int = 0
+    backup_keep_weekly: int = 0
+    backup_keep_monthly: int = 0
+    backup_keep_yearly: int = 0
+    backup_passphrase_file: str = "/etc/vs-tools/backup.passphrase"  # noqa: S105 - a path
+    backup_master: str | None = None  # how slaves reach the master (default: its HOSTNAME)
+    backup_host_key: str = "/etc/ssh/ssh_host_ed25519_key.pub"
+    backup_authorized_keys: str = "/root/.ssh/authorized_keys"
+    backup_ssh_key: str = "/etc/vs-tools/backup_key"
+    backup_max_age_h: int = 36
+    backup_mailto: tuple[str, ...] = ("root",)
     cgroup_parent: str = "vs-tools"
     prometheus_textfile_dir: str | None = DEFAULT_TEXTFILE_DIR
     path: str = _PATH
@@ -136,7 +157,26 @@ class Settings(KeyValueFile):
             doc="on a slave: the sshd authorized_keys file a move's one-time key is added to",
         ),
         Field("BACKUP_DIR", "backup_dir", parse_abs_path),
-        Field("BACKUP_KEEP", "backup_keep", count),
+        Field("BACKUP_KEEP", "backup_keep", count, doc="archives kept per guest (keep-last)"),
+        Field("BACKUP_KEEP_LAST", "backup_keep_last", _keep, doc="overrides BACKUP_KEEP"),
+        Field("BACKUP_KEEP_DAILY", "backup_keep_daily", _keep),
+        Field("BACKUP_KEEP_WEEKLY", "backup_keep_weekly", _keep),
+        Field("BACKUP_KEEP_MONTHLY", "backup_keep_monthly", _keep),
+        Field("BACKUP_KEEP_YEARLY", "backup_keep_yearly", _keep),
+        Field(
+            "BACKUP_PASSPHRASE_FILE",
+            "backup_passphrase_file",
+            parse_abs_path,
+            doc="the repository's passphrase, in a file readable by root only",
+        ),
+        Field("BACKUP_MASTER", "backup_master", parse_host, doc="the master as slaves reach it"),
+        Field("BACKUP_HOST_KEY", "backup_host_key", parse_abs_path, doc="the master's host key"),
+        Field("BACKUP_AUTHORIZED_KEYS", "backup_authorized_keys", parse_abs_path),
+        Field(
+            "BACKUP_SSH_KEY", "backup_ssh_key", parse_abs_path, doc="a slave's key to the master"
+        ),
+        Field("BACKUP_MAX_AGE", "backup_max_age_h", _hours, doc="hours before a backup is overdue"),
+        Field("BACKUP_MAILTO", "backup_mailto", parse_mail_list, doc="who gets backup alerts"),
         Field(
             "CGROUP_PARENT",
             "cgroup_parent",

@@ -200,11 +200,14 @@ class Remote:
             raise CommandError(f"{shlex.join(argv)} on {self.host}", done.code, done.stderr)
         return done
 
-    def call(self, function: str, *args: str, timeout_s: float | None = 120.0) -> Any:
+    def call(
+        self, function: str, *args: str, timeout_s: float | None = 120.0, input: str | None = None
+    ) -> Any:
         """Call ``vs-fonctions --json FUNCTION ARGS`` on the slave, with the slave's own
-        configuration: its result, or RemoteError with the slave's message and exit code."""
+        configuration (``input`` on its stdin): its result, or RemoteError with the slave's
+        message and exit code."""
         done = self.run(["vs-fonctions", "--json", function, *args], timeout_s=timeout_s,
-                        check=False)  # fmt: skip
+                        check=False, input=input)  # fmt: skip
         try:
             answer = json.loads(done.stdout) if done.stdout.strip() else {}
         except ValueError:

@@ -165,6 +165,15 @@ class Storage:
         """Steps that delete ``snapshot``. dir has no snapshots: UsageError."""
         raise UsageError(f"guest {snapshot.guest}: STORAGE=dir has no snapshots")
 
+    def snapshot_tags(self, name: str) -> list[str]:
+        """The tags of the guest's snapshots, sorted. dir has no snapshots: UsageError."""
+        raise UsageError(f"guest {name}: STORAGE=dir has no snapshots")
+
+    def revert_steps(self, name: str, tag: str) -> list[Step]:
+        """Steps that make the (stopped) guest's root what snapshot ``tag`` holds. dir has no
+        snapshots: UsageError."""
+        raise UsageError(f"guest {name}: STORAGE=dir has no snapshots")
+
     def create_snapshot(self, name: str, tag: str) -> Snapshot:
         """Take a read-only snapshot of the guest's root (running or not)."""
         steps, snapshot = self.snapshot_steps(name, tag)

@@ -12,6 +12,7 @@ from vstools.host.run import run
 from vstools.plan import Step
 from vstools.storage.base import (
     MB,
+    SNAPSHOT_DIR,
     Snapshot,
     Storage,
     cmd_output,
@@ -125,6 +126,61 @@ class BtrfsStorage(Storage):
                 partial(delete_subvolume, snapshot.path),
             )
         ]
+
+    def snapshot_tags(self, name: str) -> list[str]:
+        """The snapshots of the guest: the subvolumes ROOT_DIR/.snapshots/NAME.TAG."""
+        top = self.paths.root_dir / SNAPSHOT_DIR
+        if not top.is_dir():
+            return []
+        found = [p for p in top.glob(f"{name}.*") if p.is_dir() and not p.is_symlink()]
+        return sorted(p.name.split(".", 1)[1] for p in found if is_subvolume(p))
+
+    def revert_steps(self, name: str, tag: str) -> list[Step]:
+        """Steps that replace the guest's subvolume by a writable snapshot of snapshot ``tag``
+        (made beside it first, so a failure leaves the root as it was), its qgroup limit copied;
+        the snapshot itself stays."""
+        root, source = self.root(name), self.snapshot_path(name, tag)
+        if not (source.is_dir() and is_subvolume(source)):
+            raise StateError(f"guest {name} has no snapshot {tag}")
+        new, old = root.with_name(f".{name}.revert-new"), root.with_name(f".{name}.revert-old")
+        limit_mb = qgroup_limit_mb(root)
+        steps = [
+            Step(
+                f"make {new} a writable snapshot of {source}",
+                partial(run_cmd, ["btrfs", "subvolume", "snapshot", str(source), str(new)]),
+                partial(delete_subvolume, new),
+            ),
+        ]
+        if limit_mb is not None:
+            steps.append(self._limit_step(new, limit_mb))
+        steps += [
+            Step(
+                f"put {root} aside as {old}",
+                partial(_rename, root, old),
+                partial(_rename, old, root),
+            ),
+            Step(
+                f"put {new} in place of {root}",
+                partial(_rename, new, root),
+                partial(_rename, root, new),
+            ),
+            Step(f"delete the previous root {old}", partial(delete_subvolume, old)),
+        ]
+        return steps
+
+
+def _rename(source: Path, target: Path) -> None:
+    source.rename(target)
+
+
+def qgroup_limit_mb(path: Path) -> int | None:
+    """The max referenced limit of the subvolume's qgroup, in MB (None when unlimited)."""
+    out = cmd_output(["btrfs", "qgroup", "show", "--raw", "-re", "-f", str(path)])
+    for line in out.splitlines():
+        fields = line.split()
+        if len(fields) >= 4 and fields[0].startswith("0/") and fields[3].isdigit():
+            return max(1, int(fields[3]) // MB)
+    return None
 
 
 def _snapshot_ro(root: Path, target: Path) -> None:

@@ -307,6 +307,44 @@ class LvmStorage(Storage):
             Step(f"remove the LVM snapshot {snapshot.volume}", partial(self._lvremove, lv)),
         ]
 
+    def snapshot_tags(self, name: str) -> list[str]:
+        """The snapshots of the guest: the volumes NAME.TAG of the group whose origin is its
+        volume (lvs)."""
+        out = cmd_output(["lvs", "--noheadings", "--separator", ",", "-o", "lv_name,origin",
+                          self.options.vg])  # fmt: skip
+        return parse_snapshot_tags(out, name)
+
+    def revert_steps(self, name: str, tag: str) -> list[Step]:
+        """Steps that merge snapshot ``tag`` back into the (stopped, unmounted) guest's volume
+        (lvconvert --merge): the volume becomes what the snapshot holds and the snapshot is
+        consumed, as LVM does."""
+        lv = f"{name}.{check_tag(tag)}"
+        if tag not in self.snapshot_tags(name):
+            raise StateError(f"guest {name} has no snapshot {tag}")
+        target = self.snapshot_path(name, tag)
+        return [
+            Step(f"unmount {target}", partial(_unmount_dir, target)),
+            Step(
+                f"merge the LVM snapshot {self.volume(lv)} into {self.volume(name)}",
+                partial(run_cmd, build_merge_argv(self.options.vg, lv)),
+            ),
+        ]
+
+
+def parse_snapshot_tags(lvs_output: str, name: str) -> list[str]:
+    """The tags of ``name``'s snapshots in ``lvs -o lv_name,origin`` output."""
+    tags = []
+    for line in lvs_output.splitlines():
+        lv, _, origin = line.strip().partition(",")
+        if origin == name and lv.startswith(f"{name}."):
+            tags.append(lv.split(".", 1)[1])
+    return sorted(tags)
+
+
+def build_merge_argv(vg: str, lv: str) -> list[str]:
+    """lvconvert merging the snapshot VG/LV into its origin (which must not be in use)."""
+    return ["lvconvert", "--merge", "--yes", f"{vg}/{lv}"]
+
 
 def _mount_snapshot(fstype: str, device: str, target: Path, options: str) -> None:
     target.parent.mkdir(mode=0o700, exist_ok=True)
