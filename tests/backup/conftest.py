@@ -24,7 +24,7 @@ def backup_pool(pool: Pool) -> Iterator[Pool]:
     with open(master.base / "etc" / "vs-tools.conf", "a") as conf:
         conf.write(
             f"BACKUP_MASTER=vsm\nBACKUP_HOST_KEY={master.base}/ssh/host_ed25519.pub\n"
-            f"BACKUP_AUTHORIZED_KEYS={keys}\nBACKUP_KEEP=2\n"
+            "BACKUP_KEEP=2\n"
         )
     try:
         master.run("vs-backup", "--init")

@@ -18,7 +18,6 @@ from vstools.backup.borg import (
     check_archive,
     guest_of,
     log_messages,
-    merge_authorized,
     parse_created,
     parse_list,
 )
@@ -29,6 +28,7 @@ from vstools.backup.slave import Secrets
 from vstools.config.pool import parse_backup
 from vstools.config.settings import Settings
 from vstools.errors import HostError, StateError, UsageError
+from vstools.host.authkeys import replace_marked
 from vstools.paths import resolve_paths
 from vstools.pool.inventory import Inventory
 from vstools.storage import lvm
@@ -55,8 +55,8 @@ def test_archive_names_sort_by_time_and_select_one_guest() -> None:
 def test_a_slave_key_is_restricted_to_an_append_only_serve_of_the_repository() -> None:
     line = build_authorized_line("/usr/bin/borg", Path("/var/lib/vs-tools/backup"), KEY, "vsh-01")
     assert line == (
-        'command="/usr/bin/borg serve --restrict-to-repository /var/lib/vs-tools/backup'
-        ' --append-only",restrict ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHq0 vs-backup:vsh-01'
+        'restrict,command="/usr/bin/borg serve --restrict-to-repository /var/lib/vs-tools/backup'
+        ' --append-only" ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHq0 vs-backup:vsh-01\n'
     )
     with pytest.raises(HostError):
         build_authorized_line("/usr/bin/borg", Path("/r"), 'x" ,command="sh', "vsh-01")
@@ -66,9 +66,9 @@ def test_a_slave_key_is_restricted_to_an_append_only_serve_of_the_repository() -
 
 def test_merging_replaces_only_that_slaves_line() -> None:
     old = "ssh-ed25519 AAAA admin\nold line vs-backup:vsh-01\nother vs-backup:vsh-02\n"
-    new = merge_authorized(old, "new line vs-backup:vsh-01", "vsh-01")
+    new = replace_marked(old, "vs-backup:vsh-01", "new line vs-backup:vsh-01")
     assert new == "ssh-ed25519 AAAA admin\nother vs-backup:vsh-02\nnew line vs-backup:vsh-01\n"
-    assert merge_authorized(new, "new line vs-backup:vsh-01", "vsh-01") == new
+    assert replace_marked(new, "vs-backup:vsh-01", "new line vs-backup:vsh-01") == new
 
 
 def test_retention_policy_from_settings() -> None:

@@ -296,7 +296,6 @@ KV_VALUES: dict[str, st.SearchStrategy[str]] = {
     "BACKUP_MASTER": VALUES["host"],
     "BACKUP_MAILTO": st.sampled_from(["root", "admin@example.org,ops@example.org"]),
     "BACKUP_PASSPHRASE_FILE": VALUES["path"],
-    "BACKUP_AUTHORIZED_KEYS": VALUES["path"],
 }
 
 

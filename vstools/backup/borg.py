@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from vstools.errors import HostError, UsageError
+from vstools.host.authkeys import restricted_line
 from vstools.host.run import Result, run
 from vstools.names import check_guest_name
 
@@ -97,24 +98,10 @@ def build_serve_command(borg: str, repository: Path) -> str:
 
 def build_authorized_line(borg: str, repository: Path, public_key: str, slave: str) -> str:
     """One line of the master's authorized_keys for ``slave``'s key: ``restrict`` (no pty, no
-    forwarding of any kind) and the forced append-only borg serve."""
-    words = public_key.split()
-    # What the slave sent is checked word by word: nothing of it may add an option to the line.
-    if (
-        len(words) < 2
-        or not re.fullmatch(r"(ssh|ecdsa)-[a-z0-9@.-]+", words[0])
-        or not re.fullmatch(r"[A-Za-z0-9+/]+={0,2}", words[1])
-    ):
-        raise HostError(f"{slave}: not an SSH public key: {public_key[:40]!r}")
-    command = build_serve_command(borg, repository)
-    return f'command="{command}",restrict {words[0]} {words[1]} {SERVE_MARK}{slave}'
-
-
-def merge_authorized(text: str, line: str, slave: str) -> str:
-    """authorized_keys with ``slave``'s line in place of its previous one, others untouched."""
-    mark = f" {SERVE_MARK}{slave}"
-    kept = [old for old in text.splitlines() if not old.endswith(mark)]
-    return "\n".join([*kept, line]) + "\n"
+    forwarding of any kind) and the forced append-only borg serve; what the slave sent is
+    checked word by word (nothing of it may add an option)."""
+    return restricted_line(public_key, whose=slave, command=build_serve_command(borg, repository),
+                           mark=f"{SERVE_MARK}{slave}")  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)

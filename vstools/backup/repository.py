@@ -20,17 +20,18 @@ from pathlib import Path
 from typing import Any
 
 from vstools.backup.borg import (
+    SERVE_MARK,
     BorgError,
     Listed,
     borg_env,
     build_authorized_line,
     log_messages,
-    merge_authorized,
     parse_list,
     run_borg,
 )
 from vstools.backup.retention import KeepPolicy, pruned_archives
 from vstools.errors import NotFoundError, StateError
+from vstools.host.authkeys import set_marked
 from vstools.host.fsutil import atomic_write
 from vstools.host.hostconfig import HostConfig
 from vstools.host.run import which
@@ -213,17 +214,11 @@ class Repository:
 
     def authorize(self, host: HostConfig, slave: str, public_key: str) -> bool:
         """Let ``slave``'s key write to this repository, append-only, through the master's
-        authorized_keys (BACKUP_AUTHORIZED_KEYS); whether the file changed."""
+        authorized_keys (SSH_AUTHORIZED_KEYS); whether the file changed."""
         borg = which("borg") or "/usr/bin/borg"
         line = build_authorized_line(borg, self.path, public_key, slave)
-        keys = Path(host.settings.backup_authorized_keys)
-        old = keys.read_text() if keys.exists() else ""
-        new = merge_authorized(old, line, slave)
-        if new == old:
-            return False
-        keys.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        atomic_write(keys, new, mode=0o600)
-        return True
+        keys = Path(host.settings.ssh_authorized_keys)
+        return set_marked(keys, f"{SERVE_MARK}{slave}", line, lock_dir=host.paths.run_dir / "locks")
 
     def url(self, master: str) -> str:
         """The repository as a slave reaches it over SSH."""

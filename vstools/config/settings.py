@@ -108,7 +108,6 @@ class Settings(KeyValueFile):
     backup_passphrase_file: str = "/etc/vs-tools/backup.passphrase"  # noqa: S105 - a path
     backup_master: str | None = None  # how slaves reach the master (default: its HOSTNAME)
     backup_host_key: str = "/etc/ssh/ssh_host_ed25519_key.pub"
-    backup_authorized_keys: str = "/root/.ssh/authorized_keys"
     backup_ssh_key: str = "/etc/vs-tools/backup_key"
     backup_max_age_h: int = 36
     backup_mailto: tuple[str, ...] = ("root",)
@@ -171,7 +170,6 @@ class Settings(KeyValueFile):
         ),
         Field("BACKUP_MASTER", "backup_master", parse_host, doc="the master as slaves reach it"),
         Field("BACKUP_HOST_KEY", "backup_host_key", parse_abs_path, doc="the master's host key"),
-        Field("BACKUP_AUTHORIZED_KEYS", "backup_authorized_keys", parse_abs_path),
         Field(
             "BACKUP_SSH_KEY", "backup_ssh_key", parse_abs_path, doc="a slave's key to the master"
         ),

@@ -250,19 +250,6 @@ def keygen_argv(path: str, comment: str) -> list[str]:
     return ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", path]
 
 
-def authorized_key_line(
-    public_key: str, *, source: str, command: str, comment: str, expires: str
-) -> str:
-    """An authorized_keys line for a one-time copy key: no terminal, forwarding or agent
-    (``restrict``), usable only from ``source``, only until ``expires`` (YYYYMMDDHHMM, UTC),
-    and only to run ``command`` whatever the client asks."""
-    kind, blob = public_key.split()[:2]
-    if any(c in command for c in '"\\\n'):
-        raise ValueError(f"unsafe forced command for an authorized_keys line: {command!r}")
-    options = f'restrict,from="{source}",expiry-time="{expires}Z",command="{command}"'
-    return f"{options} {kind} {blob} {comment}\n"
-
-
 # -- rsync ---------------------------------------------------------------------------------------
 
 _PROGRESS = re.compile(r"([\d,]+)\s+(\d+)%\s+(\S+/s)\s+(\S+)")

@@ -23,13 +23,13 @@ from vstools.config.guest import GuestConf
 from vstools.config.values import parse_host
 from vstools.errors import NotFoundError, UsageError
 from vstools.guest.receive import receiving
-from vstools.host.fsutil import atomic_write, locked
+from vstools.host.authkeys import restricted_line, set_marked
+from vstools.host.fsutil import atomic_write
 from vstools.host.hostconfig import HostConfig
 from vstools.host.run import become, run
 from vstools.host.ssh import (
     RSYNC_VANISHED,
     SshOptions,
-    authorized_key_line,
     build_rsync_argv,
     keygen_argv,
     parse_progress,
@@ -52,6 +52,14 @@ _LONG = re.compile(r"^--(delete|partial|numeric-ids|log-format=%i|bwlimit=\d+|co
 
 def _comment(name: str) -> str:
     return f"vs-tools-push:{check_guest_name(name)}"
+
+
+def _authorized_keys(host: HostConfig) -> Path:
+    return Path(host.settings.ssh_authorized_keys)
+
+
+def _locks(host: HostConfig) -> Path:
+    return host.paths.run_dir / "locks"
 
 
 def _key_dir(host: HostConfig, name: str) -> Path:
@@ -99,9 +107,9 @@ def push_allow(host: HostConfig, name: str, public_key: str, source: str) -> dic
         raise NotFoundError(f"nothing of guest {name} is being received here (receive_begin)")
     expires = (datetime.datetime.now(datetime.UTC) + KEY_LIFETIME).strftime("%Y%m%d%H%M")
     command = f"{_vs_fonctions()} rsync_receive {name}"
-    line = authorized_key_line(public_key, source=source, command=command,
-                               comment=_comment(name), expires=expires)  # fmt: skip
-    _rewrite_authorized_keys(host, name, line)
+    line = restricted_line(public_key, whose="the source's copy key", command=command,
+                           mark=_comment(name), source=source, expires=expires)  # fmt: skip
+    set_marked(_authorized_keys(host), _comment(name), line, lock_dir=_locks(host))
     return {"root": str(root)}
 
 
@@ -142,37 +150,8 @@ def _vs_fonctions() -> str:
 
 def push_revoke(host: HostConfig, name: str) -> str:
     """On the destination: remove the copy key of ``name`` (nothing if there is none)."""
-    _rewrite_authorized_keys(host, name, None)
+    set_marked(_authorized_keys(host), _comment(name), None, lock_dir=_locks(host))
     return name
-
-
-def _rewrite_authorized_keys(host: HostConfig, name: str, line: str | None) -> None:
-    """authorized_keys without ``name``'s copy key, plus ``line`` if given; every other line,
-    the file's mode and its owner kept."""
-    path = Path(host.settings.ssh_authorized_keys)
-    with locked(host.paths.run_dir / "locks" / "authorized_keys.lock", what="a copy key",
-                timeout_s=30.0):  # fmt: skip
-        try:
-            text = path.read_text()
-            info = path.stat()
-        except FileNotFoundError:
-            if line is None:
-                return
-            text, info = "", None
-        comment = f" {_comment(name)}"
-        kept = [kept for kept in text.splitlines(keepends=True)
-                if not kept.rstrip("\n").endswith(comment)]  # fmt: skip
-        if kept and not kept[-1].endswith("\n"):
-            kept[-1] += "\n"
-        if line is not None:
-            kept.append(line)
-        new = "".join(kept)
-        if new == text:
-            return
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        atomic_write(path, new, mode=0o600 if info is None else info.st_mode & 0o7777)
-        if info is not None:
-            shutil.chown(path, info.st_uid, info.st_gid)
 
 
 def push_copy(host: HostConfig, name: str, what: str, options: dict[str, Any]) -> dict[str, Any]:
