@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from ipaddress import IPv4Address
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import ClassVar
@@ -52,6 +53,18 @@ def _cgroup_parent(text: str) -> str:
     return text
 
 
+def _link_local(text: str) -> IPv4Address:
+    # Link-local (169.254.0.0/16) is never routed off a link: the proxy's address is reachable
+    # only from the guest's veth, and cannot collide with a real host or guest address.
+    try:
+        address = IPv4Address(text)
+    except ValueError:
+        raise ValueProblem(f"{text!r} is not an IPv4 address") from None
+    if not address.is_link_local:
+        raise ValueProblem(f"{text} is not a link-local address (169.254.0.0/16)")
+    return address
+
+
 _PATH, _LINES, _PROBLEMS = meta_fields()
 
 
@@ -84,6 +97,8 @@ class Settings(KeyValueFile):
     backup_dir: str | None = None
     backup_keep: int = 7
     cgroup_parent: str = "vs-tools"
+    pkg_proxy_address: IPv4Address = IPv4Address("169.254.80.1")
+    pkg_timeout_s: int = 1800
     path: str = _PATH
     key_lines: tuple[tuple[str, int, int], ...] = _LINES
     warnings: tuple[Problem, ...] = _PROBLEMS
@@ -127,5 +142,17 @@ class Settings(KeyValueFile):
             "cgroup_parent",
             _cgroup_parent,
             doc="the cgroup under which every guest's cgroup is made",
+        ),
+        Field(
+            "PKG_PROXY_ADDRESS",
+            "pkg_proxy_address",
+            _link_local,
+            doc="vs-pkg's proxy: a link-local address put on the guest's host side for a run",
+        ),
+        Field(
+            "PKG_TIMEOUT",
+            "pkg_timeout_s",
+            _seconds,
+            doc="longest vs-pkg run; its firewall element expires after it",
         ),
     )
