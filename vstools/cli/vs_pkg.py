@@ -3,13 +3,50 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
+import os
+import re
+from collections.abc import Mapping, Sequence
 
-from vstools.cli.common import add_guest_selection, new_parser, not_implemented, run_command
+from vstools.cli.common import (
+    Context,
+    add_guest_selection,
+    for_each_guest,
+    new_parser,
+    run_command,
+    selected_guests,
+)
+from vstools.errors import UsageError
+from vstools.host.journal import operation
+from vstools.pkg.driver import GuestResult, Output, Request, run_guest
+from vstools.pkg.tools import LISTS, Action, Conffiles, Step
 
 DESCRIPTION = """\
-Run the guest's own package manager (apt/dpkg, dnf, apk) inside the guest, opening only the
-mirrors' addresses in its firewall for the duration and restoring the exact ruleset after."""
+Run the guest's own package manager (apt/dpkg; dnf and apk where present) inside the guest, as
+vs-exec does, never the host's tools on the guest's files. For the steps that download, the
+guest reaches only the mirrors its own configuration names, through a proxy the host starts for
+this run on PKG_PROXY_ADDRESS and one firewall element that expires after PKG_TIMEOUT; the exact
+previous ruleset is in force afterwards, also after a failure or Ctrl-C. The steps run in the
+order --update_sources, --list_upgrades, --upgrade_all, --upgrade, --install, --remove, --search,
+--show; with none, the installed packages are listed. Before changes on btrfs or lvm a snapshot
+is taken and kept until the next successful run (--no-snapshot skips it).
+Output: the package tool's output (a progress bar instead on a terminal) and a summary line per
+step on stderr; lists as 'vserver:package:version[:candidate]' lines, or --json."""
+
+# Debian, RPM and apk package names, with an optional version or architecture qualifier; never
+# starting with "-" (it would be an option to the guest's tool).
+PACKAGE = re.compile(r"[A-Za-z0-9][A-Za-z0-9+._~:=@/-]*")
+
+
+def _package(text: str) -> str:
+    if not PACKAGE.fullmatch(text) or len(text) > 200:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a package name")
+    return text
+
+
+def _term(text: str) -> str:
+    if not text or text.startswith("-") or not text.isprintable() or len(text) > 200:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a search term")
+    return text
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -19,17 +56,127 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--update_sources", action="store_true", help="refresh package lists")
     parser.add_argument("--list_upgrades", action="store_true", help="list upgradable packages")
     parser.add_argument("--upgrade_all", action="store_true", help="upgrade every package")
-    parser.add_argument("--upgrade", metavar="P", action="append", help="upgrade one package")
-    parser.add_argument("--install", metavar="P", nargs="+", help="install packages")
-    parser.add_argument("--remove", metavar="P", action="append", help="remove a package")
-    parser.add_argument("--search", metavar="T", help="search packages")
-    parser.add_argument("--show", metavar="P", help="describe a package")
+    parser.add_argument(
+        "--upgrade", metavar="P", action="append", type=_package, help="upgrade one package"
+    )
+    parser.add_argument("--install", metavar="P", nargs="+", type=_package, help="install packages")
+    parser.add_argument(
+        "--remove", metavar="P", action="append", type=_package, help="remove a package"
+    )
+    parser.add_argument("--search", metavar="T", type=_term, help="search packages")
+    parser.add_argument("--show", metavar="P", type=_package, help="describe a package")
+    parser.add_argument(
+        "--conffiles",
+        choices=[c.value for c in Conffiles],
+        default=Conffiles.OLD.value,
+        help="changed configuration files: keep ours (old, the default) or take the package's",
+    )
+    parser.add_argument(
+        "--no-snapshot", action="store_true", help="no snapshot before changes (btrfs, lvm)"
+    )
+    parser.add_argument(
+        "--start-stopped",
+        action="store_true",
+        help="start a stopped guest for the run and stop it again after",
+    )
     return parser
 
 
-handle = not_implemented("host-driven package management")
+def steps_of(args: argparse.Namespace) -> tuple[Step, ...]:
+    """The steps the options ask for (in any order: the driver orders them); with none, the
+    installed packages."""
+    steps: list[Step] = []
+    for action in (Action.UPDATE_SOURCES, Action.LIST_UPGRADES, Action.UPGRADE_ALL):
+        if getattr(args, action.value):
+            steps.append(Step(action))
+    steps += [Step(Action.UPGRADE, (p,)) for p in args.upgrade or ()]
+    if args.install:
+        steps.append(Step(Action.INSTALL, tuple(args.install)))
+    if args.remove:
+        steps.append(Step(Action.REMOVE, tuple(args.remove)))
+    if args.search:
+        steps.append(Step(Action.SEARCH, (args.search,)))
+    if args.show:
+        steps.append(Step(Action.SHOW, (args.show,)))
+    return tuple(steps) or (Step(Action.LIST_INSTALLED),)
+
+
+def _lines(result: GuestResult) -> list[str]:
+    lines = []
+    for step in result.steps:
+        if step.action is Action.SHOW:
+            lines += [f"{result.name}:{line}" for line in step.text.splitlines()]
+        for package in step.packages or ():
+            fields = [result.name, package.name, package.version]
+            if step.action is Action.LIST_UPGRADES:
+                fields.append(package.candidate)
+            if step.action is Action.SEARCH:
+                fields.append(package.summary)
+            lines.append(":".join(fields))
+    return lines
+
+
+def _record(result: GuestResult) -> Mapping[str, object]:
+    return {
+        "vserver": result.name,
+        "tool": result.tool,
+        "snapshot": result.snapshot,
+        "started": result.started,
+        "seconds": round(result.seconds, 3),
+        "steps": [
+            {
+                "action": str(step.action),
+                "args": list(step.args),
+                "exit_code": step.code,
+                **({"packages": step.packages} if step.packages is not None else {}),
+                **({"text": step.text} if step.action not in LISTS or step.action is Action.SHOW
+                   else {}),
+            }
+            for step in result.steps
+        ],
+    }  # fmt: skip
+
+
+def handle(ctx: Context) -> int:
+    """Run vs-pkg on each selected guest in turn; each guest's result is reported and the
+    command exits with the worst failure's code."""
+    args = ctx.args
+    request = Request(
+        steps_of(args),
+        Conffiles(args.conffiles),
+        snapshot=not args.no_snapshot,
+        start_stopped=args.start_stopped,
+        dry_run=ctx.dry_run,
+    )
+    names = selected_guests(ctx)
+    if not names:
+        raise UsageError("no guest on this host")
+    terminal = not ctx.json and _is_tty(ctx.stderr)
+    output = Output(ctx.stdout, ctx.stderr, terminal=terminal, echo=not ctx.json)
+
+    def one(name: str) -> Mapping[str, object]:
+        what = " ".join(f"--{s.action} {' '.join(s.args)}".strip() for s in request.steps)
+        if ctx.dry_run:
+            return _record(run_guest(ctx.host, name, request, output))
+        with operation(f"vs-pkg {name} {what}"):
+            result = run_guest(ctx.host, name, request, output)
+        if not ctx.json:
+            ctx.emit_lines(_lines(result))
+        return _record(result)
+
+    records = for_each_guest(ctx, names, one)
+    if ctx.json:
+        ctx.emit_json(records)
+    return ctx.exit_code()
+
+
+def _is_tty(stream: object) -> bool:
+    try:
+        return os.isatty(stream.fileno())  # type: ignore[attr-defined]
+    except (AttributeError, OSError, ValueError):
+        return False
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of vs-pkg: returns its exit status (69: not implemented yet)."""
+    """Entry point of vs-pkg: returns its exit status."""
     return run_command(build_parser(), handle, argv)

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import re
-from ipaddress import IPv4Address
 from dataclasses import dataclass
 from enum import StrEnum
+from ipaddress import IPv4Address
 from typing import ClassVar
 
 from vstools.config.create import _enum, count
@@ -65,6 +65,7 @@ def _link_local(text: str) -> IPv4Address:
     return address
 
 
+DEFAULT_PKG_PROXY = IPv4Address("169.254.80.1")
 _PATH, _LINES, _PROBLEMS = meta_fields()
 
 
@@ -97,7 +98,7 @@ class Settings(KeyValueFile):
     backup_dir: str | None = None
     backup_keep: int = 7
     cgroup_parent: str = "vs-tools"
-    pkg_proxy_address: IPv4Address = IPv4Address("169.254.80.1")
+    pkg_proxy_address: IPv4Address = DEFAULT_PKG_PROXY
     pkg_timeout_s: int = 1800
     path: str = _PATH
     key_lines: tuple[tuple[str, int, int], ...] = _LINES

@@ -1,0 +1,158 @@
+"""The per-run package proxy: a tinyproxy (Debian's package) bound to PKG_PROXY_ADDRESS alone,
+admitting only the guest's address as client and only its mirrors' names as destinations
+(plain HTTP, and CONNECT to the HTTPS ports they use). It resolves those names itself, on the
+host, so the guest needs no DNS and CDN address changes do not matter.
+
+It runs as ``nobody``, never as root, with no log file (errors go to its stderr, which vs-pkg
+shows with -v), and dies with the vs-pkg process that started it (PR_SET_PDEATHSIG), so a
+``kill -9`` of vs-pkg leaves no proxy behind."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import pwd
+import re
+import socket
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from ipaddress import IPv4Address
+from pathlib import Path
+
+from vstools.errors import HostError
+from vstools.host.run import Process, spawn, which
+from vstools.pkg.detect import Mirror
+
+PROGRAM = "tinyproxy"
+READY_TIMEOUT_S = 10.0
+
+
+def render_filter(mirrors: Sequence[Mirror]) -> str:
+    """tinyproxy's filter file: one anchored extended regular expression a mirror name; with
+    ``FilterDefaultDeny`` every other name is refused."""
+    names = sorted({m.host for m in mirrors})
+    return "".join(f"^{re.escape(name)}$\n" for name in names)
+
+
+def render_config(
+    listen: IPv4Address, port: int, client: IPv4Address, mirrors: Sequence[Mirror], filter_path: str
+) -> str:
+    """tinyproxy.conf for one run: bound to ``listen``:``port``, ``client`` alone allowed."""
+    connect_ports = sorted({m.port for m in mirrors if m.scheme == "https"}) or [0]
+    lines = [
+        f"Port {port}",
+        f"Listen {listen}",
+        "Timeout 120",
+        "MaxClients 32",
+        "LogLevel Error",
+        f"Allow {client}",
+        f'Filter "{filter_path}"',
+        "FilterType ere",
+        "FilterURLs No",  # by domain: the Host of a request, the name of a CONNECT
+        "FilterCaseSensitive No",
+        "FilterDefaultDeny Yes",
+        "DisableViaHeader Yes",
+        # CONNECT only to the HTTPS ports of the mirrors (0: no CONNECT at all).
+        *(f"ConnectPort {p}" for p in connect_ports),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def free_port(address: IPv4Address) -> int:
+    """A TCP port free on ``address`` now (the kernel picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((str(address), 0))
+        return int(probe.getsockname()[1])
+
+
+@dataclass
+class Proxy:
+    """A running tinyproxy: its process, address and port."""
+
+    process: Process
+    address: IPv4Address
+    port: int
+
+    @property
+    def url(self) -> str:
+        """The proxy URL the guest's package manager is given."""
+        return f"http://{self.address}:{self.port}/"
+
+    def stop(self) -> None:
+        """Stop it by its PID and reap it."""
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=5)
+            except Exception:
+                self.process.kill()
+                self.process.wait()
+
+
+def start_proxy(
+    workdir: Path, address: IPv4Address, client: IPv4Address, mirrors: Sequence[Mirror]
+) -> Proxy:
+    """Write the configuration into ``workdir`` and start tinyproxy; returns once it accepts
+    connections. HostError when it is not installed or does not come up."""
+    program = which(PROGRAM)
+    if program is None:
+        raise HostError(f"{PROGRAM} is not installed on this host (apt-get install {PROGRAM})")
+    nobody = pwd.getpwnam("nobody")
+    workdir.mkdir(mode=0o755, parents=True, exist_ok=True)
+    os.chmod(workdir, 0o755)  # noqa: S103 - tinyproxy reads its files as nobody
+    filter_path = workdir / "filter"
+    filter_path.write_text(render_filter(mirrors))
+    port = free_port(address)
+    conf = workdir / "tinyproxy.conf"
+    conf.write_text(render_config(address, port, client, mirrors, str(filter_path)))
+    for path in (filter_path, conf):
+        os.chmod(path, 0o644)
+    stderr_path = workdir / "tinyproxy.log"
+    with open(stderr_path, "wb") as stderr:
+        os.chmod(stderr_path, 0o600)
+        process = spawn(
+            [program, "-d", "-c", str(conf)],
+            env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
+            user=(nobody.pw_uid, nobody.pw_gid),
+            die_with_parent=True,
+            stderr=stderr.fileno(),
+        )
+    proxy = Proxy(process, address, port)
+    try:
+        _wait_ready(proxy, stderr_path)
+    except BaseException:
+        proxy.stop()
+        raise
+    return proxy
+
+
+def _wait_ready(proxy: Proxy, stderr_path: Path) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while True:
+        if proxy.process.poll() is not None:
+            said = stderr_path.read_text(errors="replace").strip()[-500:]
+            raise HostError(f"{PROGRAM} exited at start ({proxy.process.returncode}): {said}")
+        with (
+            contextlib.suppress(OSError),
+            socket.create_connection((str(proxy.address), proxy.port), timeout=0.5),
+        ):
+            return
+        if time.monotonic() > deadline:
+            raise HostError(f"{PROGRAM} does not accept connections on {proxy.url}")
+        time.sleep(0.02)
+
+
+def proxy_alive(pid: int, conf: Path) -> bool:
+    """Whether ``pid`` is still the tinyproxy of ``conf`` (a leftover to stop), read from its
+    command line: a recycled PID belongs to someone else and is left alone."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError as exc:
+        if exc.errno in (errno.ENOENT, errno.ESRCH):
+            return False
+        raise
+    return os.fsencode(str(conf)) in cmdline and any(
+        os.path.basename(item) == PROGRAM.encode() for item in cmdline
+    )
