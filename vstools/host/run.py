@@ -81,11 +81,13 @@ def spawn(
     user: tuple[int, int] | None = None,
     die_with_parent: bool = False,
     stderr: int | None = subprocess.DEVNULL,
+    pass_fds: Sequence[int] = (),
 ) -> Process:
     """Start ``argv`` in the background (a server the caller stops by the returned PID),
     stdin and stdout on /dev/null. ``user`` (uid, gid): it runs as that user from the start,
     never as root; ``die_with_parent``: the kernel sends it SIGTERM when this process dies, even
-    by ``kill -9`` (set after the user change, which would clear it)."""
+    by ``kill -9`` (set after the user change, which would clear it); ``pass_fds`` stay open
+    in it (files it reads as /proc/self/fd/N, whatever the permissions of their directory)."""
 
     def preexec() -> None:
         if user is not None:
@@ -107,6 +109,7 @@ def spawn(
             stderr=stderr,
             env=dict(env) if env is not None else None,
             close_fds=True,
+            pass_fds=tuple(pass_fds),
             preexec_fn=preexec if user or die_with_parent else None,  # noqa: PLW1509
         )
     except FileNotFoundError:

@@ -100,25 +100,28 @@ def start_proxy(
     if program is None:
         raise HostError(f"{PROGRAM} is not installed on this host (apt-get install {PROGRAM})")
     nobody = pwd.getpwnam("nobody")
-    workdir.mkdir(mode=0o755, parents=True, exist_ok=True)
-    os.chmod(workdir, 0o755)  # noqa: S103 - tinyproxy reads its files as nobody
-    filter_path = workdir / "filter"
-    filter_path.write_text(render_filter(mirrors))
+    workdir.mkdir(mode=0o700, parents=True, exist_ok=True)
     port = free_port(address)
-    conf = workdir / "tinyproxy.conf"
-    conf.write_text(render_config(address, port, client, mirrors, str(filter_path)))
-    for path in (filter_path, conf):
-        os.chmod(path, 0o644)
+    # tinyproxy runs as nobody and reads its files through descriptors opened here, as
+    # /proc/self/fd/N: the run directory stays root's alone.
+    filter_fd = _memfd("filter", render_filter(mirrors))
+    conf_text = render_config(address, port, client, mirrors, f"/proc/self/fd/{filter_fd}")
+    conf_fd = _memfd("conf", conf_text)
+    (workdir / "tinyproxy.conf").write_text(conf_text)  # for the administrator to read
     stderr_path = workdir / "tinyproxy.log"
-    with open(stderr_path, "wb") as stderr:
-        os.chmod(stderr_path, 0o600)
-        process = spawn(
-            [program, "-d", "-c", str(conf)],
-            env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
-            user=(nobody.pw_uid, nobody.pw_gid),
-            die_with_parent=True,
-            stderr=stderr.fileno(),
-        )
+    try:
+        with open(stderr_path, "wb") as stderr:
+            process = spawn(
+                [program, "-d", "-c", f"/proc/self/fd/{conf_fd}"],
+                env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
+                user=(nobody.pw_uid, nobody.pw_gid),
+                die_with_parent=True,
+                stderr=stderr.fileno(),
+                pass_fds=(filter_fd, conf_fd),
+            )
+    finally:
+        os.close(filter_fd)
+        os.close(conf_fd)
     proxy = Proxy(process, address, port)
     try:
         _wait_ready(proxy, stderr_path)
@@ -144,15 +147,26 @@ def _wait_ready(proxy: Proxy, stderr_path: Path) -> None:
         time.sleep(0.02)
 
 
-def proxy_alive(pid: int, conf: Path) -> bool:
-    """Whether ``pid`` is still the tinyproxy of ``conf`` (a leftover to stop), read from its
-    command line: a recycled PID belongs to someone else and is left alone."""
+def _memfd(name: str, text: str) -> int:
+    fd = os.memfd_create(f"vs-pkg-{name}", 0)  # no MFD_CLOEXEC: it is passed on
+    os.write(fd, text.encode())
+    os.lseek(fd, 0, os.SEEK_SET)
+    return fd
+
+
+def start_time(pid: int) -> int:
+    """The process's start time in clock ticks since boot (/proc/PID/stat field 22), 0 when
+    it is gone: with the PID, it names one process for good."""
     try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError as exc:
         if exc.errno in (errno.ENOENT, errno.ESRCH):
-            return False
+            return 0
         raise
-    return os.fsencode(str(conf)) in cmdline and any(
-        os.path.basename(item) == PROGRAM.encode() for item in cmdline
-    )
+    return int(stat.rpartition(")")[2].split()[19])
+
+
+def proxy_alive(pid: int, started: int) -> bool:
+    """Whether ``pid`` is still the proxy that started at ``started`` (a leftover to stop): a
+    recycled PID belongs to someone else and is left alone."""
+    return started != 0 and start_time(pid) == started

@@ -32,7 +32,7 @@ from vstools.host.hostconfig import HostConfig
 from vstools.host.netlink import Netns
 from vstools.net.plan import NetPlan
 from vstools.pkg.detect import Mirror
-from vstools.pkg.proxy import Proxy, proxy_alive, start_proxy
+from vstools.pkg.proxy import Proxy, proxy_alive, start_proxy, start_time
 from vstools.plan import Step, apply_steps
 
 log = logging.getLogger("vstools.pkg")
@@ -84,6 +84,7 @@ def _record(opening: Opening) -> None:
         "address": str(opening.address),
         "port": opening.proxy.port if opening.proxy else 0,
         "proxy_pid": opening.proxy.process.pid if opening.proxy else 0,
+        "proxy_started": start_time(opening.proxy.process.pid) if opening.proxy else 0,
     }
     path = opening.workdir / "session.json"
     tmp = path.with_suffix(".tmp")
@@ -203,7 +204,7 @@ def clean_leftovers(host: HostConfig, name: str) -> list[str]:
             if element in nft.elements(PKG_PROXY_SET):
                 nft.delete_element(PKG_PROXY_SET, element)
                 done.append(f"firewall element {element}")
-    if pid and proxy_alive(pid, workdir / "tinyproxy.conf"):
+    if pid and proxy_alive(pid, int(data.get("proxy_started", 0))):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, 15)
         done.append(f"proxy pid {pid}")
