@@ -24,8 +24,11 @@ ARCH = subprocess.run(
 ).stdout.strip()
 
 
-def build_deb(pool: Path, name: str, version: str, *, depends: str = "") -> Path:
-    """A tiny arch-all package that installs /usr/share/vstpkg/NAME holding its version."""
+def build_deb(
+    pool: Path, name: str, version: str, *, depends: str = "", postinst: str = ""
+) -> Path:
+    """A tiny arch-all package that installs /usr/share/vstpkg/NAME holding its version, with
+    ``postinst`` as its maintainer script when given."""
     work = pool.parent / "build" / f"{name}_{version}"
     (work / "DEBIAN").mkdir(parents=True, exist_ok=True)
     share = work / "usr" / "share" / "vstpkg"
@@ -42,6 +45,10 @@ def build_deb(pool: Path, name: str, version: str, *, depends: str = "") -> Path
     if depends:
         control.insert(3, f"Depends: {depends}")
     (work / "DEBIAN" / "control").write_text("\n".join(control) + "\n")
+    if postinst:
+        script = work / "DEBIAN" / "postinst"
+        script.write_text("#!/bin/sh\n" + postinst + "\n")
+        script.chmod(0o755)
     pool.mkdir(parents=True, exist_ok=True)
     target = pool / f"{name}_{version}_all.deb"
     subprocess.run(
@@ -111,9 +118,9 @@ class Mirror:
     http_port: int = 80
     https_port: int = 443
 
-    def publish(self, name: str, version: str) -> None:
+    def publish(self, name: str, version: str, *, postinst: str = "") -> None:
         """Add a package version and re-index (what a newer upload looks like to the guest)."""
-        build_deb(self.repo / "pool", name, version)
+        build_deb(self.repo / "pool", name, version, postinst=postinst)
         index(self.repo)
 
     def stop(self) -> None:

@@ -1,16 +1,309 @@
-"""vs-pkg on a real Debian guest, through the proxy and its one firewall element."""
+"""vs-pkg on a real Debian guest whose firewall.conf is ``enable`` and nothing else: packages
+come through the per-run proxy and one temporary firewall element, and the ruleset is the same
+before and after, whatever happens to the run (catalogue H6); the guest's own package tools run
+only with the guest's privileges (H5)."""
 
 from __future__ import annotations
 
+import contextlib
+import difflib
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
 import pytest
 
-from tests.pkg.conftest import GUEST, PkgEnv
+from tests.pkg.conftest import GUEST, MIRROR_IP, MIRROR_NAME, PkgEnv, write_sources
 
 pytestmark = [pytest.mark.e2e]
 
+# A package whose maintainer script holds the run open until the test says go (bounded: a
+# failing test never leaves it waiting for more than a minute).
+HOLD = (
+    "touch /var/tmp/vst-inside; i=0\n"
+    'while [ ! -e /var/tmp/vst-go ] && [ "$i" -lt 600 ]; do sleep 0.1; i=$((i+1)); done'
+)
 
-def test_install_through_the_proxy_leaves_the_ruleset_as_it_was(pkg_env: PkgEnv) -> None:
+
+def _wait_for(path: Path, process: subprocess.Popen[str], timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not path.exists():
+        if process.poll() is not None:
+            out, err = process.communicate()
+            raise AssertionError(f"vs-pkg ended early ({process.returncode}):\n{out}{err}")
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.05)
+
+
+@contextlib.contextmanager
+def held_run(env: PkgEnv, *extra: str) -> Iterator[subprocess.Popen[str]]:
+    """vs-pkg installing the holding package, stopped inside its postinst for the block."""
+    env.mirror.publish("vstslow", "1.0", postinst=HOLD)
+    process = subprocess.Popen(
+        env.pkg_argv("--name", GUEST, "--update_sources", "--install", "vstslow", *extra),
+        env=env.host.env,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    rootfs = env.rootfs()
+    try:
+        _wait_for(rootfs / "var" / "tmp" / "vst-inside", process)
+        yield process
+    finally:
+        (rootfs / "var" / "tmp" / "vst-go").write_text("")
+        if process.poll() is None:
+            try:
+                process.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                process.kill()  # by the PID this test started
+                process.wait()
+        if process.stdout:
+            process.stdout.close()
+        if process.stderr:
+            process.stderr.close()
+
+
+def _session(env: PkgEnv) -> dict[str, object]:
+    path = Path(env.host.env["VS_RUN_DIR"]) / "pkg" / GUEST / "session.json"
+    data: dict[str, object] = json.loads(path.read_text())
+    return data
+
+
+def _tcp(env: PkgEnv, ip: str, port: int) -> bool:
+    """Whether the guest can open a TCP connection to ip:port (bash's /dev/tcp, 3 s at most)."""
+    out = env.host.exec(
+        GUEST, "timeout", "3", "bash", "-c", f"exec 3<>/dev/tcp/{ip}/{port} && echo open",
+        check=False,
+    )  # fmt: skip
+    return out.strip() == "open"
+
+
+def _added_lines(before: str, after: str) -> tuple[list[str], list[str]]:
+    diff = list(difflib.ndiff(before.splitlines(), after.splitlines()))
+    return [d[2:] for d in diff if d.startswith("+ ")], [d[2:] for d in diff if d.startswith("- ")]
+
+
+def test_install_through_the_proxy_with_dns_denied(pkg_env: PkgEnv) -> None:
     before = pkg_env.ruleset()
+    # The guest resolves nothing: its firewall denies DNS like everything else.
+    assert pkg_env.host.exec(GUEST, "getent", "hosts", MIRROR_NAME, check=False) == ""
     result = pkg_env.pkg("--name", GUEST, "--update_sources", "--install", "vsthello")
     assert pkg_env.installed("vsthello") == "1.0", result.stderr
+    assert "Setting up vsthello (1.0)" in result.stdout
+    assert f"{GUEST}: install done" in result.stderr
+    assert pkg_env.ruleset() == before
+    # Nothing of the run is left: no record, no proxy address, the guest's routes intact.
+    assert not (Path(pkg_env.host.env["VS_RUN_DIR"]) / "pkg" / GUEST).exists()
+    addresses = subprocess.run(
+        ["ip", "-n", pkg_env.host.netns, "-4", "addr"], capture_output=True, text=True, check=True
+    ).stdout
+    assert "169.254.80.1" not in addresses
+    routes = subprocess.run(
+        ["ip", "-n", pkg_env.host.netns, "route", "get", "198.51.100.30"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    assert "dev vs10000" in routes
+    # A second run works as the first did (the routes survived the first's cleanup).
+    pkg_env.pkg("--name", GUEST, "--update_sources", "--install", "vstother")
+    assert pkg_env.installed("vstother") == "2.0"
+
+
+def test_during_the_run_one_element_and_nothing_else_is_open(pkg_env: PkgEnv) -> None:
+    before = pkg_env.ruleset()
+    assert not _tcp(pkg_env, MIRROR_IP, 80)  # closed before the run
+    with held_run(pkg_env) as process:
+        during = pkg_env.ruleset()
+        added, removed = _added_lines(before, during)
+        port = int(str(_session(pkg_env)["port"]))
+        assert removed == []
+        assert len(added) == 1, added
+        assert f'198.51.100.30 . 169.254.80.1 . {port} timeout' in added[0]
+        assert "expires" in added[0]  # it goes away by itself
+        # The guest reaches its proxy, and nothing else: not the mirror itself, not another
+        # port of the proxy's address, not the gateway or another peer.
+        assert _tcp(pkg_env, "169.254.80.1", port)
+        assert not _tcp(pkg_env, MIRROR_IP, 80)
+        assert not _tcp(pkg_env, MIRROR_IP, 443)
+        assert not _tcp(pkg_env, "169.254.80.1", 22)
+        assert not _tcp(pkg_env, "198.51.100.1", 80)
+        # The proxy admits the mirror's name only.
+        script = (
+            f"exec 3<>/dev/tcp/169.254.80.1/{port};"
+            ' printf "GET http://{host}/ HTTP/1.0\\r\\nHost: {host}\\r\\n\\r\\n" >&3; head -1 <&3'
+        )
+        for host, allowed in ((MIRROR_NAME, True), ("evil.example.org", False),
+                              (MIRROR_IP, False)):  # fmt: skip
+            status = pkg_env.host.exec(
+                GUEST, "timeout", "5", "bash", "-c", script.replace("{host}", host), check=False
+            )
+            assert (" 200 " in status) is allowed, (host, status)
+        connect = (
+            f"exec 3<>/dev/tcp/169.254.80.1/{port};"
+            ' printf "CONNECT evil.example.org:443 HTTP/1.0\\r\\n\\r\\n" >&3; head -1 <&3'
+        )
+        refused = pkg_env.host.exec(GUEST, "timeout", "5", "bash", "-c", connect, check=False)
+        assert " 200 " not in refused and refused.strip(), refused
+        # No host process is visible in the guest: the proxy and vs-pkg live outside its PID
+        # namespace (catalogue A1).
+        names = pkg_env.host.exec(GUEST, "sh", "-c", "cat /proc/[0-9]*/comm")
+        assert "tinyproxy" not in names and "vs-pkg" not in names
+    assert process.returncode == 0
+    assert pkg_env.ruleset() == before
+    assert pkg_env.installed("vstslow") == "1.0"
+
+
+def test_ctrl_c_restores_the_ruleset(pkg_env: PkgEnv) -> None:
+    before = pkg_env.ruleset()
+    with held_run(pkg_env) as process:
+        proxy_pid = int(str(_session(pkg_env)["proxy_pid"]))
+        assert pkg_env.ruleset() != before
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=60)
+        assert process.returncode == 130
+        assert pkg_env.ruleset() == before
+        assert not Path(f"/proc/{proxy_pid}").exists()
+
+
+def test_kill_9_leaves_an_expiring_element_that_the_next_run_removes(pkg_env: PkgEnv) -> None:
+    before = pkg_env.ruleset()
+    with held_run(pkg_env) as process:
+        proxy_pid = int(str(_session(pkg_env)["proxy_pid"]))
+        process.kill()
+        process.wait()
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{proxy_pid}").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)  # the proxy dies with vs-pkg (PR_SET_PDEATHSIG)
+        assert not Path(f"/proc/{proxy_pid}").exists()
+        added, _ = _added_lines(before, pkg_env.ruleset())
+        assert len(added) == 1 and "expires" in added[0]  # left, but on its way out
+    result = pkg_env.pkg("--name", GUEST, "--update_sources")
+    assert "leftover" in result.stderr or pkg_env.ruleset() == before
+    assert pkg_env.ruleset() == before
+
+
+def test_a_failing_run_restores_the_ruleset_and_exits_5(pkg_env: PkgEnv) -> None:
+    before = pkg_env.ruleset()
+    result = pkg_env.pkg("--name", GUEST, "--update_sources", "--install", "vstnosuch",
+                         check=False)  # fmt: skip
+    assert result.returncode == 5, result.stderr
+    assert "vstnosuch" in result.stderr and "failed" in result.stderr
+    assert pkg_env.ruleset() == before
+
+
+def test_list_upgrade_remove_search_show_and_json(pkg_env: PkgEnv) -> None:
+    pkg_env.pkg("--name", GUEST, "--update_sources", "--install", "vsthello", "vstdep")
+    pkg_env.mirror.publish("vsthello", "1.1")
+    listed = pkg_env.pkg("--name", GUEST, "--update_sources", "--list_upgrades")
+    assert f"{GUEST}:vsthello:1.0:1.1" in listed.stdout.splitlines()
+    as_json = json.loads(pkg_env.pkg("--name", GUEST, "--list_upgrades", "--json").stdout)
+    packages = as_json[0]["steps"][0]["packages"]
+    assert {"name": "vsthello", "version": "1.0", "candidate": "1.1", "summary": ""} in packages
+    before = pkg_env.ruleset()
+    pkg_env.pkg("--name", GUEST, "--upgrade_all")
+    assert pkg_env.installed("vsthello") == "1.1"
+    assert pkg_env.ruleset() == before
+    pkg_env.pkg("--name", GUEST, "--remove", "vstdep")
+    assert pkg_env.installed("vstdep") == ""
+    found = pkg_env.pkg("--name", GUEST, "--search", "vsth").stdout.splitlines()
+    assert any(line.startswith(f"{GUEST}:vsthello:") for line in found), found
+    shown = pkg_env.pkg("--name", GUEST, "--show", "vstother").stdout
+    assert f"{GUEST}:Package: vstother" in shown.splitlines()
+    installed = pkg_env.pkg("--name", GUEST).stdout.splitlines()
+    assert f"{GUEST}:vsthello:1.1" in installed
+    assert f"{GUEST}:vstdep:1.0" not in installed
+
+
+def test_the_slides_one_liner_runs_in_order(pkg_env: PkgEnv) -> None:
+    pkg_env.pkg("--name", GUEST, "--update_sources", "--install", "vsthello")
+    pkg_env.mirror.publish("vsthello", "1.2")
+    out = pkg_env.pkg("--name", GUEST, "--install", "vstother", "--upgrade_all", "--list_upgrades",
+                      "--update_sources", "--json").stdout  # fmt: skip
+    steps = json.loads(out)[0]["steps"]
+    assert [s["action"] for s in steps] == [
+        "update_sources", "list_upgrades", "upgrade_all", "install"
+    ]  # fmt: skip
+    assert steps[1]["packages"][0]["candidate"] == "1.2"
+    assert pkg_env.installed("vsthello") == "1.2"
+    assert pkg_env.installed("vstother") == "2.0"
+
+
+def test_https_mirror_through_connect(pkg_env: PkgEnv) -> None:
+    write_sources(pkg_env.rootfs(), f"deb [trusted=yes] https://{MIRROR_NAME}/ vst main",
+                  pkg_env.mirror.ca)  # fmt: skip
+    before = pkg_env.ruleset()
+    result = pkg_env.pkg("--name", GUEST, "--update_sources", "--install", "vsthello")
+    assert f"https://{MIRROR_NAME}" in result.stdout
+    assert pkg_env.installed("vsthello") == "1.0"
+    assert pkg_env.ruleset() == before
+
+
+def test_a_trojan_dpkg_runs_with_the_guests_privileges_only(pkg_env: PkgEnv) -> None:
+    """H5: the guest's dpkg replaced by a script that reports who it is, then does the job."""
+    rootfs = pkg_env.rootfs()
+    dpkg = rootfs / "usr" / "bin" / "dpkg"
+    os.rename(dpkg, rootfs / "usr" / "bin" / "dpkg.real")
+    dpkg.write_text(
+        "#!/bin/sh\n"
+        "{ readlink /proc/self/ns/pid /proc/self/ns/mnt /proc/self/ns/net;"
+        " grep -E '^(CapEff|NoNewPrivs|Seccomp):' /proc/self/status; cat /proc/self/cgroup;"
+        " ls /proc | grep -c '^[0-9]'; } > /var/tmp/vst-trojan.$$ 2>&1\n"
+        'exec /usr/bin/dpkg.real "$@"\n'
+    )
+    dpkg.chmod(0o755)
+    pkg_env.pkg("--name", GUEST, "--update_sources", "--install", "vsthello")
+    assert pkg_env.installed("vsthello") == "1.0"
+    reports = list((rootfs / "var" / "tmp").glob("vst-trojan.*"))
+    assert reports, "the trojan dpkg never ran"
+    state = pkg_env.host.state(GUEST)
+    assert state is not None
+    init = int(str(state["init_pid"]))
+    guest_ns = [os.readlink(f"/proc/{init}/ns/{ns}") for ns in ("pid", "mnt", "net")]
+    host_caps = Path("/proc/self/status").read_text()
+    host_eff = next(line for line in host_caps.splitlines() if line.startswith("CapEff:"))
+    guest_eff = next(
+        line for line in Path(f"/proc/{init}/status").read_text().splitlines()
+        if line.startswith("CapEff:")
+    )  # fmt: skip
+    for report in reports:
+        lines = report.read_text().splitlines()
+        assert lines[:3] == guest_ns, lines  # the guest's namespaces, not the host's
+        effective = next(line for line in lines if line.startswith("CapEff:"))
+        assert effective.split()[1] == guest_eff.split()[1] != host_eff.split()[1]
+        assert any(line.startswith("Seccomp:") and line.split()[1] != "0" for line in lines)
+        assert any(f"/{pkg_env.host.cgroup_parent}/{GUEST}" in line for line in lines)
+
+
+def test_a_stopped_guest_is_refused_unless_start_stopped(pkg_env: PkgEnv) -> None:
+    pkg_env.host.run("vs-control", "--name", GUEST, "--stop")
+    refused = pkg_env.pkg("--name", GUEST, "--install", "vsthello", check=False)
+    assert refused.returncode == 4
+    assert "--start-stopped" in refused.stderr
+    pkg_env.pkg("--name", GUEST, "--update_sources", "--install", "vsthello", "--start-stopped")
+    assert pkg_env.host.state(GUEST) is None  # stopped again
+    status = (pkg_env.rootfs() / "var" / "lib" / "dpkg" / "status").read_text()
+    assert "Package: vsthello\nStatus: install ok installed" in status
+
+
+def test_all_reports_each_guest_and_fails_if_one_failed(pkg_env: PkgEnv) -> None:
+    pkg_env.host.define("bb", "198.51.100.31")  # busybox: no package manager
+    pkg_env.host.run("vs-control", "--name", "bb", "--start")
+    before = pkg_env.ruleset()
+    result = pkg_env.pkg("--all", "--update_sources", "--install", "vsthello", check=False)
+    assert result.returncode == 2, result.stderr  # the worst: bb has no package manager
+    assert "bb: guest bb: no supported package manager" in result.stderr
+    assert pkg_env.installed("vsthello") == "1.0"
+    assert pkg_env.ruleset() == before
+
+
+def test_dry_run_changes_nothing(pkg_env: PkgEnv) -> None:
+    before = pkg_env.ruleset()
+    result = pkg_env.pkg("--name", GUEST, "--dry-run", "--update_sources", "--install", "vsthello")
+    assert "would: deb: run in the guest: apt-get" in result.stderr
+    assert pkg_env.installed("vsthello") == ""
     assert pkg_env.ruleset() == before

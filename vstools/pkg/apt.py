@@ -47,7 +47,9 @@ class Apt:
         argv: list[str]
         match step.action:
             case Action.UPDATE_SOURCES:
-                argv = [*get, "update"]
+                # A mirror that cannot be fetched fails the step (apt's default is a warning
+                # and exit 0, which would hide a closed path as success).
+                argv = [*get, "-o", "APT::Update::Error-Mode=any", "update"]
             case Action.LIST_UPGRADES:
                 argv = [*get, "-s", "upgrade"]  # a simulation lists what would be upgraded
             case Action.UPGRADE_ALL:

@@ -2,7 +2,10 @@
 
 1. a record of what is being opened (run_dir/pkg/NAME/session.json), first, so that whatever a
    killed run leaves is known to the next one;
-2. PKG_PROXY_ADDRESS/32 on the host end of the guest's veth (link-local: never routed);
+2. PKG_PROXY_ADDRESS/32 on the host's loopback (link-local: never routed off the host), shared
+   by concurrent runs and removed by the last one. Not on the guest's veth: removing the last
+   IPv4 address of an interface makes the kernel flush every route through it (fib_disable_ip),
+   the guest's own /32 route included;
 3. a tinyproxy bound to that address alone, admitting the guest and its mirrors' names only;
 4. one element ``veth . guest address . proxy address . proxy port`` in the firewall's
    ``pkg_proxy`` set, with a timeout of PKG_TIMEOUT plus a minute.
@@ -92,14 +95,46 @@ def _record(opening: Opening) -> None:
     os.replace(tmp, path)
 
 
-def _add_address(veth: str, address: IPv4Address) -> None:
-    with Netns() as netns:
-        netns.add_address(veth, address, 32)
+PROXY_LINK = "lo"
 
 
-def _delete_address(veth: str, address: IPv4Address) -> None:
-    with Netns() as netns:
-        netns.delete_address(veth, address, 32)
+def _others_alive(host: HostConfig, name: str) -> list[str]:
+    """Guests whose vs-pkg run is still going (its record's proxy alive), other than ``name``."""
+    alive = []
+    for record in sorted((host.paths.run_dir / "pkg").glob("*/session.json")):
+        if record.parent.name == name:
+            continue
+        try:
+            data = json.loads(record.read_text())
+        except (OSError, ValueError):
+            continue
+        if proxy_alive(int(data.get("proxy_pid", 0)), int(data.get("proxy_started", 0))):
+            alive.append(record.parent.name)
+    return alive
+
+
+def _address_lock(host: HostConfig) -> contextlib.AbstractContextManager[None]:
+    return locked(host.paths.run_dir / "pkg.lock", what="vs-pkg proxy address", timeout_s=60.0)
+
+
+def _add_address(host: HostConfig, address: IPv4Address) -> None:
+    with _address_lock(host), Netns() as netns:
+        present = any(str(a.ip) == str(address) for _, a in netns.addresses(PROXY_LINK))
+        if not present:
+            netns.add_address(PROXY_LINK, address, 32)
+
+
+def _delete_address(host: HostConfig, name: str, address: IPv4Address) -> bool:
+    """Remove the shared address unless another run still uses it; whether it was removed."""
+    with _address_lock(host), Netns() as netns:
+        if _others_alive(host, name):
+            return False
+        return netns.delete_address(PROXY_LINK, address, 32)
+
+
+def _release_address(host: HostConfig, name: str, address: IPv4Address) -> None:
+    if not _delete_address(host, name, address):
+        log.info("%s: %s kept on %s for another run", name, address, PROXY_LINK)
 
 
 @contextlib.contextmanager
@@ -146,9 +181,9 @@ def opened(
     steps = [
         Step(f"record the opening in {opening.workdir}", write_record,
              lambda: shutil.rmtree(opening.workdir, ignore_errors=True)),
-        Step(f"address {opening.address}/32 on {opening.veth}",
-             lambda: _add_address(opening.veth, opening.address),
-             lambda: _delete_address(opening.veth, opening.address)),
+        Step(f"address {opening.address}/32 on {PROXY_LINK}",
+             lambda: _add_address(host, opening.address),
+             lambda: _release_address(host, opening.name, opening.address)),
         Step(f"proxy on {opening.address} for {opening.guest_ip}, mirrors "
              + ", ".join(sorted({m.host for m in mirrors})), start, stop),
         Step(f"firewall element {PKG_PROXY_SET} {{ {opening.veth} . {opening.guest_ip} ->"
@@ -208,8 +243,8 @@ def clean_leftovers(host: HostConfig, name: str) -> list[str]:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, 15)
         done.append(f"proxy pid {pid}")
-    with contextlib.suppress(VSError), Netns() as netns:
-        if netns.delete_address(veth, address, 32):
-            done.append(f"address {address} on {veth}")
     shutil.rmtree(workdir, ignore_errors=True)
+    with contextlib.suppress(VSError):
+        if _delete_address(host, name, address):
+            done.append(f"address {address} on {PROXY_LINK}")
     return done
