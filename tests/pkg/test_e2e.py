@@ -123,7 +123,7 @@ def test_during_the_run_one_element_and_nothing_else_is_open(pkg_env: PkgEnv) ->
         port = int(str(_session(pkg_env)["port"]))
         assert removed == []
         assert len(added) == 1, added
-        assert f'198.51.100.30 . 169.254.80.1 . {port} timeout' in added[0]
+        assert f"198.51.100.30 . 169.254.80.1 . {port} timeout" in added[0]
         assert "expires" in added[0]  # it goes away by itself
         # The guest reaches its proxy, and nothing else: not the mirror itself, not another
         # port of the proxy's address, not the gateway or another peer.
@@ -250,8 +250,8 @@ def test_a_trojan_dpkg_runs_with_the_guests_privileges_only(pkg_env: PkgEnv) -> 
     os.rename(dpkg, rootfs / "usr" / "bin" / "dpkg.real")
     dpkg.write_text(
         "#!/bin/sh\n"
-        "{ readlink /proc/self/ns/pid /proc/self/ns/mnt /proc/self/ns/net;"
-        " grep -E '^(CapEff|NoNewPrivs|Seccomp):' /proc/self/status; cat /proc/self/cgroup;"
+        "{ readlink /proc/self/ns/pid /proc/self/ns/mnt /proc/self/ns/net /proc/self/ns/cgroup;"
+        " grep -E '^(CapEff|NoNewPrivs|Seccomp):' /proc/self/status;"
         " ls /proc | grep -c '^[0-9]'; } > /var/tmp/vst-trojan.$$ 2>&1\n"
         'exec /usr/bin/dpkg.real "$@"\n'
     )
@@ -263,7 +263,9 @@ def test_a_trojan_dpkg_runs_with_the_guests_privileges_only(pkg_env: PkgEnv) -> 
     state = pkg_env.host.state(GUEST)
     assert state is not None
     init = int(str(state["init_pid"]))
-    guest_ns = [os.readlink(f"/proc/{init}/ns/{ns}") for ns in ("pid", "mnt", "net")]
+    namespaces = ("pid", "mnt", "net", "cgroup")
+    guest_ns = [os.readlink(f"/proc/{init}/ns/{ns}") for ns in namespaces]
+    host_ns = [os.readlink(f"/proc/self/ns/{ns}") for ns in namespaces]
     host_caps = Path("/proc/self/status").read_text()
     host_eff = next(line for line in host_caps.splitlines() if line.startswith("CapEff:"))
     guest_eff = next(
@@ -272,11 +274,13 @@ def test_a_trojan_dpkg_runs_with_the_guests_privileges_only(pkg_env: PkgEnv) -> 
     )  # fmt: skip
     for report in reports:
         lines = report.read_text().splitlines()
-        assert lines[:3] == guest_ns, lines  # the guest's namespaces, not the host's
+        assert lines[:4] == guest_ns, lines  # the guest's namespaces, and its cgroup's
+        assert not set(lines[:4]) & set(host_ns)
         effective = next(line for line in lines if line.startswith("CapEff:"))
         assert effective.split()[1] == guest_eff.split()[1] != host_eff.split()[1]
         assert any(line.startswith("Seccomp:") and line.split()[1] != "0" for line in lines)
-        assert any(f"/{pkg_env.host.cgroup_parent}/{GUEST}" in line for line in lines)
+        # It sees the guest's processes only: no vs-pkg, no proxy, no host process at all.
+        assert int(lines[-1]) < 20, lines
 
 
 def test_a_stopped_guest_is_refused_unless_start_stopped(pkg_env: PkgEnv) -> None:
