@@ -80,7 +80,7 @@ def index(repo: Path) -> None:
             "APT::FTPArchive::Release::Components=main",
             "release",
             "dists/vst",
-        ],  # fmt: skip
+        ],
         cwd=repo,
         capture_output=True,
         text=True,
@@ -96,13 +96,51 @@ def make_ca(directory: Path, name: str) -> tuple[Path, Path, Path]:
     def openssl(*argv: str) -> None:
         subprocess.run(["openssl", *argv], cwd=directory, check=True, capture_output=True)
 
-    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
-            "/CN=vst throwaway CA", "-keyout", "ca.key", "-out", "ca.pem")  # fmt: skip
-    openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}",
-            "-keyout", "key.pem", "-out", "server.csr")  # fmt: skip
+    openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=vst throwaway CA",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+    )
+    openssl(
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        f"/CN={name}",
+        "-keyout",
+        "key.pem",
+        "-out",
+        "server.csr",
+    )
     (directory / "ext").write_text(f"subjectAltName=DNS:{name}\n")
-    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-            "-CAcreateserial", "-days", "2", "-extfile", "ext", "-out", "cert.pem")  # fmt: skip
+    openssl(
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "ext",
+        "-out",
+        "cert.pem",
+    )
     return directory / "ca.pem", directory / "cert.pem", directory / "key.pem"
 
 
@@ -153,7 +191,7 @@ def start_mirror(
             "443",
             str(cert),
             str(key),
-        ],  # fmt: skip
+        ],
         cwd=root,
         env={**os.environ, "PYTHONPATH": str(root)},
         stdout=subprocess.PIPE,
@@ -169,17 +207,17 @@ def start_mirror(
 
 
 class _Quiet(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - the base's name
+    def log_message(self, format: str, *args: object) -> None:
         pass
 
 
-def serve(repo: str, address: str, http_port: int, https_port: int, cert: str, key: str) -> None:
+def serve(repo: str, address: str, ports: tuple[int, int], tls_files: tuple[str, str]) -> None:
     """Serve ``repo`` over HTTP and HTTPS until killed."""
     handler = partial(_Quiet, directory=repo)
-    plain = http.server.ThreadingHTTPServer((address, http_port), handler)
-    tls = http.server.ThreadingHTTPServer((address, https_port), handler)
+    plain = http.server.ThreadingHTTPServer((address, ports[0]), handler)
+    tls = http.server.ThreadingHTTPServer((address, ports[1]), handler)
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(cert, key)
+    context.load_cert_chain(*tls_files)
     tls.socket = context.wrap_socket(tls.socket, server_side=True)
     threading.Thread(target=plain.serve_forever, daemon=True).start()
     print("listening", flush=True)
@@ -189,4 +227,4 @@ def serve(repo: str, address: str, http_port: int, https_port: int, cert: str, k
 if __name__ == "__main__":
     if sys.argv[1:2] == ["serve"]:
         _, _, repo_dir, addr, p1, p2, cert_file, key_file = sys.argv
-        serve(repo_dir, addr, int(p1), int(p2), cert_file, key_file)
+        serve(repo_dir, addr, (int(p1), int(p2)), (cert_file, key_file))

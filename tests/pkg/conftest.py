@@ -40,7 +40,7 @@ def debian_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
             "bookworm",
             str(work / "root"),
             "http://deb.debian.org/debian",
-        ],  # fmt: skip
+        ],
         check=True,
         capture_output=True,
         timeout=1800,
@@ -65,31 +65,56 @@ class PkgEnv:
         """Run vs-pkg as an administrator would, in the test host's network namespace, with the
         mirror's name resolvable (its own mount namespace: the machine's /etc/hosts is never
         touched)."""
-        result = subprocess.run(self.pkg_argv(*args), env=self.host.env, text=True,
-                                capture_output=True, input="", timeout=timeout, check=False)  # fmt: skip
+        result = subprocess.run(
+            self.pkg_argv(*args),
+            env=self.host.env,
+            text=True,
+            capture_output=True,
+            input="",
+            timeout=timeout,
+            check=False,
+        )
         if check and result.returncode != 0:
-            raise AssertionError(f"vs-pkg {' '.join(args)} exited {result.returncode}:\n"
-                                 f"{result.stdout}{result.stderr}")  # fmt: skip
+            raise AssertionError(
+                f"vs-pkg {' '.join(args)} exited {result.returncode}:\n"
+                f"{result.stdout}{result.stderr}"
+            )
         return result
 
     def pkg_argv(self, *args: str) -> list[str]:
         """The command line of ``pkg`` (for tests that start it in the background)."""
-        return [*netns_prefix(self.host.netns), "unshare", "--mount", "--propagation", "private",
-                "--", "sh", "-c", 'mount --bind "$0" /etc/hosts && exec "$@"',
-                str(self.hosts_file), str(BIN / "vs-pkg"), *args]  # fmt: skip
+        return [
+            *netns_prefix(self.host.netns),
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+            "--",
+            "sh",
+            "-c",
+            'mount --bind "$0" /etc/hosts && exec "$@"',
+            str(self.hosts_file),
+            str(BIN / "vs-pkg"),
+            *args,
+        ]
 
     def ruleset(self) -> str:
         """The test host's whole nftables ruleset as listed (what H6 compares)."""
-        return subprocess.run([*netns_prefix(self.host.netns), "nft", "list", "ruleset"],
-                              capture_output=True, text=True, check=True).stdout  # fmt: skip
+        return subprocess.run(
+            [*netns_prefix(self.host.netns), "nft", "list", "ruleset"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
 
     def rootfs(self) -> Path:
         return self.host.rootfs(GUEST)
 
     def installed(self, package: str) -> str:
         """The version of ``package`` installed in the guest, "" when it is not."""
-        out = self.host.exec(GUEST, "dpkg-query", "-W", "-f=${db:Status-Abbrev}${Version}",
-                             package, check=False)  # fmt: skip
+        out = self.host.exec(
+            GUEST, "dpkg-query", "-W", "-f=${db:Status-Abbrev}${Version}", package, check=False
+        )
         return out[3:] if out.startswith("ii ") else ""
 
 
@@ -110,18 +135,21 @@ def pkg_env(
     """A running Debian guest behind a firewall that says only ``enable``, and its mirror."""
     create = f'DEFAULT_TEMPLATE={debian_template}\nDEFAULT_INIT="/usr/bin/sleep infinity"\n'
     with wired_to_lan(host, net_probe_binary, create_conf=create) as lan:
-        subprocess.run(["ip", "-n", lan.netns, "addr", "add", f"{MIRROR_IP}/32", "dev", "lan0"],
-                       check=True)  # fmt: skip
-        mirror = start_mirror(netns_prefix(lan.netns), tmp_path / "mirror", MIRROR_NAME,
-                              MIRROR_IP, PACKAGES)  # fmt: skip
+        subprocess.run(
+            ["ip", "-n", lan.netns, "addr", "add", f"{MIRROR_IP}/32", "dev", "lan0"], check=True
+        )
+        mirror = start_mirror(
+            netns_prefix(lan.netns), tmp_path / "mirror", MIRROR_NAME, MIRROR_IP, PACKAGES
+        )
         try:
             hosts = tmp_path / "hosts"
             hosts.write_text(f"127.0.0.1 localhost\n{MIRROR_IP} {MIRROR_NAME}\n")
             host.run("vs-create", "--name", GUEST, "--interface", GUEST_IP, timeout=300)
             host.guests.append(GUEST)
             (host.guests_dir / GUEST / "firewall.conf").write_text("enable\n")
-            write_sources(host.rootfs(GUEST),
-                          f"deb [trusted=yes] http://{MIRROR_NAME}/ vst main", mirror.ca)  # fmt: skip
+            write_sources(
+                host.rootfs(GUEST), f"deb [trusted=yes] http://{MIRROR_NAME}/ vst main", mirror.ca
+            )
             host.run("vs-control", "--name", GUEST, "--start")
             yield PkgEnv(host, lan, mirror, hosts)
         finally:

@@ -78,9 +78,14 @@ def _session(env: PkgEnv) -> dict[str, object]:
 def _tcp(env: PkgEnv, ip: str, port: int) -> bool:
     """Whether the guest can open a TCP connection to ip:port (bash's /dev/tcp, 3 s at most)."""
     out = env.host.exec(
-        GUEST, "timeout", "3", "bash", "-c", f"exec 3<>/dev/tcp/{ip}/{port} && echo open",
+        GUEST,
+        "timeout",
+        "3",
+        "bash",
+        "-c",
+        f"exec 3<>/dev/tcp/{ip}/{port} && echo open",
         check=False,
-    )  # fmt: skip
+    )
     return out.strip() == "open"
 
 
@@ -106,8 +111,10 @@ def test_install_through_the_proxy_with_dns_denied(pkg_env: PkgEnv) -> None:
     assert "169.254.80.1" not in addresses
     routes = subprocess.run(
         ["ip", "-n", pkg_env.host.netns, "route", "get", "198.51.100.30"],
-        capture_output=True, text=True, check=True,
-    ).stdout  # fmt: skip
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert "dev vs10000" in routes
     # A second run works as the first did (the routes survived the first's cleanup).
     pkg_env.pkg("--name", GUEST, "--update_sources", "--install", "vstother")
@@ -137,8 +144,7 @@ def test_during_the_run_one_element_and_nothing_else_is_open(pkg_env: PkgEnv) ->
             f"exec 3<>/dev/tcp/169.254.80.1/{port};"
             ' printf "GET http://{host}/ HTTP/1.0\\r\\nHost: {host}\\r\\n\\r\\n" >&3; head -1 <&3'
         )
-        for host, allowed in ((MIRROR_NAME, True), ("evil.example.org", False),
-                              (MIRROR_IP, False)):  # fmt: skip
+        for host, allowed in ((MIRROR_NAME, True), ("evil.example.org", False), (MIRROR_IP, False)):
             status = pkg_env.host.exec(
                 GUEST, "timeout", "5", "bash", "-c", script.replace("{host}", host), check=False
             )
@@ -189,8 +195,7 @@ def test_kill_9_leaves_an_expiring_element_that_the_next_run_removes(pkg_env: Pk
 
 def test_a_failing_run_restores_the_ruleset_and_exits_5(pkg_env: PkgEnv) -> None:
     before = pkg_env.ruleset()
-    result = pkg_env.pkg("--name", GUEST, "--update_sources", "--install", "vstnosuch",
-                         check=False)  # fmt: skip
+    result = pkg_env.pkg("--name", GUEST, "--update_sources", "--install", "vstnosuch", check=False)
     assert result.returncode == 5, result.stderr
     assert "vstnosuch" in result.stderr and "failed" in result.stderr
     assert pkg_env.ruleset() == before
@@ -222,20 +227,32 @@ def test_list_upgrade_remove_search_show_and_json(pkg_env: PkgEnv) -> None:
 def test_the_slides_one_liner_runs_in_order(pkg_env: PkgEnv) -> None:
     pkg_env.pkg("--name", GUEST, "--update_sources", "--install", "vsthello")
     pkg_env.mirror.publish("vsthello", "1.2")
-    out = pkg_env.pkg("--name", GUEST, "--install", "vstother", "--upgrade_all", "--list_upgrades",
-                      "--update_sources", "--json").stdout  # fmt: skip
+    out = pkg_env.pkg(
+        "--name",
+        GUEST,
+        "--install",
+        "vstother",
+        "--upgrade_all",
+        "--list_upgrades",
+        "--update_sources",
+        "--json",
+    ).stdout
     steps = json.loads(out)[0]["steps"]
     assert [s["action"] for s in steps] == [
-        "update_sources", "list_upgrades", "upgrade_all", "install"
-    ]  # fmt: skip
+        "update_sources",
+        "list_upgrades",
+        "upgrade_all",
+        "install",
+    ]
     assert steps[1]["packages"][0]["candidate"] == "1.2"
     assert pkg_env.installed("vsthello") == "1.2"
     assert pkg_env.installed("vstother") == "2.0"
 
 
 def test_https_mirror_through_connect(pkg_env: PkgEnv) -> None:
-    write_sources(pkg_env.rootfs(), f"deb [trusted=yes] https://{MIRROR_NAME}/ vst main",
-                  pkg_env.mirror.ca)  # fmt: skip
+    write_sources(
+        pkg_env.rootfs(), f"deb [trusted=yes] https://{MIRROR_NAME}/ vst main", pkg_env.mirror.ca
+    )
     before = pkg_env.ruleset()
     result = pkg_env.pkg("--name", GUEST, "--update_sources", "--install", "vsthello")
     assert f"https://{MIRROR_NAME}" in result.stdout
@@ -269,9 +286,10 @@ def test_a_trojan_dpkg_runs_with_the_guests_privileges_only(pkg_env: PkgEnv) -> 
     host_caps = Path("/proc/self/status").read_text()
     host_eff = next(line for line in host_caps.splitlines() if line.startswith("CapEff:"))
     guest_eff = next(
-        line for line in Path(f"/proc/{init}/status").read_text().splitlines()
+        line
+        for line in Path(f"/proc/{init}/status").read_text().splitlines()
         if line.startswith("CapEff:")
-    )  # fmt: skip
+    )
     for report in reports:
         lines = report.read_text().splitlines()
         assert lines[:4] == guest_ns, lines  # the guest's namespaces, and its cgroup's

@@ -155,6 +155,7 @@ def handle(ctx: Context) -> int:
     output = Output(ctx.stdout, ctx.stderr, terminal=terminal, echo=not ctx.json)
 
     def one(name: str) -> Mapping[str, object]:
+        """One guest's run, its lines printed (not with --json); its record returned."""
         what = " ".join(f"--{s.action} {' '.join(s.args)}".strip() for s in request.steps)
         if ctx.dry_run:
             return _record(run_guest(ctx.host, name, request, output))

@@ -90,6 +90,7 @@ def spawn(
     in it (files it reads as /proc/self/fd/N, whatever the permissions of their directory)."""
 
     def preexec() -> None:
+        """In the child, before exec: the user change, then the parent-death signal."""
         if user is not None:
             os.setgroups([])
             os.setgid(user[1])

@@ -20,6 +20,8 @@ from types import FrameType
 from typing import TextIO
 
 from vstools.errors import ExitCode, HostError, StateError, UsageError
+from vstools.guest.start import start_guest
+from vstools.guest.stop import stop_guest
 from vstools.host.hostconfig import HostConfig
 from vstools.host.rootfs import GuestRoot
 from vstools.net.plan import plan_network
@@ -106,6 +108,7 @@ def deadline(seconds: int) -> Iterator[None]:
     thread of this process only, which is where vs-pkg runs guests)."""
 
     def expired(signum: int, frame: FrameType | None) -> None:
+        """SIGALRM: the run took too long."""
         raise _Timeout
 
     previous = signal.signal(signal.SIGALRM, expired)
@@ -228,11 +231,13 @@ def _run_step(
     statuses = 0
 
     def out_line(line: str) -> None:
+        """A line of the tool's stdout: kept, and shown unless hidden."""
         captured.append(line)
         if not listed and output.echo and bar is None:
             print(line, file=output.stdout, flush=True)
 
     def err_line(line: str) -> None:
+        """A line of its stderr: a status line to the bar or counter, anything else shown."""
         nonlocal statuses
         status = parse_status(line)
         if status is None:
@@ -275,9 +280,6 @@ def _started(host: HostConfig, name: str, *, started: bool) -> Iterator[bool]:
     if not started:
         yield False
         return
-    from vstools.guest.start import start_guest
-    from vstools.guest.stop import stop_guest
-
     start_guest(host, name)
     try:
         yield True

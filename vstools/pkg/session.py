@@ -159,22 +159,27 @@ def opened(
     timeout_s = host.settings.pkg_timeout_s + ELEMENT_MARGIN_S
 
     def start() -> None:
+        """Start the proxy and record its PID."""
         opening.proxy = start_proxy(opening.workdir, opening.address, opening.guest_ip, mirrors)
         _record(opening)
 
     def stop() -> None:
+        """Stop the proxy, if it started."""
         if opening.proxy is not None:
             opening.proxy.stop()
 
     def add_element() -> None:
+        """The one temporary element, under the firewall lock."""
         with _firewall_lock(host):
             nft.add_element(PKG_PROXY_SET, opening.element, timeout_s=timeout_s)
 
     def delete_element() -> None:
+        """Remove it again, under the firewall lock."""
         with _firewall_lock(host):
             nft.delete_element(PKG_PROXY_SET, opening.element)
 
     def write_record() -> None:
+        """The record a later run cleans up from."""
         opening.workdir.mkdir(mode=0o755, parents=True, exist_ok=True)
         _record(opening)
 
