@@ -7,9 +7,11 @@ PY := $(VENV)/bin/python
 # Debian packages the toolkit and its tests use (kept in one list so demo and test agree).
 # qemu-system-x86, seabios, ipxe-qemu (virtio-net ROM), dmsetup: the VM lab (tests/lab.py).
 # iputils-arping: vs-create probes a new address on its network.
+# tinyproxy: vs-pkg's per-run proxy; apt-utils (apt-ftparchive): its tests' mirror.
 DEB_PACKAGES := python3-venv python3-dev gcc iproute2 nftables iptables busybox-static debootstrap libc6-dev \
 	rsync openssh-server openssh-client systemd procps util-linux uidmap btrfs-progs \
-	zstd munin-node strace qemu-system-x86 seabios ipxe-qemu dmsetup iputils-arping lvm2
+	zstd munin-node strace qemu-system-x86 seabios ipxe-qemu dmsetup iputils-arping lvm2 \
+	tinyproxy apt-utils
 
 .PHONY: all deps venv demo test lint bench clean
 all: test
