@@ -312,11 +312,14 @@ def test_a_stopped_guest_is_refused_unless_start_stopped(pkg_env: PkgEnv) -> Non
     assert "Package: vsthello\nStatus: install ok installed" in status
 
 
-def test_all_reports_each_guest_and_fails_if_one_failed(pkg_env: PkgEnv) -> None:
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_all_reports_each_guest_and_fails_if_one_failed(pkg_env: PkgEnv, jobs: str) -> None:
     pkg_env.host.define("bb", "198.51.100.31")  # busybox: no package manager
     pkg_env.host.run("vs-control", "--name", "bb", "--start")
     before = pkg_env.ruleset()
-    result = pkg_env.pkg("--all", "--update_sources", "--install", "vsthello", check=False)
+    result = pkg_env.pkg(
+        "--all", "--jobs", jobs, "--update_sources", "--install", "vsthello", check=False
+    )
     assert result.returncode == 2, result.stderr  # the worst: bb has no package manager
     assert "bb: guest bb: no supported package manager" in result.stderr
     assert pkg_env.installed("vsthello") == "1.0"

@@ -3,22 +3,28 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
-from collections.abc import Mapping, Sequence
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from vstools.cli.common import (
     Context,
     add_guest_selection,
+    arg_type,
     for_each_guest,
     new_parser,
     run_command,
     selected_guests,
 )
-from vstools.errors import UsageError
+from vstools.config.values import parse_uint
+from vstools.errors import ExitCode, UsageError, VSError
 from vstools.host.journal import operation
 from vstools.pkg.driver import GuestResult, Output, Request, run_guest
 from vstools.pkg.tools import LISTS, Action, Conffiles, Step
+from vstools.serialize import to_jsonable
 
 DESCRIPTION = """\
 Run the guest's own package manager (apt/dpkg; dnf and apk where present) inside the guest, as
@@ -73,6 +79,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--no-snapshot", action="store_true", help="no snapshot before changes (btrfs, lvm)"
+    )
+    parser.add_argument(
+        "--jobs",
+        metavar="N",
+        type=arg_type(lambda text: parse_uint(text, minimum=1, maximum=64, what="jobs"), "jobs"),
+        default=1,
+        help="with --all: guests handled at once (default 1)",
     )
     parser.add_argument(
         "--start-stopped",
@@ -165,10 +178,89 @@ def handle(ctx: Context) -> int:
             ctx.emit_lines(_lines(result))
         return _record(result)
 
-    records = for_each_guest(ctx, names, one)
+    if args.all and args.jobs > 1 and not ctx.dry_run:
+        records = _in_parallel(ctx, names, args.jobs, one)
+    else:
+        records = for_each_guest(ctx, names, one)
     if ctx.json:
         ctx.emit_json(records)
     return ctx.exit_code()
+
+
+def _in_parallel(
+    ctx: Context, names: Sequence[str], jobs: int, one: Callable[[str], Mapping[str, object]]
+) -> list[Mapping[str, object]]:
+    """``one`` for each guest in a child process, at most ``jobs`` at once (each run has its own
+    proxy, element and PKG_TIMEOUT alarm); a guest's output is printed when it has finished, in
+    one piece; failures are reported as with one job."""
+    pending = list(names)
+    running: dict[int, tuple[str, Any, Any]] = {}
+    records: list[Mapping[str, object]] = []
+    while pending or running:
+        while pending and len(running) < jobs:
+            name = pending.pop(0)
+            # Closed when the child is reaped, below.
+            text = tempfile.TemporaryFile("w+")  # noqa: SIM115
+            record = tempfile.TemporaryFile("w+")  # noqa: SIM115
+            ctx.stdout.flush()
+            ctx.stderr.flush()
+            pid = os.fork()
+            if pid == 0:  # pragma: no cover - child process
+                os._exit(_child(ctx, name, one, text, record))
+            running[pid] = (name, text, record)
+        pid, status = os.wait()
+        name, text, record = running.pop(pid)
+        code = os.waitstatus_to_exitcode(status)
+        text.seek(0)
+        record.seek(0)
+        shown = text.read()
+        if ctx.json:
+            ctx.stderr.write(shown)
+        else:
+            ctx.stdout.write(shown)
+        data = record.read()
+        text.close()
+        record.close()
+        if code == 0 and data:
+            records.append(json.loads(data))
+            continue
+        failure = _ChildFailed(data.strip() or f"exited {code}")
+        failure.exit_code = _exit_code(code)
+        ctx.fail(name, failure)
+    order = {name: index for index, name in enumerate(names)}
+    return sorted(records, key=lambda r: order.get(str(r.get("vserver")), 0))
+
+
+def _exit_code(code: int) -> ExitCode:
+    return ExitCode(code) if code in {int(c) for c in ExitCode} else ExitCode.INTERNAL
+
+
+class _ChildFailed(VSError):
+    """A guest's run in a child process failed (its message, its exit code)."""
+
+
+def _child(
+    ctx: Context, name: str, one: Callable[[str], Mapping[str, object]], text: Any, record: Any
+) -> int:  # pragma: no cover - child process
+    """One guest in a child: its output into ``text``, its record or error into ``record``."""
+    ctx.stdout = ctx.stderr = text
+    try:
+        result = one(name)
+    except VSError as exc:
+        record.write(str(exc))
+        code = int(exc.exit_code)
+    except KeyboardInterrupt:
+        record.write("interrupted")
+        code = int(ExitCode.INTERRUPTED)
+    except Exception as exc:
+        record.write(f"internal error: {type(exc).__name__}: {exc}")
+        code = int(ExitCode.INTERNAL)
+    else:
+        json.dump(to_jsonable(result), record)
+        code = 0
+    text.flush()
+    record.flush()
+    return code
 
 
 def _is_tty(stream: object) -> bool:
