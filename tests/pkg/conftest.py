@@ -107,6 +107,10 @@ class PkgEnv:
             check=True,
         ).stdout
 
+    def add_debian(self, name: str, ip: str) -> None:
+        """Another running Debian guest like the first: firewall ``enable``, the same mirror."""
+        add_debian(self.host, name, ip, self.mirror)
+
     def rootfs(self) -> Path:
         return self.host.rootfs(GUEST)
 
@@ -128,6 +132,16 @@ def write_sources(rootfs: Path, line: str, ca: Path) -> None:
     )
 
 
+def add_debian(host: Host, name: str, ip: str, mirror: Mirror) -> None:
+    """A running Debian guest whose firewall.conf says ``enable`` and nothing else, its sources
+    naming the test's mirror only."""
+    host.run("vs-create", "--name", name, "--interface", ip, timeout=300)
+    host.guests.append(name)
+    (host.guests_dir / name / "firewall.conf").write_text("enable\n")
+    write_sources(host.rootfs(name), f"deb [trusted=yes] http://{MIRROR_NAME}/ vst main", mirror.ca)
+    host.run("vs-control", "--name", name, "--start")
+
+
 @pytest.fixture
 def pkg_env(
     host: Host, net_probe_binary: Path, debian_template: Path, tmp_path: Path
@@ -144,13 +158,7 @@ def pkg_env(
         try:
             hosts = tmp_path / "hosts"
             hosts.write_text(f"127.0.0.1 localhost\n{MIRROR_IP} {MIRROR_NAME}\n")
-            host.run("vs-create", "--name", GUEST, "--interface", GUEST_IP, timeout=300)
-            host.guests.append(GUEST)
-            (host.guests_dir / GUEST / "firewall.conf").write_text("enable\n")
-            write_sources(
-                host.rootfs(GUEST), f"deb [trusted=yes] http://{MIRROR_NAME}/ vst main", mirror.ca
-            )
-            host.run("vs-control", "--name", GUEST, "--start")
+            add_debian(host, GUEST, GUEST_IP, mirror)
             yield PkgEnv(host, lan, mirror, hosts)
         finally:
             mirror.stop()

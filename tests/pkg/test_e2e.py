@@ -332,3 +332,18 @@ def test_dry_run_changes_nothing(pkg_env: PkgEnv) -> None:
     assert "would: deb: run in the guest: apt-get" in result.stderr
     assert pkg_env.installed("vsthello") == ""
     assert pkg_env.ruleset() == before
+
+
+def test_concurrent_runs_share_the_proxy_address_and_leave_nothing(pkg_env: PkgEnv) -> None:
+    pkg_env.add_debian("deb2", "198.51.100.32")
+    before = pkg_env.ruleset()
+    result = pkg_env.pkg("--all", "--jobs", "2", "--update_sources", "--install", "vsthello")
+    assert result.stderr.count("install done") == 2, result.stderr
+    assert pkg_env.installed("vsthello") == "1.0"
+    out = pkg_env.host.exec("deb2", "dpkg-query", "-W", "-f=${Version}", "vsthello")
+    assert out == "1.0"
+    assert pkg_env.ruleset() == before
+    addresses = subprocess.run(
+        ["ip", "-n", pkg_env.host.netns, "-4", "addr"], capture_output=True, text=True, check=True
+    ).stdout
+    assert "169.254.80.1" not in addresses
