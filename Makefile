@@ -51,6 +51,7 @@ bench: venv
 		--no-install-recommends $$missing >/dev/null; fi
 	$(PY) -m bench.bench_start
 	$(PY) -m bench.bench_monitor
+	$(PY) -m bench.bench_pkg
 
 lint: venv
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check . && $(VENV)/bin/mypy
