@@ -6,6 +6,7 @@ own mount namespace)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 from collections.abc import Iterator
@@ -142,13 +143,12 @@ def add_debian(host: Host, name: str, ip: str, mirror: Mirror) -> None:
     host.run("vs-control", "--name", name, "--start")
 
 
-@pytest.fixture
-def pkg_env(
-    host: Host, net_probe_binary: Path, debian_template: Path, tmp_path: Path
+@contextlib.contextmanager
+def _pkg_env(
+    host: Host, net_probe: Path, template: Path, tmp_path: Path, create_extra: str = ""
 ) -> Iterator[PkgEnv]:
-    """A running Debian guest behind a firewall that says only ``enable``, and its mirror."""
-    create = f'DEFAULT_TEMPLATE={debian_template}\nDEFAULT_INIT="/usr/bin/sleep infinity"\n'
-    with wired_to_lan(host, net_probe_binary, create_conf=create) as lan:
+    create = f'DEFAULT_TEMPLATE={template}\nDEFAULT_INIT="/usr/bin/sleep infinity"\n{create_extra}'
+    with wired_to_lan(host, net_probe, create_conf=create) as lan:
         subprocess.run(
             ["ip", "-n", lan.netns, "addr", "add", f"{MIRROR_IP}/32", "dev", "lan0"], check=True
         )
@@ -162,3 +162,23 @@ def pkg_env(
             yield PkgEnv(host, lan, mirror, hosts)
         finally:
             mirror.stop()
+
+
+@pytest.fixture
+def pkg_env(
+    host: Host, net_probe_binary: Path, debian_template: Path, tmp_path: Path
+) -> Iterator[PkgEnv]:
+    """A running Debian guest behind a firewall that says only ``enable``, and its mirror."""
+    with _pkg_env(host, net_probe_binary, debian_template, tmp_path) as env:
+        yield env
+
+
+@pytest.fixture
+def pkg_env_btrfs(
+    btrfs_host: Host, net_probe_binary: Path, debian_template: Path, tmp_path: Path
+) -> Iterator[PkgEnv]:
+    """The same with the guest's root on btrfs (STORAGE=btrfs), where vs-pkg takes snapshots."""
+    with _pkg_env(
+        btrfs_host, net_probe_binary, debian_template, tmp_path, "STORAGE=btrfs\n"
+    ) as env:
+        yield env
