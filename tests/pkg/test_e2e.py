@@ -373,3 +373,14 @@ def test_a_snapshot_before_changes_kept_until_the_next_success(pkg_env_btrfs: Pk
     assert (Path(second["path"]) / "usr" / "share" / "vstpkg" / "vsthello").exists()
     env.pkg("--name", GUEST, "--remove", "vstother", "--no-snapshot")
     assert json.loads(record.read_text())["tag"] == second["tag"]
+
+
+def test_a_guest_naming_the_hosts_loopback_as_its_mirror_is_refused(pkg_env: PkgEnv) -> None:
+    write_sources(
+        pkg_env.rootfs(), "deb [trusted=yes] http://127.0.0.1:8080/ vst main", pkg_env.mirror.ca
+    )
+    before = pkg_env.ruleset()
+    result = pkg_env.pkg("--name", GUEST, "--update_sources", check=False)
+    assert result.returncode == 2, result.stderr
+    assert "127.0.0.1 resolves to 127.0.0.1, an address of the host" in result.stderr
+    assert pkg_env.ruleset() == before

@@ -20,7 +20,7 @@ from vstools.pkg.apt import Apt
 from vstools.pkg.detect import Mirror, detect_tool, mirror_of, read_mirrors
 from vstools.pkg.dnf import Dnf
 from vstools.pkg.progress import LineSplitter, ProgressBar, parse_status
-from vstools.pkg.proxy import render_config, render_filter
+from vstools.pkg.proxy import check_mirror_addresses, render_config, render_filter
 from vstools.pkg.tools import Action, Conffiles, Package, Step, order_steps
 
 PROXY = "http://169.254.80.1:3128/"
@@ -338,3 +338,22 @@ def test_iptables_backends_are_refused_with_the_firewall_untouched(
     with pytest.raises(UsageError) as err:
         _nftables(HostConfig.load({**os.environ, **etc_tree}))
     assert "FIREWALL_BACKEND=nftables" in str(err.value)
+
+
+def test_mirrors_that_lead_back_to_the_host_are_refused() -> None:
+    """A guest naming 127.0.0.1, localhost or an address of the host would reach the host's own
+    services through a proxy that connects from the host."""
+    host = [IPv4Address("198.51.100.2")]
+    refused = check_mirror_addresses(
+        [
+            Mirror("127.0.0.1", 8080, "http"),
+            Mirror("localhost", 80, "http"),
+            Mirror("198.51.100.2", 80, "http"),
+            Mirror("169.254.169.254", 80, "http"),
+            Mirror("198.51.100.80", 80, "http"),
+        ],
+        host,
+    )
+    assert [r.split()[0] for r in refused] == [
+        "127.0.0.1", "localhost", "198.51.100.2", "169.254.169.254"
+    ]  # fmt: skip

@@ -60,6 +60,35 @@ def render_config(
     return "\n".join(lines) + "\n"
 
 
+def check_mirror_addresses(
+    mirrors: Sequence[Mirror], host_addresses: Sequence[IPv4Address]
+) -> list[str]:
+    """Why each mirror may not be proxied, if it may not: the proxy connects from the host, so
+    a guest naming ``127.0.0.1``, ``localhost`` or a name of its own that resolves to the host
+    (or to a link-local, multicast or unspecified address) would reach the host's own services
+    through it. Names are resolved now; a name whose DNS changes between this check and the
+    download is not caught (DNS rebinding: docs/commands/vs-pkg.md)."""
+    refused = []
+    for mirror in mirrors:
+        try:
+            infos = socket.getaddrinfo(mirror.host, mirror.port, socket.AF_INET, socket.SOCK_STREAM)
+        except OSError as exc:
+            refused.append(f"{mirror.host} does not resolve on the host ({exc})")
+            continue
+        for info in infos:
+            address = IPv4Address(info[4][0])
+            if (
+                address.is_loopback
+                or address.is_link_local
+                or address.is_multicast
+                or address.is_unspecified
+                or address in host_addresses
+            ):
+                refused.append(f"{mirror.host} resolves to {address}, an address of the host")
+                break
+    return refused
+
+
 def free_port(address: IPv4Address) -> int:
     """A TCP port free on ``address`` now (the kernel picks it)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:

@@ -35,7 +35,13 @@ from vstools.host.hostconfig import HostConfig
 from vstools.host.netlink import Netns
 from vstools.net.plan import NetPlan
 from vstools.pkg.detect import Mirror
-from vstools.pkg.proxy import Proxy, proxy_alive, start_proxy, start_time
+from vstools.pkg.proxy import (
+    Proxy,
+    check_mirror_addresses,
+    proxy_alive,
+    start_proxy,
+    start_time,
+)
 from vstools.plan import Step, apply_steps
 
 log = logging.getLogger("vstools.pkg")
@@ -146,6 +152,13 @@ def opened(
     if not mirrors:
         raise UsageError(f"guest {plan.name}: its configuration names no http(s) mirror")
     nft = _nftables(host)
+    with Netns() as netns:
+        host_addresses = [a.ip for _, a in netns.addresses()]
+    refused = check_mirror_addresses(mirrors, host_addresses)
+    if refused:
+        raise UsageError(
+            f"guest {plan.name}: mirrors refused, nothing opened: " + "; ".join(refused)
+        )
     opening = Opening(
         plan.name,
         plan.veth,
