@@ -11,12 +11,14 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.guests import netns_prefix
 from tests.pkg.conftest import GUEST, MIRROR_IP, MIRROR_NAME, PkgEnv, write_sources
 
 pytestmark = [pytest.mark.e2e]
@@ -384,3 +386,43 @@ def test_a_guest_naming_the_hosts_loopback_as_its_mirror_is_refused(pkg_env: Pkg
     assert result.returncode == 2, result.stderr
     assert "127.0.0.1 resolves to 127.0.0.1, an address of the host" in result.stderr
     assert pkg_env.ruleset() == before
+
+
+def test_a_mirror_name_re_pointed_at_the_host_during_the_run_leads_nowhere(
+    pkg_env: PkgEnv,
+) -> None:
+    """DNS rebinding: the name passed the check at start, then resolves to the host itself. The
+    proxy's own uid may not connect to the host's addresses (the output chain), so the guest
+    still reaches no host service through it."""
+    ns = netns_prefix(pkg_env.host.netns)
+    server = subprocess.Popen(
+        [*ns, sys.executable, "-m", "http.server", "--bind", "198.51.100.2", "8099"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        probe = (
+            "import time, urllib.request\n"
+            "for _ in range(100):\n"
+            "    try:\n"
+            "        print(urllib.request.urlopen('http://198.51.100.2:8099/').status); break\n"
+            "    except OSError: time.sleep(0.05)\n"
+        )
+        # The host service answers (so a refusal below is the firewall's doing).
+        ok = subprocess.run(
+            [*ns, sys.executable, "-c", probe], capture_output=True, text=True, check=False
+        )
+        assert ok.stdout.strip() == "200"
+        with held_run(pkg_env):
+            port = int(str(_session(pkg_env)["port"]))
+            pkg_env.hosts_file.write_text(f"127.0.0.1 localhost\n198.51.100.2 {MIRROR_NAME}\n")
+            request = (
+                f"exec 3<>/dev/tcp/169.254.80.1/{port};"
+                f' printf "GET http://{MIRROR_NAME}:8099/ HTTP/1.0\\r\\nHost: {MIRROR_NAME}'
+                '\\r\\n\\r\\n" >&3; head -1 <&3'
+            )
+            status = pkg_env.host.exec(GUEST, "timeout", "10", "bash", "-c", request, check=False)
+            assert " 200 " not in status and status.strip(), status
+            pkg_env.hosts_file.write_text(f"127.0.0.1 localhost\n{MIRROR_IP} {MIRROR_NAME}\n")
+    finally:
+        server.kill()  # by the PID this test started
+        server.wait()

@@ -133,6 +133,13 @@ PKG_PROXY_SET = "pkg_proxy"
 PKG_PROXY_TYPE = "ifname . ipv4_addr . ipv4_addr . inet_service; flags timeout"
 
 
+# The uid vs-pkg's proxy runs as, used by nothing else (Debian reserves 65000-65533): the output
+# chain keeps it from opening connections to the host's own addresses (but for DNS) or to link-local
+# ones, so a mirror name that resolves, or is re-pointed during a run, to the host cannot lead a
+# guest into the host's services through the proxy.
+PKG_PROXY_UID = 65533
+
+
 def pkg_proxy_element(ifname: str, guest_ip: str, proxy_ip: str, port: int) -> str:
     """The key of vs-pkg's element in ``pkg_proxy`` (without its timeout)."""
     return f'"{ifname}" . {guest_ip} . {proxy_ip} . {port}'
@@ -166,6 +173,10 @@ BASE_CHAINS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
         "output",
         "type filter hook output priority filter; policy accept;",
         (
+            f"meta skuid {PKG_PROXY_UID} fib daddr type local meta l4proto {{ tcp, udp }}"
+            " th dport 53 accept",
+            f"meta skuid {PKG_PROXY_UID} ct state new fib daddr type local reject",
+            f"meta skuid {PKG_PROXY_UID} ct state new ip daddr 169.254.0.0/16 reject",
             "oifname @guest_ifs ct state related accept",  # the host's rejects of guest traffic
             "oifname . ip daddr . ip saddr . tcp sport @pkg_proxy ct state established accept",
             "oifname @guest_ifs drop",

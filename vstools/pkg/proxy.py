@@ -3,7 +3,8 @@ admitting only the guest's address as client and only its mirrors' names as dest
 (plain HTTP, and CONNECT to the HTTPS ports they use). It resolves those names itself, on the
 host, so the guest needs no DNS and CDN address changes do not matter.
 
-It runs as ``nobody``, never as root, with no log file (errors go to its stderr, which vs-pkg
+It runs as its own uid (PKG_PROXY_UID, which the firewall keeps from the host's own addresses),
+never as root, with no log file (errors go to its stderr, which vs-pkg
 shows with -v), and dies with the vs-pkg process that started it (PR_SET_PDEATHSIG), so a
 ``kill -9`` of vs-pkg leaves no proxy behind."""
 
@@ -12,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import pwd
 import re
 import socket
 import time
@@ -22,6 +22,7 @@ from ipaddress import IPv4Address
 from pathlib import Path
 
 from vstools.errors import HostError
+from vstools.firewall.render import PKG_PROXY_UID
 from vstools.host.run import Process, spawn, which
 from vstools.pkg.detect import Mirror
 
@@ -128,10 +129,9 @@ def start_proxy(
     program = which(PROGRAM)
     if program is None:
         raise HostError(f"{PROGRAM} is not installed on this host (apt-get install {PROGRAM})")
-    nobody = pwd.getpwnam("nobody")
     workdir.mkdir(mode=0o700, parents=True, exist_ok=True)
     port = free_port(address)
-    # tinyproxy runs as nobody and reads its files through descriptors opened here, as
+    # tinyproxy runs as its own uid and reads its files through descriptors opened here, as
     # /proc/self/fd/N: the run directory stays root's alone.
     filter_fd = _memfd("filter", render_filter(mirrors))
     conf_text = render_config(address, port, client, mirrors, f"/proc/self/fd/{filter_fd}")
@@ -143,7 +143,7 @@ def start_proxy(
             process = spawn(
                 [program, "-d", "-c", f"/proc/self/fd/{conf_fd}"],
                 env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
-                user=(nobody.pw_uid, nobody.pw_gid),
+                user=(PKG_PROXY_UID, PKG_PROXY_UID),
                 die_with_parent=True,
                 stderr=stderr.fileno(),
                 pass_fds=(filter_fd, conf_fd),
