@@ -10,6 +10,8 @@ nftables layout (table ``inet vstools``, owned by the toolkit):
   a timeout): empty in every rendered ruleset; vs-pkg adds one element for the duration of a
   run, which lets that guest, and it alone, reach that run's package proxy on the host (the
   element expires by itself if vs-pkg dies, and any full load or refresh empties the set);
+  the output chain also refuses new connections from the proxy's own uid (PKG_PROXY_UID) to
+  the host's own addresses (but DNS) and to link-local ones;
 - maps ``fw_in`` / ``fw_out``: guest address -> ``jump in_NAME`` / ``jump out_NAME`` for the
   guests whose firewall.conf says ``enable``;
 - base chains ``forward``, ``input``, ``output`` (policy accept: the rest of the host's
