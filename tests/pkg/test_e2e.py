@@ -166,12 +166,19 @@ def test_during_the_run_one_element_and_nothing_else_is_open(pkg_env: PkgEnv) ->
     assert pkg_env.installed("vstslow") == "1.0"
 
 
-def test_ctrl_c_restores_the_ruleset(pkg_env: PkgEnv) -> None:
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_restores_the_ruleset(pkg_env: PkgEnv, signum: int) -> None:
     before = pkg_env.ruleset()
     with held_run(pkg_env) as process:
         proxy_pid = int(str(_session(pkg_env)["proxy_pid"]))
-        assert pkg_env.ruleset() != before
-        process.send_signal(signal.SIGINT)
+        during = pkg_env.ruleset()
+        assert during != before
+        # A second run for the same guest meanwhile is refused and takes nothing away.
+        second = pkg_env.pkg("--name", GUEST, "--update_sources", check=False)
+        assert second.returncode == 4 and "locked" in second.stderr, second.stderr
+        assert pkg_env.ruleset() == during
+        assert Path(f"/proc/{proxy_pid}").exists()
+        process.send_signal(signum)
         process.wait(timeout=60)
         assert process.returncode == 130
         assert pkg_env.ruleset() == before

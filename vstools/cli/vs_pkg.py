@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import re
+import signal
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -161,6 +162,8 @@ def handle(ctx: Context) -> int:
         start_stopped=args.start_stopped,
         dry_run=ctx.dry_run,
     )
+    # SIGTERM closes the access as Ctrl-C does (exit 130), rather than leaving it to expire.
+    signal.signal(signal.SIGTERM, _interrupted)
     names = selected_guests(ctx)
     if not names:
         raise UsageError("no guest on this host")
@@ -261,6 +264,10 @@ def _child(
     text.flush()
     record.flush()
     return code
+
+
+def _interrupted(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def _is_tty(stream: object) -> bool:

@@ -166,9 +166,6 @@ def opened(
         host.settings.pkg_proxy_address,
         workdir_of(host, plan.name),
     )
-    if not dry_run:
-        for line in clean_leftovers(host, plan.name):
-            log.warning("%s: leftover of an earlier run removed: %s", plan.name, line)
     timeout_s = host.settings.pkg_timeout_s + ELEMENT_MARGIN_S
 
     def start() -> None:
@@ -211,12 +208,18 @@ def opened(
         apply_steps(steps, dry_run=True)
         yield opening
         return
-    apply_steps(steps)
-    log.info("%s: mirrors open through %s", plan.name, opening.proxy.url if opening.proxy else "")
-    try:
-        yield opening
-    finally:
-        _close(opening, steps)
+    # One run per guest at a time: a second one would take the first's record for a leftover.
+    lock = host.paths.run_dir / "pkg" / f"{plan.name}.lock"
+    with locked(lock, what=f"vs-pkg {plan.name}"):
+        for line in clean_leftovers(host, plan.name):
+            log.warning("%s: leftover of an earlier run removed: %s", plan.name, line)
+        apply_steps(steps)
+        url = opening.proxy.url if opening.proxy else ""
+        log.info("%s: mirrors open through %s", plan.name, url)
+        try:
+            yield opening
+        finally:
+            _close(opening, steps)
 
 
 def _close(opening: Opening, steps: Sequence[Step]) -> None:
