@@ -148,7 +148,7 @@ class Settings(KeyValueFile):
             "PKG_PROXY_ADDRESS",
             "pkg_proxy_address",
             _link_local,
-            doc="vs-pkg's proxy: a link-local address put on the guest's host side for a run",
+            doc="vs-pkg's proxy: a link-local address on the host's loopback during a run",
         ),
         Field(
             "PKG_TIMEOUT",
