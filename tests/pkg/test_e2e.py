@@ -433,3 +433,36 @@ def test_a_mirror_name_re_pointed_at_the_host_during_the_run_leads_nowhere(
     finally:
         server.kill()  # by the PID this test started
         server.wait()
+
+
+PRELOAD_SOURCE = r"""
+#include <stdio.h>
+#include <unistd.h>
+#include <limits.h>
+__attribute__((constructor)) static void vst_report(void) {
+    char path[64], ns[PATH_MAX] = "";
+    snprintf(path, sizeof path, "/var/tmp/vst-preload.%d", (int)getpid());
+    ssize_t n = readlink("/proc/self/ns/mnt", ns, sizeof ns - 1);
+    if (n > 0) ns[n] = 0;
+    FILE *f = fopen(path, "w");
+    if (f) { fprintf(f, "%s\n", ns); fclose(f); }
+}
+"""
+
+
+def test_a_guest_ld_so_preload_runs_only_inside_the_guest(pkg_env: PkgEnv, tmp_path: Path) -> None:
+    """H5: a library the guest preloads into every program it runs is loaded by the guest's apt
+    and dpkg, each time inside the guest's mount namespace."""
+    source = tmp_path / "vstpreload.c"
+    source.write_text(PRELOAD_SOURCE)
+    library = pkg_env.rootfs() / "usr" / "lib" / "vstpreload.so"
+    subprocess.run(["gcc", "-shared", "-fPIC", "-o", str(library), str(source)], check=True)
+    (pkg_env.rootfs() / "etc" / "ld.so.preload").write_text("/usr/lib/vstpreload.so\n")
+    pkg_env.pkg("--name", GUEST, "--update_sources", "--install", "vsthello")
+    assert pkg_env.installed("vsthello") == "1.0"
+    reports = list((pkg_env.rootfs() / "var" / "tmp").glob("vst-preload.*"))
+    assert reports, "the guest's preload never ran"
+    state = pkg_env.host.state(GUEST)
+    assert state is not None
+    guest_mnt = os.readlink(f"/proc/{state['init_pid']}/ns/mnt")
+    assert {r.read_text().strip() for r in reports} == {guest_mnt}
