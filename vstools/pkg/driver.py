@@ -20,8 +20,6 @@ from types import FrameType
 from typing import TextIO
 
 from vstools.errors import ExitCode, HostError, StateError, UsageError
-from vstools.guest.start import start_guest
-from vstools.guest.stop import stop_guest
 from vstools.host.hostconfig import HostConfig
 from vstools.host.rootfs import GuestRoot
 from vstools.net.plan import plan_network
@@ -280,6 +278,11 @@ def _started(host: HostConfig, name: str, *, started: bool) -> Iterator[bool]:
     if not started:
         yield False
         return
+    # Imported here: starting a guest pulls in the supervisor and sandbox (about 40 ms), which
+    # only --start-stopped needs.
+    from vstools.guest.start import start_guest
+    from vstools.guest.stop import stop_guest
+
     start_guest(host, name)
     try:
         yield True

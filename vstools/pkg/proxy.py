@@ -173,7 +173,7 @@ def _wait_ready(proxy: Proxy, stderr_path: Path) -> None:
             return
         if time.monotonic() > deadline:
             raise HostError(f"{PROGRAM} does not accept connections on {proxy.url}")
-        time.sleep(0.02)
+        time.sleep(0.005)
 
 
 def _memfd(name: str, text: str) -> int:
