@@ -472,3 +472,33 @@ def test_a_guest_ld_so_preload_runs_only_inside_the_guest(pkg_env: PkgEnv, tmp_p
     assert state is not None
     guest_mnt = os.readlink(f"/proc/{state['init_pid']}/ns/mnt")
     assert {r.read_text().strip() for r in reports} == {guest_mnt}
+
+
+def _set_timeout(env: PkgEnv, seconds: int) -> None:
+    conf = Path(env.host.env["VS_ETC_DIR"]) / "vs-tools.conf"
+    conf.write_text(conf.read_text() + f"PKG_TIMEOUT={seconds}\n")
+
+
+def test_a_run_past_pkg_timeout_is_ended_and_closed(pkg_env: PkgEnv) -> None:
+    _set_timeout(pkg_env, 8)
+    before = pkg_env.ruleset()
+    with held_run(pkg_env) as process:
+        process.wait(timeout=120)  # the hold is never released: the timeout ends the run
+        assert process.returncode == 5
+        assert process.stderr is not None
+        assert "PKG_TIMEOUT=8" in process.stderr.read()
+        assert pkg_env.ruleset() == before
+
+
+def test_after_kill_9_the_element_expires_by_itself(pkg_env: PkgEnv) -> None:
+    _set_timeout(pkg_env, 8)  # the element lives 8 + 8 s
+    before = pkg_env.ruleset()
+    with held_run(pkg_env) as process:
+        process.kill()
+        process.wait()
+        assert pkg_env.ruleset() != before
+        deadline = time.monotonic() + 60
+        while pkg_env.ruleset() != before and time.monotonic() < deadline:
+            time.sleep(0.5)
+        # Nothing ran to clean up: the kernel removed the element when its timeout passed.
+        assert pkg_env.ruleset() == before

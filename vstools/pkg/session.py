@@ -46,7 +46,7 @@ from vstools.plan import Step, apply_steps
 
 log = logging.getLogger("vstools.pkg")
 
-ELEMENT_MARGIN_S = 60  # the element outlives the longest run by this much
+ELEMENT_MARGIN_S = 60  # the element outlives the longest run by this much (at most)
 
 
 @dataclass
@@ -166,7 +166,10 @@ def opened(
         host.settings.pkg_proxy_address,
         workdir_of(host, plan.name),
     )
-    timeout_s = host.settings.pkg_timeout_s + ELEMENT_MARGIN_S
+    # Long enough for the run and its cleanup, and no longer: a short PKG_TIMEOUT gets a short
+    # margin too (twice the timeout at most).
+    run_s = host.settings.pkg_timeout_s
+    timeout_s = run_s + min(ELEMENT_MARGIN_S, run_s)
 
     def start() -> None:
         """Start the proxy and record its PID."""
