@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.guests import netns_prefix
+from tests.guests import Host, netns_prefix
 from tests.pkg.conftest import GUEST, MIRROR_IP, MIRROR_NAME, PkgEnv, write_sources
 
 pytestmark = [pytest.mark.e2e]
@@ -502,3 +502,18 @@ def test_after_kill_9_the_element_expires_by_itself(pkg_env: PkgEnv) -> None:
             time.sleep(0.5)
         # Nothing ran to clean up: the kernel removed the element when its timeout passed.
         assert pkg_env.ruleset() == before
+
+
+def test_all_with_changes_asks_on_a_terminal_only(host: Host) -> None:
+    """--all with a step that changes packages is confirmed on a terminal, as vs-control's."""
+    from tests.cli.test_confirm import on_terminal
+
+    host.define("web", "198.51.100.10")
+    code, shown = on_terminal(host, "vs-pkg", "--all", "--install", "x", answer=b"n\n")
+    assert code == 7 and "Run --install on 1 guest (web)? [y/N]" in shown, shown
+    code, shown = on_terminal(host, "vs-pkg", "--all", "--install", "x", answer=b"y\n")
+    assert code == 4 and "--start-stopped" in shown, shown  # answered yes: web is stopped
+    code, shown = on_terminal(host, "vs-pkg", "--all", "--search", "x", answer=None)
+    assert code == 4, shown  # a search changes nothing: no question
+    code, shown = on_terminal(host, "vs-pkg", "--all", "--yes", "--install", "x", answer=None)
+    assert code == 4, shown

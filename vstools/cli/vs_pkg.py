@@ -15,7 +15,9 @@ from vstools.cli.common import (
     Context,
     add_guest_selection,
     arg_type,
+    confirm,
     for_each_guest,
+    guests_phrase,
     new_parser,
     run_command,
     selected_guests,
@@ -24,7 +26,7 @@ from vstools.config.values import parse_uint
 from vstools.errors import ExitCode, UsageError, VSError
 from vstools.host.journal import operation
 from vstools.pkg.driver import GuestResult, Output, Request, run_guest
-from vstools.pkg.tools import LISTS, Action, Conffiles, Step
+from vstools.pkg.tools import CHANGES_PACKAGES, LISTS, Action, Conffiles, Step
 from vstools.serialize import to_jsonable
 
 DESCRIPTION = """\
@@ -37,7 +39,9 @@ order --update_sources, --list_upgrades, --upgrade_all, --upgrade, --install, --
 --show; with none, the installed packages are listed. Before changes on btrfs or lvm a snapshot
 is taken and kept until the next successful run (--no-snapshot skips it).
 Output: the package tool's output (a progress bar instead on a terminal) and a summary line per
-step on stderr; lists as 'vserver:package:version[:candidate]' lines, or --json."""
+step on stderr; lists as 'vserver:package:version[:candidate]' lines, or --json. --all with a
+step that changes packages asks for confirmation first when stdin is a terminal (not with
+--yes); any answer but y/yes exits 7 and changes nothing."""
 
 # Debian, RPM and apk package names, with an optional version or architecture qualifier; never
 # starting with "-" (it would be an option to the guest's tool).
@@ -143,12 +147,15 @@ def _record(result: GuestResult) -> Mapping[str, object]:
                 "args": list(step.args),
                 "exit_code": step.code,
                 **({"packages": step.packages} if step.packages is not None else {}),
-                **({"text": step.text} if step.action not in LISTS or step.action is Action.SHOW
-                   else {}),
+                **(
+                    {"text": step.text}
+                    if step.action not in LISTS or step.action is Action.SHOW
+                    else {}
+                ),
             }
             for step in result.steps
         ],
-    }  # fmt: skip
+    }
 
 
 def handle(ctx: Context) -> int:
@@ -167,6 +174,11 @@ def handle(ctx: Context) -> int:
     names = selected_guests(ctx)
     if not names:
         raise UsageError("no guest on this host")
+    if args.all and any(step.action in CHANGES_PACKAGES for step in request.steps):
+        changes = ", ".join(
+            sorted({f"--{s.action}" for s in request.steps if s.action in CHANGES_PACKAGES})
+        )
+        confirm(ctx, f"Run {changes} on {guests_phrase(names)}?")
     terminal = not ctx.json and _is_tty(ctx.stderr)
     output = Output(ctx.stdout, ctx.stderr, terminal=terminal, echo=not ctx.json)
 
