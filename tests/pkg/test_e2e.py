@@ -10,6 +10,7 @@ import difflib
 import json
 import os
 import re
+import select
 import signal
 import subprocess
 import sys
@@ -517,3 +518,36 @@ def test_all_with_changes_asks_on_a_terminal_only(host: Host) -> None:
     assert code == 4, shown  # a search changes nothing: no question
     code, shown = on_terminal(host, "vs-pkg", "--all", "--yes", "--install", "x", answer=None)
     assert code == 4, shown
+
+
+def test_a_progress_bar_on_a_terminal(pkg_env: PkgEnv) -> None:
+    """On a terminal apt's status lines (APT::Status-Fd) draw a bar instead of its output."""
+    master, slave = os.openpty()
+    process = subprocess.Popen(
+        pkg_env.pkg_argv("--name", GUEST, "--update_sources", "--install", "vsthello"),
+        stdin=slave, stdout=slave, stderr=slave, env=pkg_env.host.env,
+    )  # fmt: skip
+    os.close(slave)
+    shown = b""
+    try:
+        while True:
+            ready, _, _ = select.select([master], [], [], 120)
+            assert ready, shown
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:  # EIO: the command closed its end of the terminal
+                break
+            if not chunk:
+                break
+            shown += chunk
+        assert process.wait(timeout=60) == 0, shown
+    finally:
+        if process.poll() is None:
+            process.kill()  # by the PID this test started
+            process.wait()
+        os.close(master)
+    text = shown.decode(errors="replace")
+    assert f"{GUEST} install [" in text and "100%" in text, text
+    assert "Setting up vsthello" not in text  # the bar replaces the tool's own lines
+    assert f"{GUEST}: install done" in text
+    assert pkg_env.installed("vsthello") == "1.0"
