@@ -7,10 +7,11 @@ PY := $(VENV)/bin/python
 # Debian packages the toolkit and its tests use (kept in one list so demo and test agree).
 # qemu-system-x86, seabios, ipxe-qemu (virtio-net ROM), dmsetup: the VM lab (tests/lab.py).
 # iputils-arping: vs-create probes a new address on its network.
+# tinyproxy: vs-pkg's per-run proxy; apt-utils (apt-ftparchive): its tests' mirror.
 DEB_PACKAGES := python3-venv python3-dev gcc iproute2 nftables iptables busybox-static debootstrap libc6-dev \
 	rsync openssh-server openssh-client systemd procps util-linux uidmap btrfs-progs \
 	zstd munin-node strace qemu-system-x86 seabios ipxe-qemu dmsetup iputils-arping lvm2 \
-	borgbackup bubblewrap python3-aiosmtpd
+	borgbackup bubblewrap python3-aiosmtpd tinyproxy apt-utils
 # zsh: the zsh completion scripts are checked with it (tests/deb/test_manpages.py).
 DEB_PACKAGES += zsh
 
@@ -53,6 +54,7 @@ bench: venv
 	$(PY) -m bench.bench_start
 	$(PY) -m bench.bench_monitor
 	$(PY) -m bench.bench_backup
+	$(PY) -m bench.bench_pkg
 
 # `make deb`: the Debian package, built from a copy of the tree (git's files, committed or not;
 # outside a git checkout, everything but build/, the venv and built packages)

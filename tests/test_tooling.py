@@ -43,6 +43,8 @@ LAZY_IN_HOUSE = {
     ("vstools.cli.vs_control", "vstools.guest.stop"),
     ("vstools.cli.vs_monitor", "vstools.monitor.daemon"),
     ("vstools.cli.vs_fonctions", "vstools.functions"),
+    ("vstools.pkg.driver", "vstools.guest.start"),  # only vs-pkg --start-stopped starts guests
+    ("vstools.pkg.driver", "vstools.guest.stop"),
 }
 
 # One door each (STYLE.md "What that means here" §3): who may import these modules.

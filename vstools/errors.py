@@ -19,9 +19,6 @@ class ExitCode(IntEnum):
     HOST = 5  # the host refused an operation; what was done has been rolled back
     ROLLBACK = 6  # an operation failed AND its rollback was incomplete: look at the host
     DECLINED = 7  # the administrator answered no to a confirmation prompt: nothing changed
-    NOT_IMPLEMENTED = (
-        69  # sysexits EX_UNAVAILABLE: the command exists but its work is not built yet
-    )
     INTERNAL = 70  # sysexits EX_SOFTWARE: a bug; the traceback is in the log
     INTERRUPTED = 130  # SIGINT, after rolling back
 
@@ -92,12 +89,6 @@ class Declined(VSError):
     """The administrator did not confirm (no, or end of file at the prompt)."""
 
     exit_code = ExitCode.DECLINED
-
-
-class NotImplementedYet(VSError):
-    """The command exists but its work is not built yet (exit code NOT_IMPLEMENTED)."""
-
-    exit_code = ExitCode.NOT_IMPLEMENTED
 
 
 class InvalidName(VSError):

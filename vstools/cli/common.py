@@ -18,7 +18,7 @@ from vstools.config.create import mb, memory_mb, processes
 from vstools.config.lexer import ValueProblem
 from vstools.config.settings import Settings
 from vstools.config.values import parse_cpu_ratio, parse_guest_name
-from vstools.errors import ConfigError, Declined, ExitCode, NotImplementedYet, VSError
+from vstools.errors import ConfigError, Declined, ExitCode, VSError
 from vstools.host.hostconfig import HostConfig
 from vstools.host.journal import log, setup_logging
 from vstools.paths import Paths
@@ -27,7 +27,7 @@ from vstools.serialize import to_jsonable
 EXIT_CODES_EPILOG = (
     "exit codes: 0 ok, 1 invalid configuration, 2 usage, 3 not found, 4 wrong state or locked,"
     " 5 host error (rolled back), 6 rollback incomplete, 7 not confirmed (nothing changed),"
-    " 69 not implemented yet, 70 internal error, 130 interrupted"
+    " 70 internal error, 130 interrupted"
 )
 
 
@@ -260,16 +260,6 @@ def _is_terminal(stream: TextIO) -> bool:
         return os.isatty(stream.fileno())
     except (AttributeError, OSError, ValueError):  # a StringIO, a closed stream
         return False
-
-
-def not_implemented(what: str) -> Handler:
-    """The handler of a command whose work is not built yet: a clear error, no fake output."""
-
-    def handler(ctx: Context) -> int:
-        """Raise NotImplementedYet (exit 69): the command does nothing yet."""
-        raise NotImplementedYet(f"{what} is not implemented yet")
-
-    return handler
 
 
 def run_command(

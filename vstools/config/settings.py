@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from enum import StrEnum
+from ipaddress import IPv4Address
 from typing import ClassVar
 
 from vstools.config.create import _enum, count
@@ -53,6 +54,19 @@ def _cgroup_parent(text: str) -> str:
     return text
 
 
+def _link_local(text: str) -> IPv4Address:
+    # Link-local (169.254.0.0/16) is never routed off a link: the proxy's address is reachable
+    # only from the guest's veth, and cannot collide with a real host or guest address.
+    try:
+        address = IPv4Address(text)
+    except ValueError:
+        raise ValueProblem(f"{text!r} is not an IPv4 address") from None
+    if not address.is_link_local:
+        raise ValueProblem(f"{text} is not a link-local address (169.254.0.0/16)")
+    return address
+
+
+DEFAULT_PKG_PROXY = IPv4Address("169.254.80.1")
 _PATH, _LINES, _PROBLEMS = meta_fields()
 
 
@@ -113,6 +127,8 @@ class Settings(KeyValueFile):
     backup_mailto: tuple[str, ...] = ("root",)
     cgroup_parent: str = "vs-tools"
     prometheus_textfile_dir: str | None = DEFAULT_TEXTFILE_DIR
+    pkg_proxy_address: IPv4Address = DEFAULT_PKG_PROXY
+    pkg_timeout_s: int = 1800
     path: str = _PATH
     key_lines: tuple[tuple[str, int, int], ...] = _LINES
     warnings: tuple[Problem, ...] = _PROBLEMS
@@ -186,5 +202,17 @@ class Settings(KeyValueFile):
             "prometheus_textfile_dir",
             _textfile_dir,
             doc="where vs-monitor writes vs_tools.prom for node_exporter (if it exists); none: off",
+        ),
+        Field(
+            "PKG_PROXY_ADDRESS",
+            "pkg_proxy_address",
+            _link_local,
+            doc="vs-pkg's proxy: a link-local address on the host's loopback during a run",
+        ),
+        Field(
+            "PKG_TIMEOUT",
+            "pkg_timeout_s",
+            _seconds,
+            doc="longest vs-pkg run; its firewall element expires after it",
         ),
     )

@@ -14,6 +14,7 @@ from vstools.firewall.render import (
     IPT_FORWARD,
     IPT_HOOKS,
     TABLE,
+    _element_value,
     chain_name,
     ipt_chain,
     parse_nft_state,
@@ -114,6 +115,38 @@ class Nftables:
         self._seen = None
         run(["nft", "-f", "-"], input=text)
         return text
+
+    def add_element(self, set_name: str, key: str, *, timeout_s: int) -> None:
+        """Add one element that the kernel removes by itself after ``timeout_s`` (vs-pkg)."""
+        self._seen = None
+        run(
+            ["nft", "-f", "-"],
+            input=f"add element {TABLE} {set_name} {{ {key} timeout {timeout_s}s }}\n",
+        )
+
+    def delete_element(self, set_name: str, key: str) -> None:
+        """Remove one element; adding it first makes the deletion valid whether it had
+        expired or not, in the same transaction."""
+        self._seen = None
+        lines = [
+            f"add element {TABLE} {set_name} {{ {key} timeout 1s }}",
+            f"delete element {TABLE} {set_name} {{ {key} }}",
+        ]
+        run(["nft", "-f", "-"], input="\n".join(lines) + "\n")
+
+    def elements(self, set_name: str) -> list[str]:
+        """The elements of one of our sets as ``nft`` lists them (without timeouts)."""
+        result = run(["nft", "-j", "list", "set", *TABLE.split(), set_name], check=False)
+        if result.returncode != 0:
+            return []
+        found = []
+        for entry in json.loads(result.stdout).get("nftables", []):
+            for item in entry.get("set", {}).get("elem", []):
+                value = _element_value(item)
+                if isinstance(value, dict) and "concat" in value:
+                    parts = [f'"{p}"' if i == 0 else str(p) for i, p in enumerate(value["concat"])]
+                    found.append(" . ".join(parts))
+        return found
 
     def render(self, full: Ruleset) -> str:
         """The whole table as one ``nft -f`` transaction."""

@@ -6,6 +6,12 @@ nftables layout (table ``inet vstools``, owned by the toolkit):
 
 - sets ``guest_ifs`` (host ends of the guests' veths), ``guest_addrs`` and ``guest_src``
   (interface . address): the always-on isolation and anti-spoofing of every running guest;
+- set ``pkg_proxy`` (host interface . guest address . proxy address . proxy port, elements with
+  a timeout): empty in every rendered ruleset; vs-pkg adds one element for the duration of a
+  run, which lets that guest, and it alone, reach that run's package proxy on the host (the
+  element expires by itself if vs-pkg dies, and any full load or refresh empties the set);
+  the output chain also refuses new connections from the proxy's own uid (PKG_PROXY_UID) to
+  the host's own addresses (but DNS) and to link-local ones;
 - maps ``fw_in`` / ``fw_out``: guest address -> ``jump in_NAME`` / ``jump out_NAME`` for the
   guests whose firewall.conf says ``enable``;
 - base chains ``forward``, ``input``, ``output`` (policy accept: the rest of the host's
@@ -111,6 +117,7 @@ def _collections(ruleset: Ruleset) -> list[tuple[str, str, str, list[str]]]:
         ("set", "guest_ifs", "ifname", [f'"{g.ifname}"' for g in ruleset.guests]),
         ("set", "guest_addrs", "ipv4_addr", [str(g.ip) for g in ruleset.guests]),
         ("set", "guest_src", "ifname . ipv4_addr", [_src_key(g) for g in ruleset.guests]),
+        ("set", PKG_PROXY_SET, PKG_PROXY_TYPE, []),
         *(
             (
                 "map",
@@ -121,6 +128,23 @@ def _collections(ruleset: Ruleset) -> list[tuple[str, str, str, list[str]]]:
             for way in (Way.IN, Way.OUT)
         ),
     ]
+
+
+# vs-pkg's temporary opening (vstools.pkg.session): never filled by a render.
+PKG_PROXY_SET = "pkg_proxy"
+PKG_PROXY_TYPE = "ifname . ipv4_addr . ipv4_addr . inet_service; flags timeout"
+
+
+# The uid vs-pkg's proxy runs as, used by nothing else (Debian reserves 65000-65533): the output
+# chain keeps it from opening connections to the host's own addresses (but for DNS) or to link-local
+# ones, so a mirror name that resolves, or is re-pointed during a run, to the host cannot lead a
+# guest into the host's services through the proxy.
+PKG_PROXY_UID = 65533
+
+
+def pkg_proxy_element(ifname: str, guest_ip: str, proxy_ip: str, port: int) -> str:
+    """The key of vs-pkg's element in ``pkg_proxy`` (without its timeout)."""
+    return f'"{ifname}" . {guest_ip} . {proxy_ip} . {port}'
 
 
 # Base chains: (name, hook line, rules). Policy accept: the rest of the host's traffic is not
@@ -141,13 +165,22 @@ BASE_CHAINS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     (
         "input",
         "type filter hook input priority filter; policy accept;",
-        ("iifname @guest_ifs drop",),
+        (
+            # vs-pkg's proxy, for the guest and run that hold an element, nothing else.
+            "iifname . ip saddr . ip daddr . tcp dport @pkg_proxy accept",
+            "iifname @guest_ifs drop",
+        ),
     ),
     (
         "output",
         "type filter hook output priority filter; policy accept;",
         (
+            f"meta skuid {PKG_PROXY_UID} fib daddr type local meta l4proto {{ tcp, udp }}"
+            " th dport 53 accept",
+            f"meta skuid {PKG_PROXY_UID} ct state new fib daddr type local reject",
+            f"meta skuid {PKG_PROXY_UID} ct state new ip daddr 169.254.0.0/16 reject",
             "oifname @guest_ifs ct state related accept",  # the host's rejects of guest traffic
+            "oifname . ip daddr . ip saddr . tcp sport @pkg_proxy ct state established accept",
             "oifname @guest_ifs drop",
         ),
     ),

@@ -190,6 +190,19 @@ class Netns:
         with _refused(f"adding {ip}/{prefixlen} to {name}"):
             self.ipr.addr("add", index=self.require(name), address=str(ip), prefixlen=prefixlen)
 
+    def delete_address(self, name: str, ip: IPv4Address, prefixlen: int) -> bool:
+        """Remove ``ip``/``prefixlen`` from the interface; False when the interface or the
+        address is not there (a cleanup that finds nothing to do is not an error)."""
+        index = self.index(name)
+        if index is None or all(
+            (link, str(addr.ip), addr.network.prefixlen) != (name, str(ip), prefixlen)
+            for link, addr in self.addresses(name)
+        ):
+            return False
+        with _refused(f"removing {ip}/{prefixlen} from {name}"):
+            self.ipr.addr("del", index=index, address=str(ip), prefixlen=prefixlen)
+        return True
+
     # -- routes --------------------------------------------------------------------------------
 
     def _route_spec(

@@ -252,6 +252,19 @@ class GuestRoot:
             finally:
                 os.close(dir_fd)
 
+    def listdir(self, path: str) -> list[str]:
+        """The names in the directory at ``path`` (resolved inside the root), sorted; [] when
+        it does not exist. The directory is opened once and listed through that descriptor."""
+        with self._named(path):
+            try:
+                fd = self._lookup(path, os.O_RDONLY | os.O_DIRECTORY)
+            except (FileNotFoundError, NotADirectoryError):
+                return []
+            try:
+                return sorted(os.listdir(fd))
+            finally:
+                os.close(fd)
+
     def unlink(self, path: str, *, missing_ok: bool = False) -> None:
         """Remove the final name of ``path`` itself (a symlink is removed, never followed)."""
         try:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import os
 import selectors
 import signal
@@ -26,7 +27,7 @@ import struct
 import sys
 import termios
 import tty
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from vstools.errors import HostError, NotFoundError, StateError
 from vstools.host.cgroup import Cgroup
@@ -41,6 +42,8 @@ from vstools.runtime.state import GUEST_ENV, GuestState, read_state
 # gone; then the guest's user namespace, when it has one (joining it gives up the host's powers).
 NAMESPACES = ("cgroup", "ipc", "uts", "net", "pid", "mnt")
 PTMX_DEVICE = (5, 2)  # /dev/pts/ptmx of a devpts instance
+# Where a command's stdout and stderr go instead of ours (vs-pkg): one callable each.
+Sinks = tuple[Callable[[bytes], None], Callable[[bytes], None]]
 
 
 def _open_namespaces(state: GuestState) -> tuple[list[int], int]:
@@ -93,10 +96,12 @@ def run_in_guest(
     *,
     use_tty: bool,
     env: dict[str, str] | None = None,
+    output: Sinks | None = None,
 ) -> int:
     """Run ``argv`` in the running guest ``name`` (vs-exec, vs-enter, vs-pkg): its exit status.
     Nothing of the guest's configuration is read: a running guest whose files broke meanwhile
-    can still be entered to mend them."""
+    can still be entered to mend them. With ``output`` (pipes only) the command's stdout and
+    stderr go to those two callables and its stdin is empty (vs-pkg reads what it prints)."""
     if not paths.guest_dir(name).is_dir():  # unknown: "not found", not "not running"
         raise NotFoundError(f"no guest named {name} on this host")
     state = read_state(paths.guest_run_dir(name))
@@ -106,7 +111,7 @@ def run_in_guest(
     if Cgroup(layout, state.cgroup).is_frozen():
         raise StateError(f"guest {name} is frozen: vs-control --name {name} --thaw first")
     sys.stdout.flush()
-    return exec_in_guest(state, layout, argv, use_tty=use_tty, env=env)
+    return exec_in_guest(state, layout, argv, use_tty=use_tty, env=env, output=output)
 
 
 def exec_in_guest(
@@ -116,10 +121,13 @@ def exec_in_guest(
     *,
     use_tty: bool,
     env: dict[str, str] | None = None,
+    output: Sinks | None = None,
 ) -> int:
     """Run ``argv`` in the guest; relay its input and output; return its exit status."""
     if not argv:
         raise HostError("no command given")
+    if output is not None and use_tty:
+        raise HostError("output callbacks need pipes, not a terminal")
     ns_fds, userns_fd = _open_namespaces(state)
     cgroup = Cgroup(layout, state.cgroup)
     environment = dict(GUEST_ENV)
@@ -157,7 +165,7 @@ def exec_in_guest(
         else:
             for fd in command_ends or ():
                 os.close(fd)
-            code = _relay_pipes(pipes[0][1], pipes[1][0], pipes[2][0], child)
+            code = _relay_pipes(pipes[0][1], pipes[1][0], pipes[2][0], child, output)
         message = _read_report(report_r)
         if message:
             sys.stderr.write(message)
@@ -291,13 +299,24 @@ def _wait(pid: int) -> int:
     return os.waitstatus_to_exitcode(status)
 
 
-def _relay_pipes(stdin_w: int, stdout_r: int, stderr_r: int, child: int) -> int:
-    """Copy our stdin to the command and its output to ours until it has closed both."""
+def _relay_pipes(
+    stdin_w: int, stdout_r: int, stderr_r: int, child: int, output: Sinks | None = None
+) -> int:
+    """Copy our stdin to the command and its output to ours (or to ``output``, with an empty
+    stdin) until it has closed both."""
     selector = selectors.DefaultSelector()
-    sources = {stdout_r: sys.stdout.fileno(), stderr_r: sys.stderr.fileno()}
+    sinks: dict[int, Callable[[bytes], None]]
+    if output is None:
+        sinks = {
+            stdout_r: functools.partial(_write_all, sys.stdout.fileno()),
+            stderr_r: functools.partial(_write_all, sys.stderr.fileno()),
+        }
+    else:
+        sinks = {stdout_r: output[0], stderr_r: output[1]}
+    sources = dict(sinks)
     for fd in sources:
         selector.register(fd, selectors.EVENT_READ)
-    our_stdin = sys.stdin.fileno() if not sys.stdin.closed else -1
+    our_stdin = sys.stdin.fileno() if not sys.stdin.closed and output is None else -1
     if our_stdin >= 0:
         try:
             selector.register(our_stdin, selectors.EVENT_READ)
@@ -327,7 +346,7 @@ def _relay_pipes(stdin_w: int, stdout_r: int, stderr_r: int, child: int) -> int:
                 os.close(fd)
                 del sources[fd]
             else:
-                _write_all(sources[fd], data)
+                sources[fd](data)
     if stdin_w >= 0:
         os.close(stdin_w)
     selector.close()
