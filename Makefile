@@ -18,16 +18,9 @@ DEB_PACKAGES += zsh
 .PHONY: all deps venv demo test lint bench clean deb deb-deps test-debian-libs
 all: test
 
-# Install only what is missing, so a second run costs a dpkg query and nothing else.
+# Install only what is missing (scripts/apt-missing.sh): a second run installs nothing.
 deps:
-	@missing=$$(for p in $(DEB_PACKAGES); do \
-		dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed$$' || echo $$p; \
-	done); \
-	if [ -n "$$missing" ]; then \
-		echo "+ apt-get install $$missing"; \
-		export DEBIAN_FRONTEND=noninteractive; \
-		apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
-	fi
+	@./scripts/apt-missing.sh $(DEB_PACKAGES)
 
 $(VENV)/.installed: setup.cfg pyproject.toml | deps
 	$(PYTHON) -m venv $(VENV)
@@ -46,11 +39,7 @@ test: venv
 # Benchmarks print figures beside the peer tools (systemd-nspawn, lxc-execute); never asserted.
 BENCH_PACKAGES := systemd-container lxc
 bench: venv
-	@missing=$$(for p in $(BENCH_PACKAGES); do \
-		dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed$$' || echo $$p; \
-	done); \
-	if [ -n "$$missing" ]; then DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-		--no-install-recommends $$missing >/dev/null; fi
+	@./scripts/apt-missing.sh $(BENCH_PACKAGES)
 	$(PY) -m bench.bench_start
 	$(PY) -m bench.bench_monitor
 	$(PY) -m bench.bench_backup
@@ -63,14 +52,7 @@ bench: venv
 DEB_BUILD_PACKAGES := debhelper dh-python pybuild-plugin-pyproject python3-all python3-setuptools \
 	python3-argparse-manpage python3-shtab go-md2man dpkg-dev fakeroot lintian man-db
 deb-deps:
-	@missing=$$(for p in $(DEB_BUILD_PACKAGES); do \
-		dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed$$' || echo $$p; \
-	done); \
-	if [ -n "$$missing" ]; then \
-		echo "+ apt-get install $$missing"; \
-		export DEBIAN_FRONTEND=noninteractive; \
-		apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
-	fi
+	@./scripts/apt-missing.sh $(DEB_BUILD_PACKAGES)
 
 # The suite builds the package and generates its man pages and completion (tests/deb).
 test: deb-deps

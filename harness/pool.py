@@ -22,6 +22,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from harness.cgroups import remove_tree
 from vstools.guest.templates import write_busybox_template
 
 BIN = Path(sys.executable).parent
@@ -246,29 +247,7 @@ def stop_guests(host: PoolHost) -> None:
     while any(host.state(n) for n in host.guests()) and time.monotonic() < deadline:
         time.sleep(0.05)
     for hierarchy in Path("/sys/fs/cgroup").iterdir():
-        top = hierarchy / host.cgroup_parent
-        if not top.is_dir():
-            continue
-        for child in sorted(top.rglob("*"), reverse=True):
-            if child.is_dir():
-                _kill_and_remove(child)
-        _kill_and_remove(top)
-
-
-def _kill_and_remove(directory: Path) -> None:
-    for _ in range(100):
-        try:
-            pids = [int(p) for p in (directory / "cgroup.procs").read_text().split()]
-        except FileNotFoundError:
-            return
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        try:
-            directory.rmdir()
-            return
-        except OSError:
-            time.sleep(0.02)
+        remove_tree(hierarchy / host.cgroup_parent)
 
 
 def wipe(host: PoolHost) -> None:

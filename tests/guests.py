@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from harness.btrfs import btrfs_loop
+from harness.cgroups import remove_tree
 from vstools.guest.templates import build_busybox_rootfs
 
 BIN = Path(sys.executable).parent
@@ -228,33 +229,7 @@ def _teardown(test_host: Host) -> None:
     # (the VM lab), /sys/fs/cgroup/<parent>.
     hierarchies = sorted(p.name for p in Path("/sys/fs/cgroup").iterdir() if p.is_dir())
     for controller in (*hierarchies, ""):
-        top = test_host.cgroup_dir(controller)
-        if not top.exists():
-            continue
-        for child in sorted(top.rglob("*"), reverse=True):
-            if child.is_dir():
-                _kill_and_remove(child)
-        _kill_and_remove(top)
-
-
-def _kill_and_remove(directory: Path) -> None:
-    with contextlib.suppress(OSError):
-        freezer = directory / "freezer.state"
-        if freezer.exists():
-            freezer.write_text("THAWED")
-    for _ in range(100):
-        try:
-            pids = [int(p) for p in (directory / "cgroup.procs").read_text().split()]
-        except FileNotFoundError:
-            return
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        try:
-            directory.rmdir()
-            return
-        except OSError:
-            time.sleep(0.02)
+        remove_tree(test_host.cgroup_dir(controller))
 
 
 # -- a routed test network (issue 4): a "LAN" namespace holding the network's gateway and its

@@ -60,7 +60,7 @@ def test_cold_backup_of_a_running_guest_restarts_it_and_restores_byte_for_byte(
     # The slave's key is restricted on the master to an append-only borg serve of the repo.
     keys = (pool.master.base / "ssh" / "authorized_keys").read_text()
     line = next(k for k in keys.splitlines() if k.endswith("vs-backup:vsh-01"))
-    assert line.startswith('command="') and ",restrict " in line
+    assert line.startswith('restrict,command="') and '--append-only" ssh-' in line
     assert f"serve --restrict-to-repository {REPO} --append-only" in line
     # Restore the whole guest on another slave: every attribute back, and it starts.
     one.run("vs-control", "--name", "web", "--stop")
