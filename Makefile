@@ -41,9 +41,11 @@ BENCH_PACKAGES := systemd-container lxc
 bench: venv
 	@./scripts/apt-missing.sh $(BENCH_PACKAGES)
 	$(PY) -m bench.bench_start
+	$(PY) -m bench.bench_fw
 	$(PY) -m bench.bench_monitor
 	$(PY) -m bench.bench_backup
 	$(PY) -m bench.bench_pkg
+	$(PY) -m bench.bench_pool
 
 # `make deb`: the Debian package, built from a copy of the tree (git's files, committed or not;
 # outside a git checkout, everything but build/, the venv and built packages)
