@@ -35,6 +35,7 @@ from vstools.host.hostconfig import (
     load_networks,
     load_settings,
 )
+from vstools.host.rsync_server import serve
 from vstools.pool.push import (
     push_allow,
     push_copy,
@@ -201,6 +202,10 @@ def _push_allow(env: Env, name: str, public_key: str, source: Any) -> dict[str, 
 
 def _rsync_receive(env: Env, name: str) -> None:
     rsync_receive(HostConfig.load(env), name)
+
+
+def _rsync_server(env: Env, *asked: str) -> None:
+    serve(HostConfig.load(env), asked)
 
 
 def _push_revoke(env: Env, name: str) -> str:
@@ -376,6 +381,13 @@ REGISTRY: dict[str, Function] = {
             (Param("name", parse_guest_name),),
             "destination of a move, as the one-time key's forced command: become the rsync"
             " that writes into NAME's place (SSH_ORIGINAL_COMMAND checked first)",
+        ),
+        Function(
+            "rsync_server",
+            _rsync_server,
+            (Param("rsync_argument", variadic=True),),
+            "the master's copies (--rsync-path): become rsync's server side, jailed with the"
+            " one directory it copies as its only view of this host",
         ),
         Function(
             "push_revoke",

@@ -11,7 +11,6 @@ import signal
 import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import NoReturn
 
 from vstools.errors import CommandError, HostError
 from vstools.host.syscalls import PR_SET_PDEATHSIG, prctl
@@ -125,12 +124,3 @@ def which(name: str, path: str | None = None) -> str | None:
         if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
             return candidate
     return None
-
-
-def become(argv: Sequence[str], *, cwd: str | os.PathLike[str] | None = None) -> NoReturn:
-    """Replace this process with ``argv`` (found on the PATH), in ``cwd``: an ssh forced
-    command that has checked what it was asked becomes the program that does it."""
-    log.debug("+ exec %s", shlex.join(argv))
-    if cwd is not None:
-        os.chdir(cwd)
-    os.execvp(argv[0], list(argv))  # noqa: S606 - argv checked by the caller, no shell

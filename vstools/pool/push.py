@@ -10,6 +10,7 @@ slaves (vs-fonctions); the master only passes public keys, an address and a host
 from __future__ import annotations
 
 import datetime
+import functools
 import os
 import re
 import shlex
@@ -26,7 +27,9 @@ from vstools.guest.receive import receiving
 from vstools.host.authkeys import restricted_line, set_marked
 from vstools.host.fsutil import atomic_write
 from vstools.host.hostconfig import HostConfig
-from vstools.host.run import become, run
+from vstools.host.jail import check_data_dir, enter_jail
+from vstools.host.rsync_server import check_server_command, exec_server, jail_scratch
+from vstools.host.run import run
 from vstools.host.ssh import (
     RSYNC_VANISHED,
     SshOptions,
@@ -39,15 +42,11 @@ from vstools.names import check_guest_name
 from vstools.storage.select import guest_storage
 
 KEY_LIFETIME = datetime.timedelta(days=1)  # expiry-time: a key a killed run left dies anyway
-# What the source's rsync may ask of the destination's (rsync --server, receiving): its short
-# options as rsync sends them (no 's': no protected args) and these long ones.
-_SHORT = re.compile(r"^-[ACDEHIJKLNORSUWXbcdgklmnopqrtuvxyz]*(e\d*\.\w*)?$")
 # Where a push writes, as the source names it: the root's receiving place or the configuration's.
 _PLACES = {".": 0, "./": 0, "conf": 1, "conf/": 1}
 _TARGETS = {"root": "./", "conf": "conf/"}
 # --itemize-changes: a file sent (<) or received (>) though its size and time were the same.
 _CONTENT_ONLY = re.compile(r"^[<>]fc\.\.")
-_LONG = re.compile(r"^--(delete|partial|numeric-ids|log-format=%i|bwlimit=\d+|compress-level=\d)$")
 
 
 def _comment(name: str) -> str:
@@ -116,25 +115,19 @@ def push_allow(host: HostConfig, name: str, public_key: str, source: str) -> dic
 def rsync_receive(host: HostConfig, name: str, command: str | None = None) -> None:
     """On the destination, as the copy key's forced command: check that the source asks for
     an rsync that writes (never ``--sender``: nothing can be read back) with the options a
-    push uses, then become that rsync, writing into ``name``'s receiving place only. Not
-    rrsync: in a subdirectory it refuses device nodes, which a guest's root has."""
+    push uses, into one of ``name``'s receiving places, then become that rsync, jailed with
+    that place as its only writable directory (vstools.host.rsync_server). Not rrsync: in a
+    subdirectory it refuses device nodes, which a guest's root has."""
     asked = shlex.split(
         command if command is not None else os.environ.get("SSH_ORIGINAL_COMMAND", "")
     )
-    if len(asked) < 4 or asked[:2] != ["rsync", "--server"] or asked[-2] != ".":
-        raise UsageError(f"refused: {shlex.join(asked) or 'no command'} (only an rsync push)")
-    if "--sender" in asked:
-        raise UsageError("refused: rsync --server --sender (nothing can be read back from here)")
-    for option in asked[2:-2]:
-        if not (_SHORT.match(option) or _LONG.match(option)):
-            raise UsageError(f"refused: rsync option {option!r} (only those of a push)")
-    if asked[-1] not in _PLACES:
-        raise UsageError(f"refused: a push into {asked[-1]!r} (only ./ and conf/)")
-    place = receiving(host, name)[_PLACES[asked[-1]]]
+    target = check_server_command(asked, sender=False)
+    if target not in _PLACES:
+        raise UsageError(f"refused: a push into {target!r} (only ./ and conf/)")
+    place = receiving(host, name)[_PLACES[target]]
     if not place.is_dir():
         raise NotFoundError(f"nothing of guest {name} is being received here")
-    sys.stdout.flush()
-    become([*asked[:-2], ".", f"{place}/"], cwd=place)
+    exec_server(asked, place, scratch=jail_scratch(host))
 
 
 def _vs_fonctions() -> str:
@@ -184,12 +177,18 @@ def push_copy(host: HostConfig, name: str, what: str, options: dict[str, Any]) -
                               "repaired": 0, "reason": ""}  # fmt: skip
     for part in what.split(","):
         source, place = _source(host, name, part)
-        argv = build_rsync_argv(f"{source}/", f"{target}:{place}", ssh=ssh,
+        # The sender reads a guest that may run: jailed with its files as its only view of
+        # this host (and what its ssh needs), so a symlink swapped in mid-walk leads nowhere.
+        jail = functools.partial(
+            enter_jail, check_data_dir(source), writable=False, scratch=jail_scratch(host),
+            keep=_ssh_needs(directory),
+        )  # fmt: skip
+        argv = build_rsync_argv("./", f"{target}:{place}", ssh=ssh,
                                 bwlimit_kib=options.get("bwlimit"),
                                 compress=bool(options.get("compress")),
                                 partial=not dry, progress=not dry,
                                 extra=extra)  # fmt: skip
-        done = run_argv(argv, timeout_s=None)
+        done = run_argv(argv, timeout_s=None, preexec=jail)
         lines = [line for line in re.split(r"[\r\n]", done.stdout) if line.strip()]
         figures = parse_progress(done.stdout) if not dry else None
         answer["bytes"] += figures.bytes if figures else 0
@@ -204,6 +203,14 @@ def push_copy(host: HostConfig, name: str, what: str, options: dict[str, Any]) -
         if done.code:
             answer["code"] = done.code
     return answer
+
+
+def _ssh_needs(key_dir: Path) -> tuple[str, ...]:
+    """What a jailed ssh client needs of this host: its copy key and known_hosts, and the
+    name-service files that tell it who root is (no secret: /etc/shadow and host keys stay
+    out)."""
+    files = ("/etc/passwd", "/etc/group", "/etc/nsswitch.conf", "/etc/hosts")
+    return (str(key_dir), *(f for f in files if os.path.isfile(f)))
 
 
 def check_host(text: str) -> str:
