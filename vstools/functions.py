@@ -25,7 +25,14 @@ from vstools.config.values import parse_guest_name, parse_host, parse_ipv4
 from vstools.errors import ConfigError, NotFoundError, Problem, UsageError
 from vstools.guest.facts import guest_facts, guests_facts, host_facts
 from vstools.guest.moving import drop_moved, hold, keep_moved, release
-from vstools.guest.receive import check_room, receive_abort, receive_begin, receive_commit
+from vstools.guest.receive import (
+    check_room,
+    receive_abort,
+    receive_begin,
+    receive_commit,
+    received_clear,
+    received_take,
+)
 from vstools.guest.templates import write_busybox_template
 from vstools.host.hostconfig import (
     HostConfig,
@@ -41,9 +48,10 @@ from vstools.pool.push import (
     push_copy,
     push_drop,
     push_key,
+    push_receive,
     push_revoke,
-    rsync_receive,
 )
+from vstools.pool.send import push_send
 from vstools.storage.base import check_tag
 from vstools.storage.select import guest_storage
 
@@ -200,8 +208,8 @@ def _push_allow(env: Env, name: str, public_key: str, source: Any) -> dict[str, 
     return push_allow(HostConfig.load(env), name, public_key, str(source))
 
 
-def _rsync_receive(env: Env, name: str) -> None:
-    rsync_receive(HostConfig.load(env), name)
+def _push_receive(env: Env, name: str) -> None:
+    push_receive(HostConfig.load(env), name)
 
 
 def _rsync_server(env: Env, *asked: str) -> None:
@@ -210,6 +218,20 @@ def _rsync_server(env: Env, *asked: str) -> None:
 
 def _push_revoke(env: Env, name: str) -> str:
     return push_revoke(HostConfig.load(env), name)
+
+
+def _push_send(
+    env: Env, name: str, tag: str, parent: str, options: dict[str, Any]
+) -> dict[str, Any]:
+    return push_send(HostConfig.load(env), name, tag, parent, options)
+
+
+def _received_clear(env: Env, name: str) -> str:
+    return received_clear(HostConfig.load(env), name)
+
+
+def _received_take(env: Env, name: str, subvolume: str, uuid: str) -> dict[str, str]:
+    return received_take(HostConfig.load(env), name, subvolume, uuid)
 
 
 def _push_copy(env: Env, name: str, what: str, options: dict[str, Any]) -> dict[str, Any]:
@@ -334,6 +356,18 @@ REGISTRY: dict[str, Function] = {
             "remove what was received of a guest and not committed",
         ),
         Function(
+            "received_clear",
+            _received_clear,
+            (Param("name", parse_guest_name),),
+            "remove the btrfs snapshots received of a guest (a send starting anew)",
+        ),
+        Function(
+            "received_take",
+            _received_take,
+            (Param("name", parse_guest_name), Param("subvolume"), Param("uuid")),
+            "the snapshot received whole (its Received UUID is UUID) becomes the guest's root",
+        ),
+        Function(
             "move_hold",
             _move_hold,
             (Param("name", parse_guest_name), Param("target", parse_host)),
@@ -376,8 +410,8 @@ REGISTRY: dict[str, Function] = {
             "destination of a move: let the key in from SOURCE, write-only, into NAME's place",
         ),
         Function(
-            "rsync_receive",
-            _rsync_receive,
+            "push_receive",
+            _push_receive,
             (Param("name", parse_guest_name),),
             "destination of a move, as the one-time key's forced command: become the rsync"
             " that writes into NAME's place (SSH_ORIGINAL_COMMAND checked first)",
@@ -394,6 +428,17 @@ REGISTRY: dict[str, Function] = {
             _push_revoke,
             (Param("name", parse_guest_name),),
             "destination of a move: remove the one-time key of NAME",
+        ),
+        Function(
+            "push_send",
+            _push_send,
+            (
+                Param("name", parse_guest_name),
+                Param("tag", check_tag),
+                Param("parent"),
+                Param("options", _json_object),
+            ),
+            "source of a move between btrfs hosts: btrfs send snapshot TAG (from PARENT)",
         ),
         Function(
             "push_copy",

@@ -211,7 +211,7 @@ def test_the_one_time_key_writes_only_there_only_from_the_source_and_goes_away(
     _killed(pool.master, "move:final pass", "vs-move", "--name", "web", "--dst_host", "vsh-02")
     line = next(x for x in _authorized(two).splitlines() if "vs-tools-push:web" in x)
     assert line.startswith('restrict,from="198.18.0.11",expiry-time="')
-    assert line.split('command="', 1)[1].startswith("/") and 'rsync_receive web"' in line
+    assert line.split('command="', 1)[1].startswith("/") and 'push_receive web"' in line
     key = "/run/vs-tools/pool/push/web/key"
     ssh = ["ssh", "-i", key, "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",
            "-o", "UserKnownHostsFile=/dev/null", "vsh-02"]  # fmt: skip

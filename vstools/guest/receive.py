@@ -13,7 +13,7 @@ import struct
 import tempfile
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from vstools.config.create import StorageKind
 from vstools.config.guest import GuestConf
@@ -22,14 +22,21 @@ from vstools.errors import StateError, UsageError
 from vstools.guest.lifecycle import HEADER
 from vstools.host.fsutil import atomic_write
 from vstools.host.hostconfig import HostConfig
-from vstools.host.run import run
+from vstools.host.run import run, which
 from vstools.names import check_guest_name
 from vstools.paths import MOVING_MARKER
 from vstools.storage.base import secure_root_dir
-from vstools.storage.btrfs import check_btrfs, delete_subvolume, is_subvolume
+from vstools.storage.btrfs import (
+    check_btrfs,
+    delete_subvolume,
+    is_subvolume,
+    qgroup_limit_mb,
+    subvolume_uuids,
+)
 
 MB = 1 << 20
 RECEIVING = "receiving"
+BTRFS_RECEIVE = "btrfs-receive"  # what a source asks of the copy key to send a snapshot
 
 
 def receiving(host: HostConfig, name: str) -> tuple[Path, Path]:
@@ -100,8 +107,68 @@ def receive_commit(host: HostConfig, name: str) -> dict[str, str]:
     return {"root": str(final_root), "conf": str(final_conf)}
 
 
+def received_dir(host: HostConfig, name: str) -> Path:
+    """Where ``btrfs receive`` puts the snapshots of ``name`` sent from a btrfs source:
+    ROOT_DIR/.NAME.received (root's only, like ROOT_DIR)."""
+    return host.paths.root_dir / f".{check_guest_name(name)}.received"
+
+
+def btrfs_receive(host: HostConfig, name: str) -> NoReturn:
+    """Become ``btrfs receive`` of a snapshot stream of ``name`` on stdin, into
+    ``received_dir`` (made here, root's only), chrooted there by btrfs itself: a stream's
+    paths cannot leave it. Refused unless this host receives ``name`` on btrfs."""
+    root = receiving(host, name)[0]
+    if host.create().storage is not StorageKind.BTRFS or not root.is_dir():
+        raise StateError(f"guest {name} is not being received on btrfs here")
+    directory = received_dir(host, name)
+    directory.mkdir(mode=0o700, exist_ok=True)
+    program = which("btrfs")
+    if program is None:
+        raise StateError("btrfs-progs is not installed")
+    os.execv(program, ["btrfs", "receive", "--chroot", "-E", "1", str(directory)])  # noqa: S606
+
+
+def received_clear(host: HostConfig, name: str) -> str:
+    """Remove every snapshot received of ``name`` (a send starting anew, an abort)."""
+    directory = received_dir(host, name)
+    if directory.is_dir():
+        for entry in sorted(directory.iterdir()):
+            if entry.is_dir() and not entry.is_symlink() and is_subvolume(entry):
+                delete_subvolume(entry)
+        shutil.rmtree(directory)
+    return str(directory)
+
+
+def received_take(host: HostConfig, name: str, subvolume: str, uuid: str) -> dict[str, str]:
+    """The last snapshot received of ``name`` becomes its receiving root (a writable snapshot of
+    it, the disk limit kept), once checked whole: btrfs receive sets its Received UUID last,
+    and it must be ``uuid``, the source snapshot's. The received snapshots are then removed."""
+    check_guest_name(subvolume.partition(".")[0])
+    received = received_dir(host, name) / subvolume
+    if subvolume.partition(".")[0] != name or not received.is_dir() or received.is_symlink():
+        raise StateError(f"nothing named {subvolume} was received here for guest {name}")
+    got = subvolume_uuids(received)[1]
+    if got != uuid:
+        raise StateError(
+            f"the snapshot of {name} received here is not whole (received UUID {got}, the"
+            f" source's is {uuid}): the guest stays at its source"
+        )
+    root = receiving(host, name)[0]
+    limit = qgroup_limit_mb(root) if root.exists() else None
+    if root.exists() and is_subvolume(root):
+        delete_subvolume(root)
+    elif root.exists():
+        shutil.rmtree(root)
+    run(["btrfs", "subvolume", "snapshot", str(received), str(root)])
+    if limit is not None:
+        run(["btrfs", "qgroup", "limit", f"{limit}M", str(root)])
+    received_clear(host, name)
+    return {"root": str(root)}
+
+
 def receive_abort(host: HostConfig, name: str) -> None:
     """Remove what was received of ``name`` and not committed."""
+    received_clear(host, name)
     root, conf = receiving(host, name)
     if root.exists():
         if is_subvolume(root):

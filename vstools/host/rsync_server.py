@@ -7,7 +7,7 @@ and nothing of the host but its system directories exists.
 Two doors lead here: the master's copies (vs-get, vs-put, a relayed vs-move: ``rsync
 --rsync-path='vs-fonctions rsync_server --'``), and a move's one-time key between slaves,
 whose forced command allows only a push into the guest's receiving place
-(vstools.pool.push.rsync_receive). Both check the command rsync asks for, rrsync-like: only
+(vstools.pool.push.push_receive). Both check the command rsync asks for, rrsync-like: only
 ``rsync --server`` with the options the toolkit's copies use, and one directory."""
 
 from __future__ import annotations

@@ -81,6 +81,25 @@ class DirectPath:
         answer = self._pass("root,conf", live=False, checksum=True)
         return int(answer["bytes"]), int(answer["repaired"])
 
+    def send(self, tag: str, parent: str) -> dict[str, Any]:
+        """``btrfs send`` of the source's snapshot ``tag`` (incrementally from ``parent`` when
+        named) into the destination's received snapshots: the bytes of the stream, the
+        received snapshot's name and the UUID it must carry there."""
+        answer: dict[str, Any] = self.src.call(
+            "push_send", self.name, tag, parent, json.dumps(self.options)
+        )
+        if answer["code"] == SSH_FAILED:
+            why = f"{self.src.host} cannot reach {self.dst.host}: {answer['reason']}"
+            if not self.worked:
+                raise NoDirectPath(why)
+            raise Unreachable(why)
+        if answer["code"] != 0:
+            raise HostError(
+                f"btrfs send from {self.src.host} to {self.dst.host} failed: {answer['reason']}"
+            )
+        self.worked = True
+        return answer
+
     def _pass(self, what: str, *, live: bool, checksum: bool) -> dict[str, Any]:
         answer = self._call(what, checksum=checksum)
         if answer["code"] == 0 or (answer["code"] == RSYNC_VANISHED and live):
