@@ -34,7 +34,7 @@ demo: venv
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH ./scripts/demo.sh
 
 test: venv
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest --durations=30 $(PYTEST_ARGS)
 
 # Benchmarks print figures beside the peer tools (systemd-nspawn, lxc-execute); never asserted.
 BENCH_PACKAGES := systemd-container lxc

@@ -42,6 +42,7 @@ from vstools.host.hostconfig import (
     load_networks,
     load_settings,
 )
+from vstools.host.journal import operation
 from vstools.host.rsync_server import serve
 from vstools.pool.push import (
     push_allow,
@@ -171,6 +172,18 @@ def _receive_begin(env: Env, name: str, disk_mb: int) -> dict[str, str]:
 
 def _receive_commit(env: Env, name: str) -> dict[str, str]:
     return receive_commit(HostConfig.load(env), name)
+
+
+def _receive_start(env: Env, name: str) -> dict[str, str]:
+    """receive_commit, then start the guest as vs-control --start does, in one process: the
+    end of a move, while the guest is stopped, costs one program start here, not two."""
+    from vstools.guest.start import start_guest  # the runtime's imports, for this one only
+
+    host = HostConfig.load(env)
+    placed = receive_commit(host, name)
+    with operation(f"vs-control --start {name}"):
+        start_guest(host, name, foreground=False)
+    return placed
 
 
 def _receive_abort(env: Env, name: str) -> str:
@@ -348,6 +361,12 @@ REGISTRY: dict[str, Function] = {
             _receive_commit,
             (Param("name", parse_guest_name),),
             "put a received guest in place (after the sender verified it)",
+        ),
+        Function(
+            "receive_start",
+            _receive_start,
+            (Param("name", parse_guest_name),),
+            "receive_commit, then start the guest (the end of a move, in one call)",
         ),
         Function(
             "receive_abort",

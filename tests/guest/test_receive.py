@@ -58,4 +58,7 @@ def test_only_a_snapshot_received_whole_becomes_the_root(btrfs_fs: Path) -> None
     assert received_take(host, "web", "web.vspool0", uuid) == {"root": str(place)}
     assert (place / "file").read_bytes() == b"x" * 3_000_000
     (place / "written").write_text("writable")  # a writable snapshot, not the received one
-    assert not received.exists()
+    # What it replaced waits in the received directory, removed once the guest runs.
+    assert sorted(p.name.split("-")[0] for p in received.iterdir()) == ["replaced", "web.vspool0"]
+    received_clear(host, "web")
+    assert not received.exists() and (place / "file").is_file()

@@ -5,46 +5,17 @@ vs-move), and nothing of the snapshots or of the moved guest is left behind."""
 
 from __future__ import annotations
 
-import contextlib
 import os
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from harness.pool import on_btrfs
 from tests.pool.test_copy import _create, _killed, describe_tree, fidelity_tree
-from tests.poolhosts import Pool, PoolHost, stop_guests
+from tests.poolhosts import Pool, PoolHost
 
 pytestmark = [pytest.mark.privileged, pytest.mark.e2e]
-
-
-@contextlib.contextmanager
-def on_btrfs(host: PoolHost, image: Path) -> Iterator[PoolHost]:
-    """``host`` with STORAGE=btrfs: a 1 GiB btrfs on a loop device over its /var/lib/vservers."""
-    with open(image, "wb") as handle:
-        handle.truncate(1 << 30)
-    device = subprocess.run(["losetup", "--find", "--show", str(image)], check=True,
-                            capture_output=True, text=True).stdout.strip()  # fmt: skip
-    create = host.base / "etc" / "create.conf"
-    before = create.read_text() if create.exists() else None
-    try:
-        subprocess.run(["mkfs.btrfs", "-q", device], check=True, capture_output=True)
-        host.run("mount", device, "/var/lib/vservers")
-        try:
-            host.run("btrfs", "quota", "enable", "/var/lib/vservers")
-            with open(create, "a") as handle:
-                handle.write("STORAGE=btrfs\n")
-            yield host
-        finally:
-            stop_guests(host)
-            if host.run("umount", "/var/lib/vservers", check=False).returncode != 0:
-                host.run("umount", "--lazy", "/var/lib/vservers", check=False)
-            if before is not None:
-                create.write_text(before)
-    finally:
-        subprocess.run(["losetup", "--detach", device], check=False)
-        image.unlink()
 
 
 @pytest.fixture
@@ -109,12 +80,18 @@ def test_between_btrfs_slaves_snapshots_are_sent_and_checked_whole_before_they_r
     _create(two)
     source = two.inside("/var/lib/vservers/web")
     fidelity_tree(source)
+    # More than a settled pass moves: a second pass sends incrementally from the first.
+    (source / "root" / "bulk").write_bytes(os.urandom(12 << 20))
     expected = describe_tree(source / "root" / "d1")
     two.run("vs-control", "--name", "web", "--start")
     _killed(pool.master, "move:final pass", "vs-move", "--name", "web", "--dst_host", "vsh-03")
     assert os.listdir(three.inside("/var/lib/vservers/.web.received")) != []
     moved = pool.master.run("vs-move", "--name", "web")
     assert "straight from vsh-02 to vsh-03 with btrfs send/receive" in moved.stderr
+    # Back, while it runs: passes while it ran (the second one incremental), then the final.
+    back = pool.master.run("vs-move", "--name", "web", "--dst_host", "vsh-02")
+    assert "2 passes while it ran" in back.stderr or "3 passes while it ran" in back.stderr
+    moved = pool.master.run("vs-move", "--name", "web", "--dst_host", "vsh-03")
     arrived = three.inside("/var/lib/vservers/web")
     assert arrived.stat().st_ino == 256  # a subvolume of its own, writable
     assert describe_tree(arrived / "root" / "d1") == expected

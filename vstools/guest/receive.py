@@ -11,6 +11,7 @@ import os
 import shutil
 import struct
 import tempfile
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, NoReturn
@@ -134,7 +135,7 @@ def received_clear(host: HostConfig, name: str) -> str:
     if directory.is_dir():
         for entry in sorted(directory.iterdir()):
             if entry.is_dir() and not entry.is_symlink() and is_subvolume(entry):
-                delete_subvolume(entry)
+                delete_subvolume(entry)  # a received snapshot, or a receiving root replaced
         shutil.rmtree(directory)
     return str(directory)
 
@@ -142,8 +143,9 @@ def received_clear(host: HostConfig, name: str) -> str:
 def received_take(host: HostConfig, name: str, subvolume: str, uuid: str) -> dict[str, str]:
     """The last snapshot received of ``name`` becomes its receiving root (a writable snapshot of
     it, the disk limit kept), once checked whole: btrfs receive sets its Received UUID last,
-    and it must be ``uuid``, the source snapshot's. The received snapshots are then removed."""
-    check_guest_name(subvolume.partition(".")[0])
+    and it must be ``uuid``, the source snapshot's. Quick, for the guest is stopped: what it
+    replaces is put aside in the received directory, which received_clear removes once the
+    guest runs at its destination."""
     received = received_dir(host, name) / subvolume
     if subvolume.partition(".")[0] != name or not received.is_dir() or received.is_symlink():
         raise StateError(f"nothing named {subvolume} was received here for guest {name}")
@@ -155,14 +157,11 @@ def received_take(host: HostConfig, name: str, subvolume: str, uuid: str) -> dic
         )
     root = receiving(host, name)[0]
     limit = qgroup_limit_mb(root) if root.exists() else None
-    if root.exists() and is_subvolume(root):
-        delete_subvolume(root)
-    elif root.exists():
-        shutil.rmtree(root)
+    if root.exists():
+        root.rename(received.parent / f"replaced-{time.time_ns()}")
     run(["btrfs", "subvolume", "snapshot", str(received), str(root)])
     if limit is not None:
         run(["btrfs", "qgroup", "limit", f"{limit}M", str(root)])
-    received_clear(host, name)
     return {"root": str(root)}
 
 

@@ -81,13 +81,13 @@ class DirectPath:
         answer = self._pass("root,conf", live=False, checksum=True)
         return int(answer["bytes"]), int(answer["repaired"])
 
-    def send(self, tag: str, parent: str) -> dict[str, Any]:
-        """``btrfs send`` of the source's snapshot ``tag`` (incrementally from ``parent`` when
-        named) into the destination's received snapshots: the bytes of the stream, the
-        received snapshot's name and the UUID it must carry there."""
-        answer: dict[str, Any] = self.src.call(
-            "push_send", self.name, tag, parent, json.dumps(self.options)
-        )
+    def send(self, tag: str, parent: str, *, final: bool) -> dict[str, Any]:
+        """Snapshot the root at the source as ``tag`` and ``btrfs send`` it (incrementally
+        from ``parent`` when named) into the destination's received snapshots; ``final``: the
+        configuration follows (compared by content). The bytes moved, the received snapshot's
+        name and the UUID it must carry there, the files found different."""
+        options = json.dumps(self.options | {"final": final})
+        answer: dict[str, Any] = self.src.call("push_send", self.name, tag, parent, options)
         if answer["code"] == SSH_FAILED:
             why = f"{self.src.host} cannot reach {self.dst.host}: {answer['reason']}"
             if not self.worked:

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from vstools.config.pool import Slave
-from vstools.errors import RollbackError, StateError, UsageError, VSError
+from vstools.errors import NotFoundError, RollbackError, StateError, UsageError, VSError
 from vstools.host.ssh import Remote
 from vstools.pool.direct import DirectPath, NoDirectPath
 from vstools.pool.inventory import Inventory, JournalEntry
@@ -98,6 +98,7 @@ class _Move:
     verified: bool = False  # the final pass compared every file by content
     sends: bool = False  # both ends on btrfs, straight: btrfs send/receive, not rsync
     taken: list[str] = field(default_factory=list)  # the source's snapshots of this run's sends
+    sent: int = 0  # the sends of this run: the next snapshot's number
     received: tuple[str, str] | None = None  # the last snapshot sent: its name and UUID
 
     def choose_send(self, storage: str) -> None:
@@ -109,19 +110,22 @@ class _Move:
             self.dst.call("received_clear", self.name)
             self.report.how += SENT
 
-    def send_pass(self) -> int:
+    def send_pass(self, *, final: bool = False) -> int:
         """Snapshot the root and send it (incrementally from the snapshot sent before); the
-        source then keeps only this snapshot, the next send's parent. The stream's bytes."""
+        source then keeps only this snapshot, the next send's parent. ``final``: the guest is
+        stopped, and the configuration follows. The bytes moved."""
         if self.direct is None:
             raise StateError("btrfs send needs the straight path")
-        tag = f"{SNAPSHOT_TAG}{len(self.taken)}"
+        tag = f"{SNAPSHOT_TAG}{self.sent}"
         parent = self.taken[-1] if self.taken else ""
-        self.src.call("snapshot_take", self.name, tag)
         self.taken.append(tag)
-        answer = self.direct.send(tag, parent)
+        self.sent += 1
+        answer = self.direct.send(tag, parent, final=final)
         self.received = (str(answer["subvolume"]), str(answer["uuid"]))
-        if parent:
-            self.src.call("snapshot_drop", self.name, parent)
+        if parent and not final:
+            self.taken.remove(parent)  # the source removed it
+        if answer.get("repaired"):
+            self.report.notes.append(f"{answer['repaired']} files found different and copied again")
         return int(answer["bytes"])
 
     def drop_sent(self) -> None:
@@ -133,11 +137,11 @@ class _Move:
             except VSError as exc:
                 self.report.notes.append(f"snapshot {tag} of {self.name} stays: {exc}")
 
-    def sent_root(self) -> int:
+    def sent_root(self, *, final: bool = False) -> int:
         """A pass of the root by btrfs send; the relay (rsync) when the source cannot reach
         the destination at all."""
         try:
-            return self.send_pass()
+            return self.send_pass(final=final)
         except NoDirectPath as exc:
             self.sends = False
             self.drop_sent()
@@ -212,11 +216,9 @@ class _Move:
         UUID) and makes it the guest's root."""
         if self.sends:
             with contextlib.suppress(NoDirectPath):
-                moved = self.sent_root()
-                if self.direct is not None and self.received is not None:
-                    self.direct.push("conf", checksum=True)
+                moved = self.sent_root(final=True)
+                if self.received is not None:
                     self.dst.call("received_take", self.name, *self.received)
-                    self.drop_sent()
                     self.verified = True
                     return moved
         if self.direct is not None:
@@ -440,22 +442,41 @@ def _undo_commit(move: _Move, exc: VSError) -> None:
     _roll_back(move, move.report.running, exc)
 
 
+def _committed(remote: Remote, name: str) -> bool:
+    """Whether ``name`` is a guest of ``remote`` (put in place there)."""
+    try:
+        remote.call("guest_facts", name)
+    except NotFoundError:
+        return False
+    return True
+
+
 def _finish(move: _Move, stopped_at: float | None) -> None:
     """Put the verified copy in place at the destination, start it there if it ran, then put
     the source copy aside and remove it. Each step is taken again safely."""
     name, src, dst, journal, report = move.name, move.src, move.dst, move.journal, move.report
     journal.at("commit")
-    dst.call("receive_commit", name)
-    journal.at("start")
-    # Stopped by this run, it cannot run there yet; a re-run asks.
-    fresh = stopped_at is not None
-    if report.running and (fresh or not dst.call("guest_facts", name).get("running")):
+    if report.running and stopped_at is not None:
+        # Stopped by this run: committed and started in one call, for the clock is running.
+        journal.at("start")
         try:
-            dst.run(["vs-control", "--name", name, "--start"])
+            dst.call("receive_start", name)
         except VSError as exc:
+            if not _committed(dst, name):
+                raise
             _undo_commit(move, exc)
+    else:
+        dst.call("receive_commit", name)
+        journal.at("start")
+        if report.running and not dst.call("guest_facts", name).get("running"):
+            try:
+                dst.run(["vs-control", "--name", name, "--start"])
+            except VSError as exc:
+                _undo_commit(move, exc)
     if stopped_at is not None:
         report.stopped_s = time.monotonic() - stopped_at
+    if move.sends or stopped_at is None:  # what btrfs receive left, once the guest runs
+        dst.call("received_clear", name)
     journal.at("keep")
     src.call("move_keep", name)
     journal.at("drop")

@@ -17,7 +17,7 @@ from vstools.guest.receive import BTRFS_RECEIVE
 from vstools.host.hostconfig import HostConfig
 from vstools.host.run import run_pipeline
 from vstools.host.ssh import SSH_FAILED, build_ssh_argv
-from vstools.pool.push import copy_ssh
+from vstools.pool.push import copy_ssh, push_copy
 from vstools.storage.btrfs import is_subvolume, subvolume_uuids
 from vstools.storage.select import guest_storage
 
@@ -25,33 +25,43 @@ from vstools.storage.select import guest_storage
 def push_send(
     host: HostConfig, name: str, tag: str, parent: str, options: dict[str, Any]
 ) -> dict[str, Any]:
-    """Send snapshot ``tag`` of ``name`` (taken by snapshot_take) to the destination named in
-    ``options`` (as push_copy's), incrementally from snapshot ``parent`` when one is named
-    (the destination received it before). Returns the exit status (255: this host cannot reach
-    the destination; else btrfs's), the bytes of the stream, the received snapshot's name and
-    the UUID it must carry there, and the reason of a failure. A full send (no ``parent``)
-    starts a move's sends anew: the snapshots of the same series (``tag`` without its
-    digits) that a killed move left here are removed first."""
+    """Snapshot ``name``'s root as ``tag`` (read-only) and send it to the destination named in
+    ``options`` (as push_copy's), incrementally from snapshot ``parent`` when one is named (the
+    destination received it before). ``options["final"]``: the guest is stopped; the
+    configuration directory follows (rsync, compared by content) and the parent is kept for
+    the cleanup after the guest runs. Otherwise the parent, no longer needed, is removed.
+    Returns the exit status (255: this host cannot reach the destination; else the failing
+    command's), the bytes of the stream, the received snapshot's name and the UUID it must
+    carry there, the files of the configuration found different, and the reason of a failure.
+    A full send (no ``parent``) starts a move's sends anew: the snapshots of the same series
+    (``tag`` without its digits) that a killed move left here are removed first."""
     storage = guest_storage(host, host.guest_conf(name))
     if not parent:
         series = re.compile(re.escape(tag.rstrip(string.digits)) + r"\d+")
         for stale in storage.snapshot_tags(name):
-            if stale != tag and series.fullmatch(stale):
+            if series.fullmatch(stale):
                 storage.remove_snapshot(storage.snapshot_steps(name, stale)[1])
-    snapshot = storage.snapshot_path(name, tag)
     previous = storage.snapshot_path(name, parent) if parent else None
-    for path in (snapshot, previous):
-        if path is not None and not (path.is_dir() and is_subvolume(path)):
-            raise NotFoundError(f"no btrfs snapshot {path} here (snapshot_take)")
+    if previous is not None and not (previous.is_dir() and is_subvolume(previous)):
+        raise NotFoundError(f"no btrfs snapshot {previous} here to send from")
     target, ssh = copy_ssh(host, name, options)
+    storage.remove_snapshot(storage.snapshot_steps(name, tag)[1])  # a killed run's, if any
+    snapshot = storage.create_snapshot(name, tag).path
     send = ["btrfs", "send", "-q", *(["-p", str(previous)] if previous else []), str(snapshot)]
     sender, receiver, sent = run_pipeline(send, build_ssh_argv(ssh, target, [BTRFS_RECEIVE]))
     answer: dict[str, Any] = {"code": 0, "bytes": sent, "subvolume": snapshot.name,
-                              "uuid": subvolume_uuids(snapshot)[0], "reason": ""}  # fmt: skip
+                              "uuid": subvolume_uuids(snapshot)[0], "repaired": 0,
+                              "reason": ""}  # fmt: skip
     if receiver.returncode == SSH_FAILED:
-        answer.update(code=SSH_FAILED, reason=receiver.stderr.strip()[-500:])
-    elif receiver.returncode or sender.returncode:
+        return answer | {"code": SSH_FAILED, "reason": receiver.stderr.strip()[-500:]}
+    if receiver.returncode or sender.returncode:
         failed = receiver if receiver.returncode else sender
         why = (failed.stderr.strip() or f"{failed.argv[0]} exited {failed.returncode}")[-500:]
-        answer.update(code=failed.returncode or 1, reason=why)
+        return answer | {"code": failed.returncode or 1, "reason": why}
+    if options.get("final"):
+        conf = push_copy(host, name, "conf", options | {"checksum": True})
+        answer.update(code=conf["code"], reason=conf["reason"], repaired=conf["repaired"])
+        answer["bytes"] += conf["bytes"]
+    elif previous is not None:
+        storage.remove_snapshot(storage.snapshot_steps(name, parent)[1])
     return answer
