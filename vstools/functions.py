@@ -166,7 +166,7 @@ def _snapshot_drop(env: Env, name: str, tag: str) -> str:
     return str(snapshot.path)
 
 
-def _receive_begin(env: Env, name: str, disk_mb: int) -> dict[str, str]:
+def _receive_begin(env: Env, name: str, disk_mb: int) -> dict[str, Any]:
     return receive_begin(HostConfig.load(env), name, disk_mb)
 
 

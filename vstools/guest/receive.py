@@ -50,10 +50,11 @@ def receiving(host: HostConfig, name: str) -> tuple[Path, Path]:
     )
 
 
-def receive_begin(host: HostConfig, name: str, disk_mb: int) -> dict[str, str]:
+def receive_begin(host: HostConfig, name: str, disk_mb: int) -> dict[str, Any]:
     """Make (or keep, after an interrupted transfer: rsync then sends only the rest) the places
     ``name`` is received in, its root as this host's storage wants it (a directory, or a btrfs
-    subvolume limited to ``disk_mb``). StateError when the guest already exists here."""
+    subvolume limited to ``disk_mb``); ``fresh``: both were made now (so everything in them
+    will have been sent). StateError when the guest already exists here."""
     paths = host.paths
     if paths.guest_dir(name).exists() or paths.guest_root(name).exists():
         raise StateError(f"guest {name} already exists on this host")
@@ -62,6 +63,7 @@ def receive_begin(host: HostConfig, name: str, disk_mb: int) -> dict[str, str]:
     if kind is StorageKind.LVM:
         raise UsageError("receiving a guest on STORAGE=lvm is not supported yet")
     secure_root_dir(paths.root_dir)
+    fresh = not root.exists() and not conf.exists()
     if not root.exists():
         if kind is StorageKind.BTRFS:
             check_btrfs(paths.root_dir)
@@ -70,7 +72,7 @@ def receive_begin(host: HostConfig, name: str, disk_mb: int) -> dict[str, str]:
         else:
             root.mkdir(mode=0o755)
     conf.mkdir(parents=True, exist_ok=True)
-    return {"root": str(root), "conf": str(conf), "storage": str(kind)}
+    return {"root": str(root), "conf": str(conf), "storage": str(kind), "fresh": fresh}
 
 
 def receive_commit(host: HostConfig, name: str) -> dict[str, str]:
