@@ -50,7 +50,7 @@ LAZY_IN_HOUSE = {
 # One door each (STYLE.md "What that means here" §3): who may import these modules.
 DOORS = {
     "subprocess": {"vstools.host.run"},
-    "ctypes": {"vstools.host.rootfs", "vstools.host.syscalls"},
+    "ctypes": {"vstools.host.rootfs", "vstools.host.syscalls", "vstools.host.nftlib"},
     "pyroute2": {"vstools.host.netlink"},
     "smtplib": {"vstools.host.mail"},
     "sh": {"vstools.host.ssh"},

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
@@ -28,7 +28,9 @@ from vstools.config.firewall import (
 from vstools.errors import ConfigError
 from vstools.firewall.model import GuestFirewall, Ruleset, Way, compile_guest, no_resolver
 from vstools.firewall.render import (
+    chain_digest,
     guest_chain_rules,
+    parse_nft_chains,
     parse_nft_state,
     render_iptables,
     render_nft,
@@ -292,3 +294,21 @@ def test_removing_a_guest_never_takes_another_guests_entry() -> None:
     own = render_nft_update(state, [], [owner])
     assert "delete element inet vstools fw_in { 198.51.100.12 }" in own
     assert "delete element inet vstools guest_addrs { 198.51.100.12 }" in own
+
+
+def test_refresh_keeps_the_chains_whose_digest_matches() -> None:
+    """Goal 2 of issue 17: a refresh reads the chains' digest comments, not their rules, and
+    rewrites only the guest chains whose rules changed (and deletes those no longer wanted)."""
+    ruleset = slides_ruleset()
+    web = ruleset.guest("web")
+    assert web is not None
+    listed = render_nft(ruleset).replace("add table inet vstools\ndelete table inet vstools\n", "")
+    state = parse_nft_chains(listed + "table inet other {\n\tchain in_web {\n\t}\n}\n")
+    assert state.digests["in_web"] == chain_digest(web, Way.IN) and state.complete
+    text = render_nft_refresh(state, ruleset)
+    assert "chain inet vstools in_web" not in text and "rule inet vstools out_web" not in text
+    assert "flush map inet vstools fw_in" in text and "jump in_web" in text  # maps refilled
+    stale = dict(state.digests, in_web="0" * 16)
+    text = render_nft_refresh(replace(state, digests=stale), ruleset)
+    assert "delete chain inet vstools in_web" in text and "add rule inet vstools in_web" in text
+    assert "rule inet vstools out_web" not in text

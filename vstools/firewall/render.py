@@ -22,7 +22,9 @@ nftables layout (table ``inet vstools``, owned by the toolkit):
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from ipaddress import IPv4Network
@@ -99,6 +101,20 @@ def guest_chain_rules(guest: GuestFirewall, way: Way) -> list[str]:
         rules.append(f'{LOG_RATE} log prefix "vs-fw {guest.name} {way}: " level info')
     rules += ["meta l4proto tcp reject with tcp reset", "reject"]
     return rules
+
+
+def chain_digest(guest: GuestFirewall, way: Way) -> str:
+    """The digest of a guest chain's rules, kept in the loaded chain as its comment
+    (``vst:DIGEST``): a refresh compares it instead of listing every rule of the table."""
+    rules = "\n".join(guest_chain_rules(guest, way))
+    return hashlib.sha256(rules.encode()).hexdigest()[:16]
+
+
+def _chain_comment(guest: GuestFirewall, way: Way) -> str:
+    return f'comment "{DIGEST_PREFIX}{chain_digest(guest, way)}"'
+
+
+DIGEST_PREFIX = "vst:"
 
 
 def _elements(items: Iterable[str]) -> str:
@@ -205,6 +221,7 @@ def render_nft(ruleset: Ruleset) -> str:
     for guest in (g for g in ruleset.guests if g.enabled):
         for way in (Way.IN, Way.OUT):
             lines.append(f"\tchain {chain_name(guest.name, way)} {{")
+            lines.append(f"\t\t{_chain_comment(guest, way)}")
             lines += [f"\t\t{rule}" for rule in guest_chain_rules(guest, way)]
             lines.append("\t}")
     lines.append("}")
@@ -213,29 +230,45 @@ def render_nft(ruleset: Ruleset) -> str:
 
 def render_nft_refresh(state: NftState, ruleset: Ruleset) -> str:
     """The whole loaded table brought to ``ruleset`` in one transaction without ever removing
-    a hooked base chain: every chain and set is flushed and refilled, chains of guests no
-    longer filtered are deleted."""
+    a hooked base chain: sets, maps and base chains are flushed and refilled; a guest chain
+    whose digest comment (``state.digests``) matches its rules is kept as it is, any other
+    guest chain is deleted and, when still wanted, created anew with its rules. So a refresh
+    of an unchanged table writes no guest rule and needs no listing of them."""
     lines = [_header(ruleset) + " (refresh in place)", f"add table {TABLE}"]
+    # Flushing the maps first drops their jumps, so any guest chain may then be deleted.
     for kind, name, type_, _ in _collections(ruleset):
         lines += [f"add {kind} {TABLE} {name} {{ type {type_}; }}", f"flush {kind} {TABLE} {name}"]
     for name, hook, _ in BASE_CHAINS:
         lines += [f"add chain {TABLE} {name} {{ {hook} }}", f"flush chain {TABLE} {name}"]
     wanted = {
-        chain_name(g.name, way) for g in ruleset.guests if g.enabled for way in (Way.IN, Way.OUT)
+        chain_name(g.name, way): (g, way)
+        for g in ruleset.guests
+        if g.enabled
+        for way in (Way.IN, Way.OUT)
     }
-    for chain in sorted(state.chains - wanted - NftState.BASE):
+    kept = {
+        chain
+        for chain, (guest, way) in wanted.items()
+        if chain in state.chains and state.digests.get(chain) == chain_digest(guest, way)
+    }
+    for chain in sorted(state.chains - kept - NftState.BASE):
         lines += [f"flush chain {TABLE} {chain}", f"delete chain {TABLE} {chain}"]
-    for guest in (g for g in ruleset.guests if g.enabled):
-        for way in (Way.IN, Way.OUT):
-            chain = chain_name(guest.name, way)
-            lines += [f"add chain {TABLE} {chain}", f"flush chain {TABLE} {chain}"]
-            lines += [f"add rule {TABLE} {chain} {rule}" for rule in guest_chain_rules(guest, way)]
+    for chain, (guest, way) in wanted.items():
+        if chain not in kept:
+            lines += _nft_new_chain(guest, way)
     for _kind, name, _, elements in _collections(ruleset):
         if elements:
             lines.append(f"add element {TABLE} {name} {{ {', '.join(elements)} }}")
     for name, _, rules in BASE_CHAINS:
         lines += [f"add rule {TABLE} {name} {rule}" for rule in rules]
     return "\n".join(lines) + "\n"
+
+
+def _nft_new_chain(guest: GuestFirewall, way: Way) -> list[str]:
+    """A guest chain created with its digest comment and its rules (it must not exist)."""
+    chain = chain_name(guest.name, way)
+    lines = [f"add chain {TABLE} {chain} {{ {_chain_comment(guest, way)}; }}"]
+    return lines + [f"add rule {TABLE} {chain} {rule}" for rule in guest_chain_rules(guest, way)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,6 +281,7 @@ class NftState:
     src: frozenset[tuple[str, str]] = frozenset()
     fw_in: dict[str, str] = field(default_factory=dict)
     fw_out: dict[str, str] = field(default_factory=dict)
+    digests: dict[str, str] = field(default_factory=dict)  # guest chain -> its digest comment
 
     BASE: ClassVar[frozenset[str]] = frozenset({"forward", "input", "output"})
 
@@ -293,6 +327,30 @@ def parse_nft_state(text: str) -> NftState:
     )
 
 
+_CHAIN_LINE = re.compile(r"^\tchain (\S+) \{$")
+_DIGEST_LINE = re.compile(rf'^\t\tcomment "{DIGEST_PREFIX}([0-9a-f]+)"$')
+
+
+def parse_nft_chains(text: str) -> NftState:
+    """The chains of our table and their digest comments, from ``nft list chains inet`` (the
+    text listing: nft 1.0.6 leaves chain comments out of its JSON). Reads no rule."""
+    chains: set[str] = set()
+    digests: dict[str, str] = {}
+    inside, chain = False, ""
+    for line in text.splitlines():
+        if line.startswith("table "):
+            inside = line == f"table {TABLE} {{"
+            continue
+        if not inside:
+            continue
+        if found := _CHAIN_LINE.match(line):
+            chain = found.group(1)
+            chains.add(chain)
+        elif chain and (found := _DIGEST_LINE.match(line)):
+            digests[chain] = found.group(1)
+    return NftState(frozenset(chains), digests=digests)
+
+
 def render_nft_update(
     state: NftState, put: Iterable[GuestFirewall], remove: Iterable[GuestFirewall] = ()
 ) -> str:
@@ -312,11 +370,18 @@ def render_nft_update(
             continue
         for way, current in ((Way.IN, state.fw_in), (Way.OUT, state.fw_out)):
             chain = chain_name(guest.name, way)
-            lines += [f"add chain {TABLE} {chain}", f"flush chain {TABLE} {chain}"]
-            lines += [f"add rule {TABLE} {chain} {rule}" for rule in guest_chain_rules(guest, way)]
             key = f"fw_{way}"
-            if current.get(str(guest.ip), chain) != chain:
+            # The chain is made anew, so its digest comment always tells its rules (an existing
+            # chain keeps its comment): its map entry goes first, the chain is added, flushed and
+            # deleted (valid whether it was there or not), then created with its rules.
+            if str(guest.ip) in current:
                 lines.append(f"delete element {TABLE} {key} {{ {guest.ip} }}")
+            lines += [
+                f"add chain {TABLE} {chain}",
+                f"flush chain {TABLE} {chain}",
+                f"delete chain {TABLE} {chain}",
+            ]
+            lines += _nft_new_chain(guest, way)
             lines.append(f"add element {TABLE} {key} {{ {guest.ip} : jump {chain} }}")
     return "\n".join(lines) + "\n"
 
