@@ -3,6 +3,7 @@ F2 a property test of the rendered nftables chains against a naive reading of fi
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from dataclasses import dataclass, replace
@@ -30,7 +31,6 @@ from vstools.firewall.model import GuestFirewall, Ruleset, Way, compile_guest, n
 from vstools.firewall.render import (
     chain_digest,
     guest_chain_rules,
-    parse_nft_chains,
     parse_nft_state,
     render_iptables,
     render_nft,
@@ -296,19 +296,47 @@ def test_removing_a_guest_never_takes_another_guests_entry() -> None:
     assert "delete element inet vstools guest_addrs { 198.51.100.12 }" in own
 
 
+def _listed_maps(ruleset: Ruleset, other_table_chain: str) -> str:
+    """What ``nft -j list chains inet`` + ``list map`` show of the loaded ``ruleset``."""
+    entries: list[object] = [
+        {"chain": {"family": "inet", "table": "other", "name": other_table_chain}}
+    ]
+    for name in ("forward", "input", "output"):
+        entries.append({"chain": {"family": "inet", "table": "vstools", "name": name}})
+    for way in (Way.IN, Way.OUT):
+        elems = []
+        for guest in ruleset.guests:
+            if guest.enabled:
+                chain = f"{way}_{guest.name}"
+                entries.append({"chain": {"family": "inet", "table": "vstools", "name": chain}})
+                comment = f"vst:{chain_digest(guest, way)}"
+                elems.append(
+                    [
+                        {"elem": {"val": str(guest.ip), "comment": comment}},
+                        {"jump": {"target": chain}},
+                    ]
+                )
+        entries.append(
+            {"map": {"family": "inet", "table": "vstools", "name": f"fw_{way}", "elem": elems}}
+        )
+    return json.dumps({"nftables": entries})
+
+
 def test_refresh_keeps_the_chains_whose_digest_matches() -> None:
-    """Goal 2 of issue 17: a refresh reads the chains' digest comments, not their rules, and
-    rewrites only the guest chains whose rules changed (and deletes those no longer wanted)."""
+    """Goal 2 of issue 17: a refresh reads the digests in the verdict maps' element comments,
+    not the rules, and refills only the guest chains whose rules changed, never deleting a
+    chain that stays wanted (that opens a window while the kernel commits, F14)."""
     ruleset = slides_ruleset()
     web = ruleset.guest("web")
     assert web is not None
-    listed = render_nft(ruleset).replace("add table inet vstools\ndelete table inet vstools\n", "")
-    state = parse_nft_chains(listed + "table inet other {\n\tchain in_web {\n\t}\n}\n")
+    state = parse_nft_state(_listed_maps(ruleset, "in_stray"))
     assert state.digests["in_web"] == chain_digest(web, Way.IN) and state.complete
+    assert "in_stray" not in state.chains  # another table's chain is not ours
+    assert state.fw_in == {str(web.ip): "in_web"}
     text = render_nft_refresh(state, ruleset)
     assert "chain inet vstools in_web" not in text and "rule inet vstools out_web" not in text
     assert "flush map inet vstools fw_in" in text and "jump in_web" in text  # maps refilled
     stale = dict(state.digests, in_web="0" * 16)
     text = render_nft_refresh(replace(state, digests=stale), ruleset)
-    assert "delete chain inet vstools in_web" in text and "add rule inet vstools in_web" in text
-    assert "rule inet vstools out_web" not in text
+    assert "flush chain inet vstools in_web" in text and "add rule inet vstools in_web" in text
+    assert "delete chain" not in text and "rule inet vstools out_web" not in text

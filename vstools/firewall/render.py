@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from ipaddress import IPv4Network
@@ -104,17 +103,22 @@ def guest_chain_rules(guest: GuestFirewall, way: Way) -> list[str]:
 
 
 def chain_digest(guest: GuestFirewall, way: Way) -> str:
-    """The digest of a guest chain's rules, kept in the loaded chain as its comment
-    (``vst:DIGEST``): a refresh compares it instead of listing every rule of the table."""
+    """The digest of a guest chain's rules. It is kept as the comment (``vst:DIGEST``) of the
+    verdict-map element that jumps to the chain: a refresh compares it instead of listing every
+    rule of the table. (Not as the chain's own comment: the kernel cannot change that without
+    deleting the chain, and a chain deleted and made anew in one transaction lets packets
+    through while the kernel commits it, catalogue F14.)"""
     rules = "\n".join(guest_chain_rules(guest, way))
     return hashlib.sha256(rules.encode()).hexdigest()[:16]
 
 
-def _chain_comment(guest: GuestFirewall, way: Way) -> str:
-    return f'comment "{DIGEST_PREFIX}{chain_digest(guest, way)}"'
-
-
 DIGEST_PREFIX = "vst:"
+
+
+def _dispatch_element(guest: GuestFirewall, way: Way) -> str:
+    """The guest's element in ``fw_in``/``fw_out``, with its chain's digest as comment."""
+    digest = chain_digest(guest, way)
+    return f'{guest.ip} comment "{DIGEST_PREFIX}{digest}" : jump {chain_name(guest.name, way)}'
 
 
 def _elements(items: Iterable[str]) -> str:
@@ -139,7 +143,7 @@ def _collections(ruleset: Ruleset) -> list[tuple[str, str, str, list[str]]]:
                 "map",
                 f"fw_{way}",
                 "ipv4_addr : verdict",
-                [f"{g.ip} : jump {chain_name(g.name, way)}" for g in enabled],
+                [_dispatch_element(g, way) for g in enabled],
             )
             for way in (Way.IN, Way.OUT)
         ),
@@ -221,7 +225,6 @@ def render_nft(ruleset: Ruleset) -> str:
     for guest in (g for g in ruleset.guests if g.enabled):
         for way in (Way.IN, Way.OUT):
             lines.append(f"\tchain {chain_name(guest.name, way)} {{")
-            lines.append(f"\t\t{_chain_comment(guest, way)}")
             lines += [f"\t\t{rule}" for rule in guest_chain_rules(guest, way)]
             lines.append("\t}")
     lines.append("}")
@@ -230,12 +233,13 @@ def render_nft(ruleset: Ruleset) -> str:
 
 def render_nft_refresh(state: NftState, ruleset: Ruleset) -> str:
     """The whole loaded table brought to ``ruleset`` in one transaction without ever removing
-    a hooked base chain: sets, maps and base chains are flushed and refilled; a guest chain
-    whose digest comment (``state.digests``) matches its rules is kept as it is, any other
-    guest chain is deleted and, when still wanted, created anew with its rules. So a refresh
-    of an unchanged table writes no guest rule and needs no listing of them."""
+    a hooked base chain or a chain that stays wanted: sets, maps and base chains are flushed and
+    refilled; a guest chain whose digest (``state.digests``, read from the verdict maps) matches
+    its rules is left as it is, any other wanted one is flushed and refilled, and the chains of
+    guests no longer filtered are deleted. So a refresh of an unchanged table writes no guest
+    rule, and reading what is loaded never lists a rule."""
     lines = [_header(ruleset) + " (refresh in place)", f"add table {TABLE}"]
-    # Flushing the maps first drops their jumps, so any guest chain may then be deleted.
+    # Flushing the maps first drops their jumps, so chains no longer wanted may be deleted.
     for kind, name, type_, _ in _collections(ruleset):
         lines += [f"add {kind} {TABLE} {name} {{ type {type_}; }}", f"flush {kind} {TABLE} {name}"]
     for name, hook, _ in BASE_CHAINS:
@@ -246,29 +250,19 @@ def render_nft_refresh(state: NftState, ruleset: Ruleset) -> str:
         if g.enabled
         for way in (Way.IN, Way.OUT)
     }
-    kept = {
-        chain
-        for chain, (guest, way) in wanted.items()
-        if chain in state.chains and state.digests.get(chain) == chain_digest(guest, way)
-    }
-    for chain in sorted(state.chains - kept - NftState.BASE):
+    for chain in sorted(state.chains - set(wanted) - NftState.BASE):
         lines += [f"flush chain {TABLE} {chain}", f"delete chain {TABLE} {chain}"]
     for chain, (guest, way) in wanted.items():
-        if chain not in kept:
-            lines += _nft_new_chain(guest, way)
+        if chain in state.chains and state.digests.get(chain) == chain_digest(guest, way):
+            continue  # loaded with exactly these rules
+        lines += [f"add chain {TABLE} {chain}", f"flush chain {TABLE} {chain}"]
+        lines += [f"add rule {TABLE} {chain} {rule}" for rule in guest_chain_rules(guest, way)]
     for _kind, name, _, elements in _collections(ruleset):
         if elements:
             lines.append(f"add element {TABLE} {name} {{ {', '.join(elements)} }}")
     for name, _, rules in BASE_CHAINS:
         lines += [f"add rule {TABLE} {name} {rule}" for rule in rules]
     return "\n".join(lines) + "\n"
-
-
-def _nft_new_chain(guest: GuestFirewall, way: Way) -> list[str]:
-    """A guest chain created with its digest comment and its rules (it must not exist)."""
-    chain = chain_name(guest.name, way)
-    lines = [f"add chain {TABLE} {chain} {{ {_chain_comment(guest, way)}; }}"]
-    return lines + [f"add rule {TABLE} {chain} {rule}" for rule in guest_chain_rules(guest, way)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -281,7 +275,7 @@ class NftState:
     src: frozenset[tuple[str, str]] = frozenset()
     fw_in: dict[str, str] = field(default_factory=dict)
     fw_out: dict[str, str] = field(default_factory=dict)
-    digests: dict[str, str] = field(default_factory=dict)  # guest chain -> its digest comment
+    digests: dict[str, str] = field(default_factory=dict)  # guest chain -> digest of its rules
 
     BASE: ClassVar[frozenset[str]] = frozenset({"forward", "input", "output"})
 
@@ -298,10 +292,15 @@ def _element_value(item: object) -> object:
 
 
 def parse_nft_state(text: str) -> NftState:
-    """Parse ``nft -j list table inet vstools`` output."""
+    """Parse ``nft -j`` listings of our table (the whole table, or some of its maps and chains;
+    objects of other tables, as ``list chains inet`` shows them, are left out)."""
     chains: set[str] = set()
     sets: dict[str, list[object]] = {}
+    family, table = TABLE.split()
     for entry in json.loads(text).get("nftables", []):
+        body = next(iter(entry.values()), None)
+        if not isinstance(body, dict) or (body.get("family"), body.get("table")) != (family, table):
+            continue
         if "chain" in entry:
             chains.add(entry["chain"]["name"])
         for kind in ("set", "map"):
@@ -313,10 +312,17 @@ def parse_nft_state(text: str) -> NftState:
             ifname, ip = item["concat"]
             src.add((str(ifname), str(ip)))
     maps: dict[str, dict[str, str]] = {"fw_in": {}, "fw_out": {}}
+    digests: dict[str, str] = {}
     for key, found in maps.items():
         for pair in sets.get(key, []):
             if isinstance(pair, list) and len(pair) == 2 and isinstance(pair[1], dict):
-                found[str(pair[0])] = str(pair[1].get("jump", {}).get("target", ""))
+                address, comment = pair[0], ""
+                if isinstance(address, dict) and "elem" in address:  # an element with a comment
+                    address, comment = address["elem"]["val"], address["elem"].get("comment", "")
+                target = str(pair[1].get("jump", {}).get("target", ""))
+                found[str(address)] = target
+                if comment.startswith(DIGEST_PREFIX):
+                    digests[target] = comment.removeprefix(DIGEST_PREFIX)
     return NftState(
         frozenset(chains),
         frozenset(str(i) for i in sets.get("guest_ifs", [])),
@@ -324,31 +330,8 @@ def parse_nft_state(text: str) -> NftState:
         frozenset(src),
         maps["fw_in"],
         maps["fw_out"],
+        digests,
     )
-
-
-_CHAIN_LINE = re.compile(r"^\tchain (\S+) \{$")
-_DIGEST_LINE = re.compile(rf'^\t\tcomment "{DIGEST_PREFIX}([0-9a-f]+)"$')
-
-
-def parse_nft_chains(text: str) -> NftState:
-    """The chains of our table and their digest comments, from ``nft list chains inet`` (the
-    text listing: nft 1.0.6 leaves chain comments out of its JSON). Reads no rule."""
-    chains: set[str] = set()
-    digests: dict[str, str] = {}
-    inside, chain = False, ""
-    for line in text.splitlines():
-        if line.startswith("table "):
-            inside = line == f"table {TABLE} {{"
-            continue
-        if not inside:
-            continue
-        if found := _CHAIN_LINE.match(line):
-            chain = found.group(1)
-            chains.add(chain)
-        elif chain and (found := _DIGEST_LINE.match(line)):
-            digests[chain] = found.group(1)
-    return NftState(frozenset(chains), digests=digests)
 
 
 def render_nft_update(
@@ -370,19 +353,13 @@ def render_nft_update(
             continue
         for way, current in ((Way.IN, state.fw_in), (Way.OUT, state.fw_out)):
             chain = chain_name(guest.name, way)
+            lines += [f"add chain {TABLE} {chain}", f"flush chain {TABLE} {chain}"]
+            lines += [f"add rule {TABLE} {chain} {rule}" for rule in guest_chain_rules(guest, way)]
+            # The element is replaced, not only added: its comment carries the chain's digest.
             key = f"fw_{way}"
-            # The chain is made anew, so its digest comment always tells its rules (an existing
-            # chain keeps its comment): its map entry goes first, the chain is added, flushed and
-            # deleted (valid whether it was there or not), then created with its rules.
             if str(guest.ip) in current:
                 lines.append(f"delete element {TABLE} {key} {{ {guest.ip} }}")
-            lines += [
-                f"add chain {TABLE} {chain}",
-                f"flush chain {TABLE} {chain}",
-                f"delete chain {TABLE} {chain}",
-            ]
-            lines += _nft_new_chain(guest, way)
-            lines.append(f"add element {TABLE} {key} {{ {guest.ip} : jump {chain} }}")
+            lines.append(f"add element {TABLE} {key} {{ {_dispatch_element(guest, way)} }}")
     return "\n".join(lines) + "\n"
 
 
