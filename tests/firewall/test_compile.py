@@ -29,6 +29,9 @@ from vstools.config.firewall import (
 from vstools.errors import ConfigError
 from vstools.firewall.model import GuestFirewall, Ruleset, Way, compile_guest, no_resolver
 from vstools.firewall.render import (
+    DISPATCH_CHECKS,
+    REJECT_REST,
+    REJECT_REST_RULES,
     chain_digest,
     guest_chain_rules,
     parse_nft_state,
@@ -206,16 +209,47 @@ def _matches(rule: str, guest: GuestFirewall, packet: Packet) -> bool:
     return True
 
 
+def _dispatch_check_matches(rule: str, guest: GuestFirewall, packet: Packet) -> bool:
+    """One of the forward chain's checks before the dispatch, interpreted for a packet to or
+    from ``guest`` (the peer is no guest: the verdict maps and sets hold the guest alone)."""
+    if (m := re.match(r"ct state (\S+)", rule)) and packet.ct not in m.group(1).split(","):
+        return False
+    src, dst = (packet.peer, guest.ip) if packet.way is Way.IN else (guest.ip, packet.peer)
+    if "ip saddr @fw_out" in rule and not (guest.enabled and src == guest.ip):
+        return False
+    if "ip daddr @fw_in" in rule and not (guest.enabled and dst == guest.ip):
+        return False
+    if "@guest_self" in rule and not src == dst == guest.ip:
+        return False
+    echo = packet.proto == "icmp" and packet.icmp_type == 8
+    return echo or "icmp type echo-request" not in rule
+
+
+def _verdict(rule: str) -> str:
+    verdict = re.sub(r' comment ".*"$', "", rule).split()[-1]
+    return {"drop": "drop", "return": "accept", "accept": "accept", "reject": "reject"}.get(
+        verdict, "reject" if verdict == "reset" else verdict
+    )
+
+
 def rendered(guest: GuestFirewall, packet: Packet) -> str:
-    """The verdict of the rendered chain for the packet: first rule that matches."""
+    """The verdict of the rendered rules for the packet: the forward chain's checks before the
+    dispatch, then the guest's chain, then the shared reject it ends with; first match wins."""
+    for rule in DISPATCH_CHECKS:
+        if _dispatch_check_matches(rule, guest, packet):
+            return _verdict(rule)
     if not guest.enabled:
         return "accept"
     for rule in guest_chain_rules(guest, packet.way):
+        if rule == f"goto {REJECT_REST}":
+            for shared in REJECT_REST_RULES:
+                if _matches(shared, guest, packet):
+                    return _verdict(shared)
+            raise AssertionError("the shared reject must match everything")
         if "log prefix" in rule or not _matches(rule, guest, packet):
             continue
-        verdict = re.sub(r' comment ".*"$', "", rule).split()[-1]
-        return {"drop": "drop", "return": "accept", "reject": "reject", "reset": "reject"}[verdict]
-    raise AssertionError("the chain must end with a reject that matches everything")
+        return _verdict(rule)
+    raise AssertionError("the chain must end with the shared reject")
 
 
 PEER_POOL = [IPv4Address(f"198.51.100.{i}") for i in range(0, 9)]

@@ -116,6 +116,8 @@ class Nftables:
         state = parse_nft_state(text) if text is not None else None
         if state is None or "forward" not in state.chains:
             return render_nft(full())  # nothing (usable) loaded: build the table
+        if not state.dispatch_checks:  # loaded by an earlier version: brought up to date whole
+            return self._transaction(nft, full, put, remove, refresh=True)
         return render_nft_update(state, put, remove)
 
     def transaction(
