@@ -35,7 +35,8 @@ from harness.scratch import scratch_env
 from vstools.config.firewall import parse_firewall
 from vstools.firewall.backends import Nftables
 from vstools.firewall.model import Ruleset, compile_guest, no_resolver
-from vstools.firewall.render import render_iptables, render_nft
+from vstools.firewall.render import render_nft
+from vstools.firewall.render_ipt import render_iptables
 from vstools.guest.templates import build_busybox_rootfs
 from vstools.host.syscalls import CLONE_NEWNET, setns
 

@@ -34,6 +34,7 @@ PURE_MODULES = (
     "vstools.net.plan",
     "vstools.firewall.model",
     "vstools.firewall.render",
+    "vstools.firewall.render_ipt",
     "vstools.monitor.alerts",
 )
 # In-house imports go to the top of a module; inside a function only where a command must not pay

@@ -35,11 +35,11 @@ from vstools.firewall.render import (
     chain_digest,
     guest_chain_rules,
     parse_nft_state,
-    render_iptables,
     render_nft,
     render_nft_refresh,
     render_nft_update,
 )
+from vstools.firewall.render_ipt import render_iptables
 
 GOLDEN = Path(__file__).parents[1] / "data" / "firewall"
 UPDATE = os.environ.get("VS_UPDATE_GOLDEN") == "1"
@@ -374,3 +374,21 @@ def test_refresh_keeps_the_chains_whose_digest_matches() -> None:
     text = render_nft_refresh(replace(state, digests=stale), ruleset)
     assert "flush chain inet vstools in_web" in text and "add rule inet vstools in_web" in text
     assert "delete chain" not in text and "rule inet vstools out_web" not in text
+
+
+def test_an_update_without_reading_fails_where_it_would_be_wrong() -> None:
+    """Goal 3 of issue 17: the update that reads nothing first. Each of its guesses makes the
+    whole transaction fail where it does not hold, and the caller then reads the state: the
+    forward chain is refilled (fails when it is gone), a map element is first added as the
+    guest's own (fails when another guest's holds the address, A6)."""
+    web = slides_ruleset().guests[1]
+    assert web.name == "web"
+    text = render_nft_update(None, [web], [])
+    lines = text.splitlines()
+    assert lines[1] == "flush chain inet vstools forward"
+    own = lines.index("add element inet vstools fw_in { 198.51.100.10 : jump in_web }")
+    assert lines[own + 1] == "delete element inet vstools fw_in { 198.51.100.10 }"
+    assert lines[own + 2].startswith("add element inet vstools fw_in { 198.51.100.10 comment")
+    gone = render_nft_update(None, [], [web])
+    assert "add element inet vstools fw_out { 198.51.100.10 : jump out_web }" in gone
+    assert gone.index("add chain inet vstools out_web") < gone.index("jump out_web")

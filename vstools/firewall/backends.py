@@ -5,26 +5,26 @@ leaves the previous rules in force: the kernel applies each whole or not at all.
 from __future__ import annotations
 
 import json
+import logging
 import re
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from vstools.firewall.model import GuestFirewall, Ruleset, Way
 from vstools.firewall.render import (
-    IPT_FORWARD,
-    IPT_HOOKS,
     TABLE,
     _element_value,
     chain_name,
-    ipt_chain,
     parse_nft_state,
-    render_iptables,
     render_nft,
     render_nft_refresh,
     render_nft_update,
 )
+from vstools.firewall.render_ipt import IPT_FORWARD, IPT_HOOKS, ipt_chain, render_iptables
 from vstools.host.nftlib import NftContext
 from vstools.host.run import run
+
+log = logging.getLogger("vstools.firewall")
 
 
 class Backend(Protocol):
@@ -141,10 +141,19 @@ class Nftables:
         refresh: bool = False,
     ) -> str:
         """Load the ``transaction`` (one kernel transaction: all or nothing) and forget what
-        ``status`` read; returns the text loaded."""
+        ``status`` read; returns the text loaded. An update first tries the text that needs no
+        reading (``render_nft_update`` without state: the cost of an update is otherwise in the
+        listings, which dump every rule or element of the table); when the kernel refuses it,
+        nothing of it applied, and the exact transaction is read and loaded instead."""
         nft = NftContext(json=True)
-        text = self._transaction(nft, full, put, remove, refresh=refresh)
         self._seen = None
+        if not refresh:
+            text = render_nft_update(None, put, remove)
+            ok, _, errors = nft.run(text, check=False)
+            if ok:
+                return text
+            log.debug("firewall: the update without reading does not apply here (%s)", errors)
+        text = self._transaction(nft, full, put, remove, refresh=refresh)
         nft.run(text)
         return text
 

@@ -1,6 +1,6 @@
-"""Backends' text: the ruleset model rendered as one ``nft -f`` transaction (the whole table,
-or one guest's part of it) and as an ``iptables-restore --noflush`` file. Pure: what is loaded,
-and how, is vstools.firewall's business.
+"""The nftables backend's text: the ruleset model rendered as one ``nft -f`` transaction (the
+whole table, a refresh of it in place, or one guest's part of it); the iptables rendering is
+vstools.firewall.render_ipt. Pure: what is loaded, and how, is vstools.firewall's business.
 
 nftables layout (table ``inet vstools``, owned by the toolkit):
 
@@ -368,11 +368,23 @@ def parse_nft_state(text: str) -> NftState:
 
 
 def render_nft_update(
-    state: NftState, put: Iterable[GuestFirewall], remove: Iterable[GuestFirewall] = ()
+    state: NftState | None, put: Iterable[GuestFirewall], remove: Iterable[GuestFirewall] = ()
 ) -> str:
     """One transaction that brings the named guests to their model (``put``) or takes them
-    out (``remove``), leaving every other guest's rules untouched."""
+    out (``remove``), leaving every other guest's rules untouched.
+
+    With ``state`` None (nothing read: the fast path) the text is valid only on a table of
+    this layout where each changed address is the changed guest's own or nobody's, and fails
+    as a whole otherwise: the forward chain is flushed and refilled (it fails when the chain is
+    gone), a map element is first added as the guest's own (it fails when another guest's
+    element holds the address, catalogue A6; a differing comment is not a difference to the
+    kernel), then deleted and added with its digest. The caller then reads ``state`` and
+    renders the exact transaction."""
     lines = ["# vs-tools firewall: update of " + ", ".join(sorted(g.name for g in put))]
+    if state is None:
+        forward = next(rules for name, _, rules in BASE_CHAINS if name == "forward")
+        lines.append(f"flush chain {TABLE} forward")
+        lines += [f"add rule {TABLE} forward {rule}" for rule in forward]
     for guest in remove:
         lines += _nft_remove(state, guest, keep_membership=False)
     for guest in put:
@@ -385,29 +397,43 @@ def render_nft_update(
         if not guest.enabled:
             lines += _nft_remove(state, guest, keep_membership=True)
             continue
-        for way, current in ((Way.IN, state.fw_in), (Way.OUT, state.fw_out)):
+        for way in (Way.IN, Way.OUT):
             chain = chain_name(guest.name, way)
             lines += [f"add chain {TABLE} {chain}", f"flush chain {TABLE} {chain}"]
             lines += [f"add rule {TABLE} {chain} {rule}" for rule in guest_chain_rules(guest, way)]
             # The element is replaced, not only added: its comment carries the chain's digest.
             key = f"fw_{way}"
-            if str(guest.ip) in current:
+            if state is None:
+                lines.append(f"add element {TABLE} {key} {{ {guest.ip} : jump {chain} }}")
+            if state is None or str(guest.ip) in (state.fw_in if way is Way.IN else state.fw_out):
                 lines.append(f"delete element {TABLE} {key} {{ {guest.ip} }}")
             lines.append(f"add element {TABLE} {key} {{ {_dispatch_element(guest, way)} }}")
     return "\n".join(lines) + "\n"
 
 
-def _nft_remove(state: NftState, guest: GuestFirewall, *, keep_membership: bool) -> list[str]:
+def _nft_remove(
+    state: NftState | None, guest: GuestFirewall, *, keep_membership: bool
+) -> list[str]:
     """Take a guest's chains (and membership) out. Only the maps need ``state``: a chain or a
     set element is first added then deleted, which is valid whether it was there or not, so
     an update never needs to list the whole table (that costs 0.4 s with 1000 guests)."""
     lines: list[str] = []
     ip = str(guest.ip)
     # A verdict-map element is removed only if it leads to this guest's own chain: another
-    # guest's entry for the same address is never taken away (catalogue A6).
+    # guest's entry for the same address is never taken away (catalogue A6). Without
+    # ``state`` the element is added as the guest's own first, which fails when it is not.
     others = False
-    for way, current in ((Way.IN, state.fw_in), (Way.OUT, state.fw_out)):
-        if current.get(ip) == chain_name(guest.name, way):
+    for way in (Way.IN, Way.OUT):
+        chain = chain_name(guest.name, way)
+        if state is None:
+            lines += [
+                f"add chain {TABLE} {chain}",
+                f"add element {TABLE} fw_{way} {{ {guest.ip} : jump {chain} }}",
+                f"delete element {TABLE} fw_{way} {{ {guest.ip} }}",
+            ]
+            continue
+        current = state.fw_in if way is Way.IN else state.fw_out
+        if current.get(ip) == chain:
             lines.append(f"delete element {TABLE} fw_{way} {{ {guest.ip} }}")
         elif ip in current:
             others = True
@@ -435,163 +461,3 @@ def _nft_remove(state: NftState, guest: GuestFirewall, *, keep_membership: bool)
                 f"delete element {TABLE} {name} {{ {key} }}",
             ]
     return lines
-
-
-# -- iptables ----------------------------------------------------------------------------------
-
-IPT_FORWARD, IPT_INPUT, IPT_OUTPUT = "VSTOOLS-FWD", "VSTOOLS-IN", "VSTOOLS-OUT"
-IPT_HOOKS = (("FORWARD", IPT_FORWARD), ("INPUT", IPT_INPUT), ("OUTPUT", IPT_OUTPUT))
-IPT_LOG_PREFIX_MAX = 28
-
-
-@dataclass(frozen=True, slots=True)
-class IptRule:
-    """One iptables rule, structured so that iptables-restore text and python-iptables are
-    two renderings of the same thing."""
-
-    chain: str
-    target: str
-    src: str | None = None  # "a,b" lists, "!a" negation
-    dst: str | None = None
-    in_if: str | None = None
-    out_if: str | None = None
-    proto: str | None = None
-    sport: str | None = None
-    dport: str | None = None
-    icmp_type: str | None = None
-    ctstate: str | None = None
-    comment: str | None = None
-    target_args: tuple[tuple[str, str], ...] = ()
-
-    def args(self) -> list[str]:
-        """The rule's iptables arguments after ``-A CHAIN``: its matches, ``-j TARGET`` and the
-        target's options."""
-        out: list[str] = []
-        for flag, value in (("-i", self.in_if), ("-o", self.out_if), ("-s", self.src)):
-            out += _neg_flag(flag, value)
-        out += _neg_flag("-d", self.dst)
-        if self.proto:
-            out += ["-p", self.proto]
-        if self.sport:
-            out += ["--sport", self.sport]
-        if self.dport:
-            out += ["--dport", self.dport]
-        if self.icmp_type:
-            out += ["--icmp-type", self.icmp_type]
-        if self.ctstate:
-            out += ["-m", "conntrack", "--ctstate", self.ctstate]
-        if self.comment:
-            out += ["-m", "comment", "--comment", f'"{self.comment}"']
-        out += ["-j", self.target]
-        for option, value in self.target_args:
-            out += [option, value]
-        return out
-
-
-def _neg_flag(flag: str, value: str | None) -> list[str]:
-    if value is None:
-        return []
-    if value.startswith("!"):
-        return ["!", flag, value[1:]]
-    return [flag, value]
-
-
-def ipt_chain(guest: GuestFirewall, way: Way) -> str:
-    """The iptables chain of a guest's rules one way: the name of its veth's host end + ``-in``
-    or ``-out``."""
-    return f"{guest.ifname}-{way}"
-
-
-def _ipt_ports(ports: PortRange | None) -> str | None:
-    if ports is None:
-        return None
-    return str(ports.low) if ports.low == ports.high else f"{ports.low}:{ports.high}"
-
-
-def _ipt_guest_rules(guest: GuestFirewall, way: Way) -> list[IptRule]:
-    chain = ipt_chain(guest, way)
-    ip = str(guest.ip)
-    rules = [
-        IptRule(chain, "RETURN", ctstate="RELATED,ESTABLISHED"),
-        IptRule(chain, "DROP", ctstate="INVALID"),
-        IptRule(chain, "RETURN", src=ip, dst=ip),
-        IptRule(chain, "RETURN", proto="icmp", icmp_type="echo-request"),
-    ]
-    for rule in guest.chain(way):
-        match = rule.match
-        peers = ",".join(str(p) for p in match.peers) or None
-        proto = None if match.proto is None else str(match.proto)
-        target, args = "RETURN", tuple[tuple[str, str], ...]()
-        if rule.verdict is Verdict.REJECT:
-            target = "REJECT"
-            args = (("--reject-with", "tcp-reset"),) if match.proto is Proto.TCP else ()
-        rules.append(
-            IptRule(
-                chain,
-                target,
-                src=peers if way is Way.IN else None,
-                dst=peers if way is Way.OUT else None,
-                proto=proto,
-                sport=_ipt_ports(match.sport),
-                dport=_ipt_ports(match.dport),
-                icmp_type=None if match.icmp_type is None else str(match.icmp_type),
-                comment=f"{guest.name} line {rule.source.line}",
-                target_args=args,
-            )
-        )
-    if guest.log:
-        prefix = f"vs-fw {guest.name} {way}: "[:IPT_LOG_PREFIX_MAX]
-        rules.append(IptRule(chain, "LOG", target_args=(("--log-prefix", f'"{prefix}"'),)))
-    rules += [
-        IptRule(chain, "REJECT", proto="tcp", target_args=(("--reject-with", "tcp-reset"),)),
-        IptRule(chain, "REJECT"),
-    ]
-    return rules
-
-
-def iptables_rules(ruleset: Ruleset) -> tuple[list[str], list[IptRule]]:
-    """Our chains (base chains first) and their rules, in order."""
-    chains = [IPT_FORWARD, IPT_INPUT, IPT_OUTPUT]
-    rules: list[IptRule] = []
-    for guest in ruleset.guests:
-        ip = str(guest.ip)
-        rules += [
-            IptRule(IPT_FORWARD, "DROP", in_if=guest.ifname, src="!" + ip),
-            IptRule(IPT_FORWARD, "DROP", in_if="!" + guest.ifname, src=ip),
-            IptRule(IPT_INPUT, "DROP", in_if=guest.ifname),
-            IptRule(IPT_OUTPUT, "ACCEPT", out_if=guest.ifname, ctstate="RELATED"),
-            IptRule(IPT_OUTPUT, "DROP", out_if=guest.ifname),
-        ]
-    for guest in ruleset.guests:
-        if not guest.enabled:
-            continue
-        ip = str(guest.ip)
-        rules += [
-            IptRule(IPT_FORWARD, ipt_chain(guest, Way.OUT), src=ip),
-            IptRule(IPT_FORWARD, ipt_chain(guest, Way.IN), dst=ip),
-        ]
-    for guest in ruleset.guests:
-        if guest.enabled:
-            for way in (Way.IN, Way.OUT):
-                chains.append(ipt_chain(guest, way))
-                rules += _ipt_guest_rules(guest, way)
-    return chains, rules
-
-
-def render_iptables(
-    ruleset: Ruleset, stale_chains: Iterable[str] = (), missing_hooks: Iterable[str] = ()
-) -> str:
-    """An ``iptables-restore --noflush`` file: declaring a chain flushes it, so our chains are
-    replaced in one commit while the host's own rules stay; ``stale_chains`` (guests no longer
-    filtered) are flushed and deleted; ``missing_hooks`` get their jump from the built-in
-    chain."""
-    chains, rules = iptables_rules(ruleset)
-    stale = sorted(set(stale_chains) - set(chains))
-    lines = ["# vs-tools firewall (iptables-restore --noflush)", "*filter"]
-    lines += [f":{chain} - [0:0]" for chain in [*chains, *stale]]
-    lines += [f"-X {chain}" for chain in stale]
-    hooks = dict(IPT_HOOKS)
-    lines += [f"-I {builtin} 1 -j {hooks[builtin]}" for builtin in missing_hooks]
-    lines += [" ".join(["-A", rule.chain, *rule.args()]) for rule in rules]
-    lines.append("COMMIT")
-    return "\n".join(lines) + "\n"
