@@ -118,9 +118,11 @@ def row(label: str, seconds: float, base: float | None) -> str:
     return f"  {label:<44}{seconds * 1e3:>11.1f}{ratio}"
 
 
-def load_nft(full: Ruleset, refresh: bool) -> None:
-    """Render (reading what is loaded first) and load, as vs-net does (``Firewall.load_all``)."""
-    Nftables().apply(lambda: full, full.guests, [], refresh=refresh)
+def load_nft(full: Ruleset) -> None:
+    """Read what is loaded, render and load the whole ruleset, as ``vs-net --all --fw up``
+    does (``Firewall.load_all``): in a namespace without the table, the first load; with it,
+    the refresh in place."""
+    Nftables().apply(lambda: full, full.guests, [], refresh=True)
 
 
 def constant(value: Ruleset) -> Callable[[], Ruleset]:
@@ -143,8 +145,8 @@ def loads(rounds: int, counts: tuple[int, ...]) -> None:
             for step in ("nft", "restore") if index % 2 == 0 else ("restore", "nft"):
                 with netns(f"vstbench-{os.getpid()}-{count}-{step}{index}"):
                     if step == "nft":
-                        first.append(clock(load_nft, full, False))
-                        refresh.append(clock(load_nft, full, True))
+                        first.append(clock(load_nft, full))
+                        refresh.append(clock(load_nft, full))
                     else:
                         text = render_iptables(full, missing_hooks=["FORWARD", "INPUT", "OUTPUT"])
                         restore.append(clock(sh, ["iptables-restore", "--noflush"], text))

@@ -25,6 +25,9 @@ from vstools.host.nftlib import NftContext
 from vstools.host.run import run
 
 log = logging.getLogger("vstools.firewall")
+# Up to this many guests changed, an update first tries the transaction that reads nothing:
+# its text grows with the guests it names, and nft parses all of it before it can fail.
+UNREAD_UPDATE_MAX = 8
 
 
 class Backend(Protocol):
@@ -147,7 +150,7 @@ class Nftables:
         nothing of it applied, and the exact transaction is read and loaded instead."""
         nft = NftContext(json=True)
         self._seen = None
-        if not refresh:
+        if not refresh and len(put) + len(remove) <= UNREAD_UPDATE_MAX:
             text = render_nft_update(None, put, remove)
             ok, _, errors = nft.run(text, check=False)
             if ok:
