@@ -22,6 +22,7 @@ nftables layout (table ``inet vstools``, owned by the toolkit):
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections.abc import Iterable
@@ -53,7 +54,9 @@ def _nft_addresses(peers: tuple[IPv4Network, ...]) -> str:
     return items[0] if len(items) == 1 else "{ " + ", ".join(items) + " }"
 
 
-def _nft_match(way: Way, match: Match) -> list[str]:
+# Guests made from one template share their rules: each distinct match is rendered once.
+@functools.lru_cache(maxsize=4096)
+def _nft_match(way: Way, match: Match) -> tuple[str, ...]:
     parts: list[str] = []
     if match.peers:
         parts.append(f"ip {'saddr' if way is Way.IN else 'daddr'} {_nft_addresses(match.peers)}")
@@ -68,7 +71,7 @@ def _nft_match(way: Way, match: Match) -> list[str]:
         parts.append(
             "meta l4proto icmp" if match.icmp_type is None else f"icmp type {match.icmp_type}"
         )
-    return parts
+    return tuple(parts)
 
 
 def _comment(guest: GuestFirewall, rule: CompiledRule) -> str:
@@ -76,7 +79,7 @@ def _comment(guest: GuestFirewall, rule: CompiledRule) -> str:
 
 
 def _nft_rule(guest: GuestFirewall, way: Way, rule: CompiledRule) -> str:
-    parts = _nft_match(way, rule.match)
+    parts = list(_nft_match(way, rule.match))
     if rule.verdict is Verdict.ACCEPT:
         parts.append("return")
     elif rule.match.proto is Proto.TCP:
@@ -125,16 +128,40 @@ def chain_digest(guest: GuestFirewall, way: Way) -> str:
     rule of the table. (Not as the chain's own comment: the kernel cannot change that without
     deleting the chain, and a chain deleted and made anew in one transaction lets packets
     through while the kernel commits it, catalogue F14.)"""
-    rules = "\n".join(guest_chain_rules(guest, way))
-    return hashlib.sha256(rules.encode()).hexdigest()[:16]
+    return _digest(guest_chain_rules(guest, way))
+
+
+def _digest(rules: list[str]) -> str:
+    return hashlib.sha256("\n".join(rules).encode()).hexdigest()[:16]
 
 
 DIGEST_PREFIX = "vst:"
 
 
-def _dispatch_element(guest: GuestFirewall, way: Way) -> str:
+@dataclass(frozen=True, slots=True)
+class _Chain:
+    """A guest chain as rendered: its rules and their digest."""
+
+    guest: GuestFirewall
+    way: Way
+    rules: list[str]
+    digest: str
+
+
+def _guest_chains(ruleset: Ruleset) -> dict[str, _Chain]:
+    """Every filtered guest's chains by name, each rendered once per load."""
+    chains = {}
+    for guest in ruleset.guests:
+        if guest.enabled:
+            for way in (Way.IN, Way.OUT):
+                rules = guest_chain_rules(guest, way)
+                chains[chain_name(guest.name, way)] = _Chain(guest, way, rules, _digest(rules))
+    return chains
+
+
+def _dispatch_element(guest: GuestFirewall, way: Way, digest: str | None = None) -> str:
     """The guest's element in ``fw_in``/``fw_out``, with its chain's digest as comment."""
-    digest = chain_digest(guest, way)
+    digest = digest or chain_digest(guest, way)
     return f'{guest.ip} comment "{DIGEST_PREFIX}{digest}" : jump {chain_name(guest.name, way)}'
 
 
@@ -152,7 +179,9 @@ def _self_key(guest: GuestFirewall) -> str:
 
 
 # Sets and maps: (kind, name, type, elements of a ruleset).
-def _collections(ruleset: Ruleset) -> list[tuple[str, str, str, list[str]]]:
+def _collections(
+    ruleset: Ruleset, chains: dict[str, _Chain]
+) -> list[tuple[str, str, str, list[str]]]:
     enabled = [g for g in ruleset.guests if g.enabled]
     return [
         ("set", "guest_ifs", "ifname", [f'"{g.ifname}"' for g in ruleset.guests]),
@@ -165,7 +194,10 @@ def _collections(ruleset: Ruleset) -> list[tuple[str, str, str, list[str]]]:
                 "map",
                 f"fw_{way}",
                 "ipv4_addr : verdict",
-                [_dispatch_element(g, way) for g in enabled],
+                [
+                    _dispatch_element(g, way, chains[chain_name(g.name, way)].digest)
+                    for g in enabled
+                ],
             )
             for way in (Way.IN, Way.OUT)
         ),
@@ -241,16 +273,14 @@ def render_nft(ruleset: Ruleset) -> str:
     lists a plan; a loaded table is refreshed in place instead (``render_nft_refresh``):
     deleting base chains that are hooked lets packets through while the hooks change."""
     lines = [_header(ruleset), f"add table {TABLE}", f"delete table {TABLE}", f"table {TABLE} {{"]
-    for kind, name, type_, elements in _collections(ruleset):
+    chains = _guest_chains(ruleset)
+    for kind, name, type_, elements in _collections(ruleset, chains):
         lines.append(f"\t{kind} {name} {{ type {type_};{_elements(elements)} }}")
     for name, hook, rules in BASE_CHAINS:
         lines += [f"\tchain {name} {{", f"\t\t{hook}", *(f"\t\t{r}" for r in rules), "\t}"]
     lines += [f"\tchain {REJECT_REST} {{", *(f"\t\t{r}" for r in REJECT_REST_RULES), "\t}"]
-    for guest in (g for g in ruleset.guests if g.enabled):
-        for way in (Way.IN, Way.OUT):
-            lines.append(f"\tchain {chain_name(guest.name, way)} {{")
-            lines += [f"\t\t{rule}" for rule in guest_chain_rules(guest, way)]
-            lines.append("\t}")
+    for name, chain in chains.items():
+        lines += [f"\tchain {name} {{", *(f"\t\t{rule}" for rule in chain.rules), "\t}"]
     lines.append("}")
     return "\n".join(lines) + "\n"
 
@@ -263,27 +293,23 @@ def render_nft_refresh(state: NftState, ruleset: Ruleset) -> str:
     guests no longer filtered are deleted. So a refresh of an unchanged table writes no guest
     rule, and reading what is loaded never lists a rule."""
     lines = [_header(ruleset) + " (refresh in place)", f"add table {TABLE}"]
+    wanted = _guest_chains(ruleset)
+    collections = _collections(ruleset, wanted)
     # Flushing the maps first drops their jumps, so chains no longer wanted may be deleted.
-    for kind, name, type_, _ in _collections(ruleset):
+    for kind, name, type_, _ in collections:
         lines += [f"add {kind} {TABLE} {name} {{ type {type_}; }}", f"flush {kind} {TABLE} {name}"]
     for name, hook, _ in BASE_CHAINS:
         lines += [f"add chain {TABLE} {name} {{ {hook} }}", f"flush chain {TABLE} {name}"]
     lines += [f"add chain {TABLE} {REJECT_REST}", f"flush chain {TABLE} {REJECT_REST}"]
     lines += [f"add rule {TABLE} {REJECT_REST} {rule}" for rule in REJECT_REST_RULES]
-    wanted = {
-        chain_name(g.name, way): (g, way)
-        for g in ruleset.guests
-        if g.enabled
-        for way in (Way.IN, Way.OUT)
-    }
-    for chain in sorted(state.chains - set(wanted) - NftState.BASE - {REJECT_REST}):
-        lines += [f"flush chain {TABLE} {chain}", f"delete chain {TABLE} {chain}"]
-    for chain, (guest, way) in wanted.items():
-        if chain in state.chains and state.digests.get(chain) == chain_digest(guest, way):
+    for name in sorted(state.chains - set(wanted) - NftState.BASE - {REJECT_REST}):
+        lines += [f"flush chain {TABLE} {name}", f"delete chain {TABLE} {name}"]
+    for name, chain in wanted.items():
+        if name in state.chains and state.digests.get(name) == chain.digest:
             continue  # loaded with exactly these rules
-        lines += [f"add chain {TABLE} {chain}", f"flush chain {TABLE} {chain}"]
-        lines += [f"add rule {TABLE} {chain} {rule}" for rule in guest_chain_rules(guest, way)]
-    for _kind, name, _, elements in _collections(ruleset):
+        lines += [f"add chain {TABLE} {name}", f"flush chain {TABLE} {name}"]
+        lines += [f"add rule {TABLE} {name} {rule}" for rule in chain.rules]
+    for _kind, name, _, elements in collections:
         if elements:
             lines.append(f"add element {TABLE} {name} {{ {', '.join(elements)} }}")
     for name, _, rules in BASE_CHAINS:
