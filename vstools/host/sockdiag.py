@@ -97,3 +97,31 @@ def tcp_listening(pid: int) -> set[str]:
     namespace cannot be entered or asked."""
     with _socket_in(pid) as sock:
         return _dump(sock, socket.AF_INET) | _dump(sock, socket.AF_INET6)
+
+
+class ListeningTcp:
+    """``tcp_listening`` for one guest, check after check: its socket is kept (one descriptor
+    per guest) and made anew only when the process's network namespace is another one (the
+    guest restarted). Entering the namespace costs more than asking it."""
+
+    def __init__(self) -> None:
+        self._namespace: tuple[int, int] | None = None
+        self._sock: socket.socket | None = None
+
+    def __call__(self, pid: int) -> set[str]:
+        # The socket holds its namespace: while it is open, no other one can get its inode.
+        namespace = (pid, os.stat(f"/proc/{pid}/ns/net").st_ino)
+        if self._sock is None or namespace != self._namespace:
+            self.close()
+            self._sock, self._namespace = _socket_in(pid), namespace
+        try:
+            return _dump(self._sock, socket.AF_INET) | _dump(self._sock, socket.AF_INET6)
+        except OSError:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Close the kept socket (the next call makes one)."""
+        if self._sock is not None:
+            self._sock.close()
+        self._sock, self._namespace = None, None

@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import math
 import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -151,11 +152,17 @@ def _inet(proto: str, local: str) -> str:
     return f"{proto} {_ipv4(addr)}:{int(port, 16)}"
 
 
-def listening_sockets(pid: int, ignore: str | None = None, proc: str = "/proc") -> set[str]:
+def listening_sockets(
+    pid: int,
+    ignore: str | None = None,
+    proc: str = "/proc",
+    tcp: Callable[[int], set[str]] = tcp_listening,
+) -> set[str]:
     """The listening sockets of the network namespace of ``pid`` (the guest's init), read from
     its own /proc/PID/net tables (TCP from a sock_diag dump in its namespace when ``proc`` is
     the real /proc), as text: ``tcp 0.0.0.0:22``, ``tcp6 [::]:80``, ``udp 0.0.0.0:53``,
-    ``unix /run/x.sock`` (``unix @name`` for abstract ones). Sockets
+    ``unix /run/x.sock`` (``unix @name`` for abstract ones); ``tcp`` reads the TCP ones (a
+    ``ListeningTcp`` keeps its socket between checks). Sockets
     matching the regular expression ``ignore`` (SOCKETS_FILTER, searched) are left out."""
     found: set[str] = set()
     protos = ["tcp", "tcp6", "udp", "udp6"]
@@ -163,7 +170,7 @@ def listening_sockets(pid: int, ignore: str | None = None, proc: str = "/proc") 
         # The kernel walks its whole TCP hash table to print /proc/PID/net/tcp (3.5 ms of
         # CPU per file here); sock_diag lists the LISTEN sockets alone (vstools.host.sockdiag).
         with contextlib.suppress(OSError):
-            found |= tcp_listening(pid)
+            found |= tcp(pid)
             protos = ["udp", "udp6"]
     for proto in protos:
         try:
