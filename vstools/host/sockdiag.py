@@ -39,7 +39,7 @@ def _socket_in(pid: int) -> socket.socket:
     made: list[socket.socket] = []
     failed: list[OSError] = []
 
-    def enter() -> None:
+    def _enter() -> None:
         try:
             fd = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
             try:
@@ -50,7 +50,7 @@ def _socket_in(pid: int) -> socket.socket:
         except OSError as exc:
             failed.append(exc)
 
-    thread = threading.Thread(target=enter, name=f"sockdiag-{pid}")
+    thread = threading.Thread(target=_enter, name=f"sockdiag-{pid}")
     thread.start()
     thread.join()
     if failed:
