@@ -34,6 +34,7 @@ PURE_MODULES = (
     "vstools.net.plan",
     "vstools.firewall.model",
     "vstools.firewall.render",
+    "vstools.firewall.render_ipt",
     "vstools.monitor.alerts",
 )
 # In-house imports go to the top of a module; inside a function only where a command must not pay
@@ -52,7 +53,7 @@ LAZY_IN_HOUSE = {
 # One door each (STYLE.md "What that means here" §3): who may import these modules.
 DOORS = {
     "subprocess": {"vstools.host.run"},
-    "ctypes": {"vstools.host.rootfs", "vstools.host.syscalls"},
+    "ctypes": {"vstools.host.rootfs", "vstools.host.syscalls", "vstools.host.nftlib"},
     "pyroute2": {"vstools.host.netlink"},
     "smtplib": {"vstools.host.mail"},
     "sh": {"vstools.host.ssh"},
