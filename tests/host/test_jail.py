@@ -14,6 +14,7 @@ import pytest
 from vstools.config.settings import Settings
 from vstools.errors import NotFoundError, UsageError
 from vstools.host.hostconfig import HostConfig
+from vstools.host.jail import check_data_dir
 from vstools.host.rsync_server import serve
 from vstools.paths import Paths
 
@@ -88,6 +89,7 @@ def _host(tmp_path: Path) -> HostConfig:
     [
         ["--server", "--sender", "-logDtpre.iLsfxCIvu", ".", "relative/"],
         ["--server", "--sender", "-logDtpre.iLsfxCIvu", ".", "/"],
+        ["--server", "--sender", "-logDtpre.iLsfxCIvu", ".", "//"],
         ["--server", "--sender", "-logDtpre.iLsfxCIvu", ".", "/tmp/../etc/"],
         ["--server", "-logDtpre.iLsfxCIvu", "--log-file=/etc/x", ".", "/tmp/"],
         ["--server", "-s", "-logDtpre.iLsfxCIvu", ".", "/tmp/"],
@@ -102,10 +104,13 @@ def test_the_masters_copies_ask_for_an_rsync_server_and_a_plain_directory(
         serve(_host(tmp_path), asked)
 
 
-def test_a_directory_reached_through_a_symlink_is_refused(tmp_path: Path) -> None:
+def test_a_directory_is_resolved_and_the_hosts_root_refused(tmp_path: Path) -> None:
+    """ROOT_DIR may be a symlink an administrator made (another disk): resolved, never to /."""
     (tmp_path / "real").mkdir()
     (tmp_path / "link").symlink_to(tmp_path / "real")
-    with pytest.raises(UsageError, match="through a symlink"):
-        serve(_host(tmp_path), ["--server", "--sender", "-logDtpr", ".", f"{tmp_path}/link/"])
+    (tmp_path / "top").symlink_to("/")
+    assert check_data_dir(f"{tmp_path}/link/") == tmp_path / "real"
+    with pytest.raises(UsageError, match="host's root"):
+        serve(_host(tmp_path), ["--server", "--sender", "-logDtpr", ".", f"{tmp_path}/top/"])
     with pytest.raises(NotFoundError, match="no directory"):
         serve(_host(tmp_path), ["--server", "-logDtpr", ".", f"{tmp_path}/missing/"])

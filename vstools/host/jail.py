@@ -57,13 +57,14 @@ DATA = "/data"
 
 
 def check_data_dir(path: str) -> Path:
-    """``path`` as a jail's data directory: absolute, normal, a directory, and with no symlink
-    on the way (the host's own path to a guest's files, never one the guest could shape)."""
-    if not path.startswith("/") or os.path.normpath(path) != path.rstrip("/") or path == "/":
+    """``path`` as a jail's data directory: absolute and normal (no ``..``), resolved (the
+    host's own path to a guest's files, such as ROOT_DIR/NAME, may go through a symlink the
+    administrator made: ROOT_DIR on another disk), a directory, and not the host's root."""
+    if not path.startswith("/") or os.path.normpath(path) != path.rstrip("/"):
         raise UsageError(f"refused: {path!r} (an absolute, normal path to a directory)")
     real = os.path.realpath(path)
-    if real != path.rstrip("/"):
-        raise UsageError(f"refused: {path!r} goes through a symlink (to {real})")
+    if real == "/":
+        raise UsageError(f"refused: {path!r} is the host's root")
     if not os.path.isdir(real):
         raise NotFoundError(f"no directory {path}")
     return Path(real)
