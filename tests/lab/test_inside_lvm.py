@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.guests import Host
+from vstools.backup.slave import stopped_view
 from vstools.config.create import CreateConf, StorageKind
 from vstools.config.networks import parse_networks
 from vstools.errors import HostError
@@ -223,3 +224,21 @@ def test_vs_snapshot_on_lvm_create_list_revert_delete(lvm_host: Host, vg: str) -
     assert _lvs(vg) == ["web"]  # merged: LVM consumes the snapshot
     assert host.run("vs-snapshot", "--name", "web").stdout == ""
     host.run("vs-control", "--name", "web", "--stop")
+
+
+def test_a_stopped_lvm_guest_is_read_from_a_snapshot(lvm_host: Host, vg: str) -> None:
+    """A stopped guest's volume is not mounted (its mount point is empty): what reads its files
+    (vs-backup's still image, vs-get) reads a read-only snapshot, removed afterwards."""
+    host = lvm_host
+    host.run("vs-create", "--name", "web", "--interface", "198.51.100.10", "--disk", "32")
+    host.guests.append("web")
+    host.run("vs-control", "--name", "web", "--start")
+    host.exec("web", "sh", "-c", "echo kept > /root/note")
+    host.run("vs-control", "--name", "web", "--stop")
+    assert not is_mount_point(host.rootfs("web")) and not (host.rootfs("web") / "root").exists()
+    storage = storage_for(resolve_paths(host.env), StorageKind.LVM, lvm_vg=vg)
+    with stopped_view(storage, "web") as view:
+        assert is_mount_point(view) and (view / "root" / "note").read_text() == "kept\n"
+        with pytest.raises(OSError, match="Read-only file system"):
+            (view / "root" / "note").write_text("x")
+    assert _lvs(vg) == ["web"] and not is_mount_point(host.rootfs("web"))

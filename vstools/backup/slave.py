@@ -42,6 +42,7 @@ from vstools.host.hostconfig import HostConfig
 from vstools.host.journal import log
 from vstools.host.run import run
 from vstools.host.ssh import SshOptions, ssh_option_args
+from vstools.plan import apply_steps
 from vstools.storage.base import Snapshot, Storage
 from vstools.storage.select import guest_storage
 
@@ -160,7 +161,8 @@ def still_image(
     it was held; the guest put back as it was when the block ends, whatever happened in it."""
     taken = Taken(Created("", 0, 0, 0, 0, 0.0), "offline")
     if not is_active(host, name):
-        yield storage.root(name), taken
+        with stopped_view(storage, name) as view:
+            yield view, taken
         return
     if mode is BackupMode.COLD:
         taken.how = "stopped"
@@ -168,7 +170,8 @@ def still_image(
         stop_guest(host, name)
         held = time.monotonic()
         try:
-            yield storage.root(name), taken
+            with stopped_view(storage, name) as view:
+                yield view, taken
         finally:
             taken.held_s = time.monotonic() - held
             _start_again(host, name)
@@ -194,11 +197,30 @@ def still_image(
         storage.remove_snapshot(snapshot)
 
 
-def _fresh_snapshot(storage: Storage, name: str) -> Snapshot:
+@contextlib.contextmanager
+def stopped_view(storage: Storage, name: str) -> Iterator[Path]:
+    """Where a stopped guest's files are read: its root in place (dir, btrfs), or on lvm, whose
+    volume is mounted only while the guest runs (its mount point is then empty), a read-only
+    snapshot of the volume, removed afterwards."""
+    if storage.kind is StorageKind.LVM:
+        _drop_stale(storage, name)
+    steps, view, drop = storage.read_view(name, SNAPSHOT_TAG)
+    apply_steps(steps)
+    try:
+        yield view
+    finally:
+        apply_steps(drop)
+
+
+def _drop_stale(storage: Storage, name: str) -> None:
     stale = storage.snapshot_steps(name, SNAPSHOT_TAG)[1]
     if stale.path.exists() or stale.volume:
         with contextlib.suppress(VSError, OSError):
             storage.remove_snapshot(stale)  # what a killed backup left: taken anew
+
+
+def _fresh_snapshot(storage: Storage, name: str) -> Snapshot:
+    _drop_stale(storage, name)
     log.info("step: backup: snapshot %s", name)
     return storage.create_snapshot(name, SNAPSHOT_TAG)
 

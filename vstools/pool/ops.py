@@ -116,7 +116,8 @@ def get_guest(
 ) -> Report:
     """Copy ``name`` (root and configuration) from the slave holding it into the master's
     store. A running guest is read from a read-only snapshot (btrfs, lvm) or, on ``dir``,
-    copied live then frozen for a final pass and the verification."""
+    copied live then frozen for a final pass compared by content; a guest on lvm is read from
+    a snapshot also when stopped."""
     unfinished = inventory.unfinished(name)
     if host is None and unfinished is not None and unfinished.op == "get" and unfinished.source:
         host = unfinished.source  # resume where the killed run read from
@@ -141,7 +142,10 @@ def get_guest(
             if resumed in ("freeze", "final pass", "verify", "commit"):
                 thaw(remote, name)  # a killed run left it frozen
             source = root
-            if facts.get("running") and facts.get("storage") in ("btrfs", "lvm"):
+            # A running guest on btrfs is read from a snapshot; one on lvm always is: its
+            # volume is mounted only while it runs (a stopped one's mount point is empty).
+            storage = facts.get("storage")
+            if storage == "lvm" or (facts.get("running") and storage == "btrfs"):
                 journal.at("snapshot")
                 source = remote.call("snapshot_take", name, SNAPSHOT_TAG)
                 snapshot = report.snapshot = True
