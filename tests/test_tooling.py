@@ -45,6 +45,18 @@ LAZY_IN_HOUSE = {
     ("vstools.cli.vs_fonctions", "vstools.functions"),
     ("vstools.pkg.driver", "vstools.guest.start"),  # only vs-pkg --start-stopped starts guests
     ("vstools.pkg.driver", "vstools.guest.stop"),
+    # A start or stop without a network does not pay for the network and firewall stacks.
+    *(
+        (module, imported)
+        for module in ("vstools.guest.start", "vstools.guest.stop")
+        for imported in (
+            "vstools.firewall.host",
+            "vstools.firewall.model",
+            "vstools.net.plan",
+            "vstools.net.routed",
+            "vstools.plan",
+        )
+    ),
 }
 
 # One door each (STYLE.md "What that means here" §3): who may import these modules.
