@@ -41,6 +41,7 @@ PURE_MODULES = (
 LAZY_IN_HOUSE = {
     ("vstools.cli.vs_control", "vstools.guest.start"),
     ("vstools.cli.vs_control", "vstools.guest.stop"),
+    ("vstools.cli.vs_control", "vstools.guest.batch"),
     ("vstools.cli.vs_monitor", "vstools.monitor.daemon"),
     ("vstools.cli.vs_fonctions", "vstools.functions"),
     ("vstools.pkg.driver", "vstools.guest.start"),  # only vs-pkg --start-stopped starts guests

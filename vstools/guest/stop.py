@@ -23,11 +23,19 @@ from vstools.storage.base import unmount_root
 
 
 def stop_guest(
-    host: HostConfig, name: str, *, timeout_s: float | None = None, dry_run: bool = False
+    host: HostConfig,
+    name: str,
+    *,
+    timeout_s: float | None = None,
+    dry_run: bool = False,
+    kill: bool = False,
 ) -> None:
     """Stop the guest and wait until everything of it is gone; also a guest whose supervisor
-    was killed (A5), whatever its configuration files say (A9)."""
-    if request_stop(host, name, dry_run=dry_run):
+    was killed (A5), whatever its configuration files say (A9). With ``kill`` its processes
+    are killed at once, without the shutdown signal."""
+    if kill:
+        timeout_s = 0.0
+    if request_stop(host, name, dry_run=dry_run, kill=kill):
         wait_stopped(host, name, timeout_s=timeout_s)
         return
     if dry_run:
@@ -39,7 +47,7 @@ def stop_guest(
     run_dir.mkdir(parents=True, exist_ok=True)
     with try_lock(run_dir / "lock") as held:
         if not held:  # a supervisor started meanwhile: it is the one to stop
-            request_stop(host, name)
+            request_stop(host, name, kill=kill)
             wait_stopped(host, name, timeout_s=timeout_s)
             return
         stop_orphan(host, name, cgroup, timeout_s)
