@@ -100,7 +100,8 @@ class Storm:
         ip = ["ip", "-n", self.hostns]
         lan = ["ip", "-n", self.lanns]
         for argv in (
-            [*ip, "link", "add", "up0", "type", "veth", "peer", "name", "lan0", "netns", self.lanns],
+            [*ip, "link", "add", "up0", "type", "veth", "peer", "name", "lan0"],
+            [*ip, "link", "set", "lan0", "netns", self.lanns],
             [*ip, "addr", "add", "198.18.0.2/16", "dev", "up0"],
             [*ip, "link", "set", "up0", "up"],
             [*lan, "addr", "add", "198.18.0.1/16", "dev", "lan0"],
@@ -235,7 +236,9 @@ def main() -> int:
     args = parser.parse_args()
     if not shutil.which("lxc-start"):
         subprocess.run(["./scripts/apt-missing.sh", "lxc"], check=True)
-    version = subprocess.run(["lxc-start", "--version"], capture_output=True, text=True).stdout
+    version = subprocess.run(
+        ["lxc-start", "--version"], capture_output=True, text=True, check=True
+    ).stdout
     print(
         f"boot storm of {args.guests} busybox guests: kernel {os.uname().release}, "
         f"{len(os.sched_getaffinity(0))} CPUs, LXC {version.strip()}"
@@ -246,7 +249,9 @@ def main() -> int:
         for network in (False, True):
             storm.set_network(network)
             times = measure(storm, args.rounds)
-            what = "with network (vs-tools: and a 6-rule firewall each)" if network else "no network"
+            what = "with network (vs-tools: and a 6-rule firewall each)"
+            if not network:
+                what = "no network"
             report(f"{args.guests} guests, {what}", times, args.rounds)
     finally:
         storm.cleanup()
