@@ -9,6 +9,7 @@ from vstools.cli.common import (
     Context,
     add_guest_selection,
     confirm,
+    finish,
     for_each_guest,
     guests_phrase,
     new_parser,
@@ -228,5 +229,9 @@ def handle(ctx: Context) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of vs-control: returns its exit status."""
-    return run_command(build_parser(), handle, argv)
+    """Entry point of vs-control: returns its exit status (as the command itself, without
+    ``argv``, it ends the process with it at once: see ``finish``)."""
+    code = run_command(build_parser(), handle, argv)
+    if argv is None:
+        finish(code)
+    return code

@@ -309,6 +309,7 @@ def libraries_by_soname(sonames: Mapping[str, str]) -> Iterator[None]:
     original = ctypes.util.find_library
 
     def find_library(name: str) -> str | None:
+        """The soname of ``name`` when the loader opens it, else what find_library says."""
         soname = sonames.get(name)
         if soname is not None:
             try:
