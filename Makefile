@@ -45,6 +45,7 @@ BENCH_PACKAGES := systemd-container lxc
 bench: venv
 	@./scripts/apt-missing.sh $(BENCH_PACKAGES)
 	$(PY) -m bench.bench_start
+	$(PY) -m bench.bench_storm
 	$(PY) -m bench.bench_fw
 	$(PY) -m bench.bench_monitor
 	$(PY) -m bench.bench_backup
