@@ -7,8 +7,9 @@ PY := $(VENV)/bin/python
 # Debian packages the toolkit and its tests use (kept in one list so demo and test agree).
 # qemu-system-x86, seabios, ipxe-qemu (virtio-net ROM), dmsetup: the VM lab (tests/lab.py).
 # iputils-arping: vs-create probes a new address on its network.
+# libnftables1: the nftables backend loads rules through it in-process (vstools/host/nftlib.py).
 # tinyproxy: vs-pkg's per-run proxy; apt-utils (apt-ftparchive): its tests' mirror.
-DEB_PACKAGES := python3-venv python3-dev gcc iproute2 nftables iptables busybox-static debootstrap libc6-dev \
+DEB_PACKAGES := python3-venv python3-dev gcc iproute2 nftables libnftables1 iptables busybox-static debootstrap libc6-dev \
 	rsync openssh-server openssh-client systemd procps util-linux uidmap btrfs-progs \
 	zstd munin-node strace qemu-system-x86 seabios ipxe-qemu dmsetup iputils-arping lvm2 \
 	borgbackup bubblewrap python3-aiosmtpd tinyproxy apt-utils
@@ -38,13 +39,14 @@ demo: venv
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH ./scripts/demo.sh
 
 test: venv
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest --durations=30 $(PYTEST_ARGS)
 
 # Benchmarks print figures beside the peer tools (systemd-nspawn, lxc-execute); never asserted.
 BENCH_PACKAGES := systemd-container lxc
 bench: venv
 	@./scripts/apt-missing.sh $(BENCH_PACKAGES)
 	$(PY) -m bench.bench_start
+	$(PY) -m bench.bench_status
 	$(PY) -m bench.bench_storm
 	$(PY) -m bench.bench_fw
 	$(PY) -m bench.bench_monitor

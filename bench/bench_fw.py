@@ -1,13 +1,15 @@
-"""Benchmark (issue 4): firewall loads and guest starts with network, in one run. Run as root:
+"""Benchmark (issues 4 and 17): firewall loads and guest starts with network, in one run. As root:
     .venv/bin/python -m bench.bench_fw [--rounds 5] [--skip-start]
 
 1. Loading the firewall of 10, 100 and 1000 guests with 6 rules each: vs-tools' nftables
-   transaction (first load, and the in-place refresh of a loaded table), one
-   `iptables-restore --noflush` of the same rules, and one `iptables` call per rule (what the
-   original VS-Tools did).
-2. Changing one guest in a 1000-guest ruleset: the nftables update transaction, the
-   iptables-restore backend (it reloads all of the toolkit's chains), and per-rule `iptables`
-   calls for that guest's chains.
+   backend (first load, and the in-place refresh of the loaded table, both as ``vs-net`` does
+   them: through libnftables in this process), one `iptables-restore --noflush` of the same
+   rules, and one `iptables` call per rule (what the original VS-Tools did). The three are
+   measured alternately in each round.
+2. Changing one guest in a 1000-guest ruleset: the backend's update (reading the verdict maps,
+   one transaction), beside the floor of any nft change, `nft -f` of an empty transaction,
+   measured alternately; and the iptables-restore backend (it reloads all of the toolkit's
+   chains), and per-rule `iptables` calls for that guest's chains.
 3. `vs-control --start` of one busybox guest with its network (veth, routes, proxy ARP, rule,
    firewall) and without, and `vs-control --all --start` of 100 guests with network.
 
@@ -33,7 +35,8 @@ from harness.scratch import scratch_env
 from vstools.config.firewall import parse_firewall
 from vstools.firewall.backends import Nftables
 from vstools.firewall.model import Ruleset, compile_guest, no_resolver
-from vstools.firewall.render import parse_nft_state, render_iptables, render_nft, render_nft_refresh
+from vstools.firewall.render import render_nft
+from vstools.firewall.render_ipt import render_iptables
 from vstools.guest.templates import build_busybox_rootfs
 from vstools.host.syscalls import CLONE_NEWNET, setns
 
@@ -115,14 +118,19 @@ def row(label: str, seconds: float, base: float | None) -> str:
     return f"  {label:<44}{seconds * 1e3:>11.1f}{ratio}"
 
 
-def load_nft(render: Callable[[Ruleset], str], full: Ruleset) -> None:
-    """Render (reading the loaded state first when refreshing) and load: what vs-net does."""
-    sh(["nft", "-f", "-"], render(full))
+def load_nft(full: Ruleset) -> None:
+    """Read what is loaded, render and load the whole ruleset, as ``vs-net --all --fw up``
+    does (``Firewall.load_all``): in a namespace without the table, the first load; with it,
+    the refresh in place."""
+    Nftables().apply(lambda: full, full.guests, [], refresh=True)
 
 
-def refresh_text(full: Ruleset) -> str:
-    state = parse_nft_state(sh(["nft", "-j", "list", "table", "inet", "vstools"]))
-    return render_nft_refresh(state, full)
+def constant(value: Ruleset) -> Callable[[], Ruleset]:
+    return lambda: value
+
+
+def spread(values: list[float]) -> str:
+    return f"(min {min(values) * 1e3:.1f}, max {max(values) * 1e3:.1f}, n={len(values)})"
 
 
 def loads(rounds: int, counts: tuple[int, ...]) -> None:
@@ -130,14 +138,18 @@ def loads(rounds: int, counts: tuple[int, ...]) -> None:
     print(f"  {'':<44}{'ms':>11}{'ratio':>8}")
     for count in counts:
         full = ruleset(count)
-        first, refresh, restore = [], [], []
+        first: list[float] = []
+        refresh: list[float] = []
+        restore: list[float] = []
         for index in range(rounds):
-            with netns(f"vstbench-{os.getpid()}-{count}-{index}"):
-                first.append(clock(load_nft, render_nft, full))
-                refresh.append(clock(load_nft, refresh_text, full))
-            with netns(f"vstbench-{os.getpid()}-{count}-r{index}"):
-                text = render_iptables(full, missing_hooks=["FORWARD", "INPUT", "OUTPUT"])
-                restore.append(clock(sh, ["iptables-restore", "--noflush"], text))
+            for step in ("nft", "restore") if index % 2 == 0 else ("restore", "nft"):
+                with netns(f"vstbench-{os.getpid()}-{count}-{step}{index}"):
+                    if step == "nft":
+                        first.append(clock(load_nft, full))
+                        refresh.append(clock(load_nft, full))
+                    else:
+                        text = render_iptables(full, missing_hooks=["FORWARD", "INPUT", "OUTPUT"])
+                        restore.append(clock(sh, ["iptables-restore", "--noflush"], text))
         with netns(f"vstbench-{os.getpid()}-{count}-calls"):
             calls = per_rule_calls(render_iptables(full, missing_hooks=["FORWARD"]))
             per_rule, done = run_calls(calls, budget_s=PER_RULE_BUDGET_S)
@@ -146,9 +158,22 @@ def loads(rounds: int, counts: tuple[int, ...]) -> None:
             f" {count} guests ({sum(len(g.inbound) + len(g.outbound) for g in full.guests)}"
             f" compiled rules, {len(calls)} iptables calls)"
         )
-        print(row("vs-tools nft -f, first load", base, base))
-        print(row("vs-tools nft -f, refresh of the loaded table", statistics.median(refresh), base))
-        print(row("one iptables-restore --noflush", statistics.median(restore), base))
+        print(row("vs-tools nftables, first load", base, base) + "  " + spread(first))
+        print(
+            row("vs-tools nftables, refresh of the loaded table", statistics.median(refresh), base)
+            + "  "
+            + spread(refresh)
+        )
+        print(
+            row("one iptables-restore --noflush", statistics.median(restore), base)
+            + "  "
+            + spread(restore)
+        )
+        print(
+            f"  goals (issue 17): first load / iptables-restore ="
+            f" {base / statistics.median(restore):.2f} (<= 0.5);"
+            f" refresh / first load = {statistics.median(refresh) / base:.2f} (<= 1.0)"
+        )
         if done == len(calls):
             print(row("one iptables call per rule (the original)", per_rule, base))
         else:  # each call reads the whole ruleset: later calls cost more, this is a floor
@@ -167,13 +192,25 @@ def update(rounds: int) -> None:
         no_resolver,
     )
     after = full.replace(changed)
-    nft_times, restore_times = [], []
+    nft_times: list[float] = []
+    empty_times: list[float] = []
+    restore_times: list[float] = []
     with netns(f"vstbench-{os.getpid()}-update"):
         sh(["nft", "-f", "-"], render_nft(full))
         sh(["iptables-restore", "--noflush"], render_iptables(full, missing_hooks=["FORWARD"]))
-        for _ in range(rounds):
-            # What vs-net --fw up / a guest's start does: read the verdict maps, one update.
-            nft_times.append(clock(Nftables().apply, lambda: after, [changed], []))
+        for index in range(rounds):
+            # What vs-net --fw up / a guest's start does: read the verdict maps, one update
+            # (alternately the changed rules and the original ones, so each round changes them).
+            ruleset_now, guest_now = (
+                (after, changed) if index % 2 == 0 else (full, full.guests[500])
+            )
+            for step in ("update", "empty") if index % 2 == 0 else ("empty", "update"):
+                if step == "update":
+                    nft_times.append(
+                        clock(Nftables().apply, constant(ruleset_now), [guest_now], [])
+                    )
+                else:
+                    empty_times.append(clock(sh, ["nft", "-f", "-"], ""))
             restore_times.append(
                 clock(lambda: sh(["iptables-restore", "--noflush"], render_iptables(after)))
             )
@@ -185,8 +222,11 @@ def update(rounds: int) -> None:
         ]
         per_rule, _ = run_calls(calls)
     base = statistics.median(nft_times)
+    floor = statistics.median(empty_times)
     print(f"\nOne guest's rules changed in a 1000-guest ruleset (median of {rounds})")
-    print(row("vs-tools nft update transaction (incl. reading state)", base, base))
+    print(row("vs-tools nft update (incl. reading state)", base, base) + "  " + spread(nft_times))
+    print(row("nft -f of an empty transaction (floor)", floor, base) + "  " + spread(empty_times))
+    print(f"  goal (issue 17): update / empty nft -f = {base / floor:.2f} (<= 2.0)")
     print(
         row("iptables-restore of all the toolkit's chains", statistics.median(restore_times), base)
     )

@@ -10,6 +10,9 @@
   second: the time it was stopped (from its stop at the source to running at the destination;
   its own shutdown apart), straight from slave to slave and relayed through the master, beside
   a raw two-pass rsync over ssh (pass while it runs, stop, final pass, start).
+- The same between two btrfs slaves (``--only move-btrfs``): ``vs-move`` with btrfs
+  send/receive beside a raw send/receive (snapshot and send while it runs, stop, snapshot and
+  send the difference, a writable snapshot, start).
 
 Prints figures and ratios; asserts nothing about time. Every object is named vstbench..., and
 removed at the end, also on failure."""
@@ -28,7 +31,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from harness.pool import Pool, PoolHost, address_of, pool_up, slave_names
+from harness.pool import Pool, PoolHost, address_of, on_btrfs, pool_up, slave_names, stop_guests
 
 PREFIX = f"vstbench{os.getpid() % 10000}"
 GUEST = "vstbig"
@@ -96,11 +99,12 @@ def bench_scan(pool: Pool, counts: list[int], rounds: int) -> None:
     (master.base / "etc" / "slaves.conf").write_text("".join(f"{s}\n" for s in slaves[:3]))
 
 
-def make_guest(host: PoolHost, files: int, megabytes: int) -> int:
+def make_guest(host: PoolHost, files: int, megabytes: int, root: Path | None = None) -> int:
     """A busybox guest on ``host`` with ``files`` random files of ``megabytes`` MB in /data
-    (100 directories) and the 1% writer in its inittab; its size in bytes."""
+    (100 directories) and the 1% writer in its inittab; its size in bytes. ``root``: where
+    the test process sees its root (default: the host's roots directory)."""
     host.run("vs-create", "--name", GUEST, "--interface", "198.51.100.200", "--context", "200")
-    root = host.base / "roots" / GUEST
+    root = root or host.base / "roots" / GUEST
     size = megabytes * (1 << 20) // files
     for index in range(files):
         directory = root / "data" / f"d{index % 100}"
@@ -201,15 +205,78 @@ def bench_move(pool: Pool, rounds: int, size: int) -> None:
         print(f"  {note}")
 
 
+def _raw_send(pool: Pool, src: str, dst: str) -> float:
+    """The raw way between btrfs hosts: snapshot and send while it runs, stop, snapshot and
+    send the difference, a writable snapshot at the destination, the configuration, start; the
+    stopped seconds."""
+    source, here = pool.slave(src), f"/var/lib/vservers/{GUEST}"
+    ssh = [*SSH[:2], "/etc/vs-tools/bench_key", *SSH[3:], address_of(dst)]
+    received = "/var/lib/vservers/.vstbench-raw"
+    pool.slave(dst).run("mkdir", "-p", received)
+
+    def send(*argv: str) -> None:
+        source.run("sh", "-c", f"btrfs send -q {' '.join(argv)} | {' '.join(ssh)} btrfs receive"
+                   f" -q {received}", timeout=900)  # fmt: skip
+
+    source.run("btrfs", "subvolume", "snapshot", "-r", here, f"{here}.rawa")
+    send(f"{here}.rawa")
+    time.sleep(1.5)
+    source.run("vs-control", "--name", GUEST, "--stop")
+    started = time.monotonic()
+    source.run("btrfs", "subvolume", "snapshot", "-r", here, f"{here}.rawb")
+    send("-p", f"{here}.rawa", f"{here}.rawb")
+    target = pool.slave(dst)
+    target.run("btrfs", "subvolume", "snapshot", f"{received}/{GUEST}.rawb", here)
+    where = f"/etc/vservers/{GUEST}/"
+    source.run(*RSYNC, "-e", " ".join(ssh[:-1]), where, f"{address_of(dst)}:{where}")
+    target.run("vs-control", "--name", GUEST, "--start")
+    stopped = time.monotonic() - started
+    for snapshot in ("rawa", "rawb"):
+        source.run("btrfs", "subvolume", "delete", f"{here}.{snapshot}")
+        target.run("btrfs", "subvolume", "delete", f"{received}/{GUEST}.{snapshot}")
+    source.run("vs-remove", "--name", GUEST, "--yes")
+    return stopped
+
+
+def bench_move_btrfs(pool: Pool, rounds: int, files: int, megabytes: int, work: Path) -> None:
+    """vs-move between two btrfs slaves (btrfs send/receive) beside the raw send/receive."""
+    with (
+        on_btrfs(pool.slave("vsh-02"), work / f"{PREFIX}-2.img"),
+        on_btrfs(pool.slave("vsh-03"), work / f"{PREFIX}-3.img"),
+    ):
+        for name in ("vsh-02", "vsh-03"):
+            etc = pool.slave(name).base / "etc"
+            shutil.copy2(pool.master.base / "etc" / "pool_key", etc / "bench_key")
+            shutil.copy2(pool.master.base / "etc" / "known_hosts", etc / "known_hosts")
+        host = pool.slave("vsh-02")
+        size = make_guest(host, files, megabytes, host.inside(f"/var/lib/vservers/{GUEST}"))
+        host.run("vs-control", "--name", GUEST, "--start")
+        print(f"\nvs-move of {GUEST} ({size / 1e6:.0f} MB, running, 1% of files rewritten each"
+              " second) between two btrfs slaves: time stopped")  # fmt: skip
+        where, other = "vsh-02", "vsh-03"
+        ours, raw, notes = [], [], set()
+        for _ in range(rounds):
+            stopped, how = _vs_move(pool, where, other)
+            ours.append(stopped)
+            notes.add(how)
+            raw.append(_raw_send(pool, other, where))  # back where it was
+        base = statistics.median(raw)
+        _line("raw: btrfs send, stop, send -p, snapshot, start", raw)
+        _line("vs-move, btrfs send/receive, checked", ours, base)
+        for note in sorted(notes):
+            print(f"  {note}")
+        stop_guests(pool.slave(where))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--slaves", type=int, default=20)
     parser.add_argument("--files", type=int, default=15000)
     parser.add_argument("--mb", type=int, default=150)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--only", choices=("scan", "get", "move"), action="append")
+    parser.add_argument("--only", choices=("scan", "get", "move", "move-btrfs"), action="append")
     args = parser.parse_args()
-    only = set(args.only or ("scan", "get", "move"))
+    only = set(args.only or ("scan", "get", "move", "move-btrfs"))
     with (
         tempfile.TemporaryDirectory(prefix="vstbench") as work,
         pool_up(Path(work), PREFIX, slave_names(max(3, args.slaves))) as pool,
@@ -223,6 +290,12 @@ def main() -> None:
                 bench_get(pool, args.rounds, size)
             if "move" in only:
                 bench_move(pool, args.rounds, size)
+            for host in (pool.slave("vsh-01"), pool.slave("vsh-02")):
+                if GUEST in host.guests():
+                    stop_guests(host)
+                    host.run("vs-remove", "--name", GUEST, "--yes")
+        if "move-btrfs" in only:
+            bench_move_btrfs(pool, args.rounds, args.files, args.mb, Path(work))
 
 
 if __name__ == "__main__":

@@ -326,3 +326,31 @@ def pool_up(top: Path, run_prefix: str, slaves: Sequence[str] = SLAVES) -> Itera
             kill_netns_processes(host.netns)
             subprocess.run(["ip", "netns", "del", host.netns], check=False, capture_output=True)
         subprocess.run(["ip", "netns", "del", bridge_ns], check=False, capture_output=True)
+
+
+@contextlib.contextmanager
+def on_btrfs(host: PoolHost, image: Path) -> Iterator[PoolHost]:
+    """``host`` with STORAGE=btrfs: a 1 GiB btrfs on a loop device over its /var/lib/vservers."""
+    with open(image, "wb") as handle:
+        handle.truncate(1 << 30)
+    device = subprocess.run(["losetup", "--find", "--show", str(image)], check=True,
+                            capture_output=True, text=True).stdout.strip()  # fmt: skip
+    create = host.base / "etc" / "create.conf"
+    before = create.read_text() if create.exists() else None
+    try:
+        subprocess.run(["mkfs.btrfs", "-q", device], check=True, capture_output=True)
+        host.run("mount", device, "/var/lib/vservers")
+        try:
+            host.run("btrfs", "quota", "enable", "/var/lib/vservers")
+            with open(create, "a") as handle:
+                handle.write("STORAGE=btrfs\n")
+            yield host
+        finally:
+            stop_guests(host)
+            if host.run("umount", "/var/lib/vservers", check=False).returncode != 0:
+                host.run("umount", "--lazy", "/var/lib/vservers", check=False)
+            if before is not None:
+                create.write_text(before)
+    finally:
+        subprocess.run(["losetup", "--detach", device], check=False)
+        image.unlink()

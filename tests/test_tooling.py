@@ -34,6 +34,7 @@ PURE_MODULES = (
     "vstools.net.plan",
     "vstools.firewall.model",
     "vstools.firewall.render",
+    "vstools.firewall.render_ipt",
     "vstools.monitor.alerts",
 )
 # In-house imports go to the top of a module; inside a function only where a command must not pay
@@ -46,6 +47,8 @@ LAZY_IN_HOUSE = {
     ("vstools.cli.vs_fonctions", "vstools.functions"),
     ("vstools.pkg.driver", "vstools.guest.start"),  # only vs-pkg --start-stopped starts guests
     ("vstools.pkg.driver", "vstools.guest.stop"),
+    ("vstools.functions", "vstools.guest.start"),  # receive_start only: every call would pay
+    ("vstools.cli.vs_net", "vstools.pkg.session"),  # --fw up only: a killed vs-pkg's leftovers
     # A start or stop without a network does not pay for the network and firewall stacks.
     *(
         (module, imported)
@@ -63,7 +66,7 @@ LAZY_IN_HOUSE = {
 # One door each (STYLE.md "What that means here" §3): who may import these modules.
 DOORS = {
     "subprocess": {"vstools.host.run"},
-    "ctypes": {"vstools.host.rootfs", "vstools.host.syscalls"},
+    "ctypes": {"vstools.host.rootfs", "vstools.host.syscalls", "vstools.host.nftlib"},
     "pyroute2": {"vstools.host.netlink"},
     "smtplib": {"vstools.host.mail"},
     "sh": {"vstools.host.ssh"},

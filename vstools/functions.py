@@ -25,7 +25,14 @@ from vstools.config.values import parse_guest_name, parse_host, parse_ipv4
 from vstools.errors import ConfigError, NotFoundError, Problem, UsageError
 from vstools.guest.facts import guest_facts, guests_facts, host_facts
 from vstools.guest.moving import drop_moved, hold, keep_moved, release
-from vstools.guest.receive import check_room, receive_abort, receive_begin, receive_commit
+from vstools.guest.receive import (
+    check_room,
+    receive_abort,
+    receive_begin,
+    receive_commit,
+    received_clear,
+    received_take,
+)
 from vstools.guest.templates import write_busybox_template
 from vstools.host.hostconfig import (
     HostConfig,
@@ -35,14 +42,17 @@ from vstools.host.hostconfig import (
     load_networks,
     load_settings,
 )
+from vstools.host.journal import operation
+from vstools.host.rsync_server import serve
 from vstools.pool.push import (
     push_allow,
     push_copy,
     push_drop,
     push_key,
+    push_receive,
     push_revoke,
-    rsync_receive,
 )
+from vstools.pool.send import push_send
 from vstools.storage.base import check_tag
 from vstools.storage.select import guest_storage
 
@@ -156,12 +166,24 @@ def _snapshot_drop(env: Env, name: str, tag: str) -> str:
     return str(snapshot.path)
 
 
-def _receive_begin(env: Env, name: str, disk_mb: int) -> dict[str, str]:
+def _receive_begin(env: Env, name: str, disk_mb: int) -> dict[str, Any]:
     return receive_begin(HostConfig.load(env), name, disk_mb)
 
 
 def _receive_commit(env: Env, name: str) -> dict[str, str]:
     return receive_commit(HostConfig.load(env), name)
+
+
+def _receive_start(env: Env, name: str) -> dict[str, str]:
+    """receive_commit, then start the guest as vs-control --start does, in one process: the
+    end of a move, while the guest is stopped, costs one program start here, not two."""
+    from vstools.guest.start import start_guest  # the runtime's imports, for this one only
+
+    host = HostConfig.load(env)
+    placed = receive_commit(host, name)
+    with operation(f"vs-control --start {name}"):
+        start_guest(host, name, foreground=False)
+    return placed
 
 
 def _receive_abort(env: Env, name: str) -> str:
@@ -199,12 +221,30 @@ def _push_allow(env: Env, name: str, public_key: str, source: Any) -> dict[str, 
     return push_allow(HostConfig.load(env), name, public_key, str(source))
 
 
-def _rsync_receive(env: Env, name: str) -> None:
-    rsync_receive(HostConfig.load(env), name)
+def _push_receive(env: Env, name: str) -> None:
+    push_receive(HostConfig.load(env), name)
+
+
+def _rsync_server(env: Env, *asked: str) -> None:
+    serve(HostConfig.load(env), asked)
 
 
 def _push_revoke(env: Env, name: str) -> str:
     return push_revoke(HostConfig.load(env), name)
+
+
+def _push_send(
+    env: Env, name: str, tag: str, parent: str, options: dict[str, Any]
+) -> dict[str, Any]:
+    return push_send(HostConfig.load(env), name, tag, parent, options)
+
+
+def _received_clear(env: Env, name: str) -> str:
+    return received_clear(HostConfig.load(env), name)
+
+
+def _received_take(env: Env, name: str, subvolume: str, uuid: str) -> dict[str, str]:
+    return received_take(HostConfig.load(env), name, subvolume, uuid)
 
 
 def _push_copy(env: Env, name: str, what: str, options: dict[str, Any]) -> dict[str, Any]:
@@ -323,10 +363,28 @@ REGISTRY: dict[str, Function] = {
             "put a received guest in place (after the sender verified it)",
         ),
         Function(
+            "receive_start",
+            _receive_start,
+            (Param("name", parse_guest_name),),
+            "receive_commit, then start the guest (the end of a move, in one call)",
+        ),
+        Function(
             "receive_abort",
             _receive_abort,
             (Param("name", parse_guest_name),),
             "remove what was received of a guest and not committed",
+        ),
+        Function(
+            "received_clear",
+            _received_clear,
+            (Param("name", parse_guest_name),),
+            "remove the btrfs snapshots received of a guest (a send starting anew)",
+        ),
+        Function(
+            "received_take",
+            _received_take,
+            (Param("name", parse_guest_name), Param("subvolume"), Param("uuid")),
+            "the snapshot received whole (its Received UUID is UUID) becomes the guest's root",
         ),
         Function(
             "move_hold",
@@ -371,17 +429,35 @@ REGISTRY: dict[str, Function] = {
             "destination of a move: let the key in from SOURCE, write-only, into NAME's place",
         ),
         Function(
-            "rsync_receive",
-            _rsync_receive,
+            "push_receive",
+            _push_receive,
             (Param("name", parse_guest_name),),
             "destination of a move, as the one-time key's forced command: become the rsync"
             " that writes into NAME's place (SSH_ORIGINAL_COMMAND checked first)",
+        ),
+        Function(
+            "rsync_server",
+            _rsync_server,
+            (Param("rsync_argument", variadic=True),),
+            "the master's copies (--rsync-path): become rsync's server side, jailed with the"
+            " one directory it copies as its only view of this host",
         ),
         Function(
             "push_revoke",
             _push_revoke,
             (Param("name", parse_guest_name),),
             "destination of a move: remove the one-time key of NAME",
+        ),
+        Function(
+            "push_send",
+            _push_send,
+            (
+                Param("name", parse_guest_name),
+                Param("tag", check_tag),
+                Param("parent"),
+                Param("options", _json_object),
+            ),
+            "source of a move between btrfs hosts: btrfs send snapshot TAG (from PARENT)",
         ),
         Function(
             "push_copy",

@@ -3,9 +3,10 @@ F2 a property test of the rendered nftables chains against a naive reading of fi
 
 from __future__ import annotations
 
+import json
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
@@ -28,13 +29,17 @@ from vstools.config.firewall import (
 from vstools.errors import ConfigError
 from vstools.firewall.model import GuestFirewall, Ruleset, Way, compile_guest, no_resolver
 from vstools.firewall.render import (
+    DISPATCH_CHECKS,
+    REJECT_REST,
+    REJECT_REST_RULES,
+    chain_digest,
     guest_chain_rules,
     parse_nft_state,
-    render_iptables,
     render_nft,
     render_nft_refresh,
     render_nft_update,
 )
+from vstools.firewall.render_ipt import render_iptables
 
 GOLDEN = Path(__file__).parents[1] / "data" / "firewall"
 UPDATE = os.environ.get("VS_UPDATE_GOLDEN") == "1"
@@ -204,16 +209,47 @@ def _matches(rule: str, guest: GuestFirewall, packet: Packet) -> bool:
     return True
 
 
+def _dispatch_check_matches(rule: str, guest: GuestFirewall, packet: Packet) -> bool:
+    """One of the forward chain's checks before the dispatch, interpreted for a packet to or
+    from ``guest`` (the peer is no guest: the verdict maps and sets hold the guest alone)."""
+    if (m := re.match(r"ct state (\S+)", rule)) and packet.ct not in m.group(1).split(","):
+        return False
+    src, dst = (packet.peer, guest.ip) if packet.way is Way.IN else (guest.ip, packet.peer)
+    if "ip saddr @fw_out" in rule and not (guest.enabled and src == guest.ip):
+        return False
+    if "ip daddr @fw_in" in rule and not (guest.enabled and dst == guest.ip):
+        return False
+    if "@guest_self" in rule and not src == dst == guest.ip:
+        return False
+    echo = packet.proto == "icmp" and packet.icmp_type == 8
+    return echo or "icmp type echo-request" not in rule
+
+
+def _verdict(rule: str) -> str:
+    verdict = re.sub(r' comment ".*"$', "", rule).split()[-1]
+    return {"drop": "drop", "return": "accept", "accept": "accept", "reject": "reject"}.get(
+        verdict, "reject" if verdict == "reset" else verdict
+    )
+
+
 def rendered(guest: GuestFirewall, packet: Packet) -> str:
-    """The verdict of the rendered chain for the packet: first rule that matches."""
+    """The verdict of the rendered rules for the packet: the forward chain's checks before the
+    dispatch, then the guest's chain, then the shared reject it ends with; first match wins."""
+    for rule in DISPATCH_CHECKS:
+        if _dispatch_check_matches(rule, guest, packet):
+            return _verdict(rule)
     if not guest.enabled:
         return "accept"
     for rule in guest_chain_rules(guest, packet.way):
+        if rule == f"goto {REJECT_REST}":
+            for shared in REJECT_REST_RULES:
+                if _matches(shared, guest, packet):
+                    return _verdict(shared)
+            raise AssertionError("the shared reject must match everything")
         if "log prefix" in rule or not _matches(rule, guest, packet):
             continue
-        verdict = re.sub(r' comment ".*"$', "", rule).split()[-1]
-        return {"drop": "drop", "return": "accept", "reject": "reject", "reset": "reject"}[verdict]
-    raise AssertionError("the chain must end with a reject that matches everything")
+        return _verdict(rule)
+    raise AssertionError("the chain must end with the shared reject")
 
 
 PEER_POOL = [IPv4Address(f"198.51.100.{i}") for i in range(0, 9)]
@@ -292,3 +328,67 @@ def test_removing_a_guest_never_takes_another_guests_entry() -> None:
     own = render_nft_update(state, [], [owner])
     assert "delete element inet vstools fw_in { 198.51.100.12 }" in own
     assert "delete element inet vstools guest_addrs { 198.51.100.12 }" in own
+
+
+def _listed_maps(ruleset: Ruleset, other_table_chain: str) -> str:
+    """What ``nft -j list chains inet`` + ``list map`` show of the loaded ``ruleset``."""
+    entries: list[object] = [
+        {"chain": {"family": "inet", "table": "other", "name": other_table_chain}}
+    ]
+    for name in ("forward", "input", "output"):
+        entries.append({"chain": {"family": "inet", "table": "vstools", "name": name}})
+    for way in (Way.IN, Way.OUT):
+        elems = []
+        for guest in ruleset.guests:
+            if guest.enabled:
+                chain = f"{way}_{guest.name}"
+                entries.append({"chain": {"family": "inet", "table": "vstools", "name": chain}})
+                comment = f"vst:{chain_digest(guest, way)}"
+                elems.append(
+                    [
+                        {"elem": {"val": str(guest.ip), "comment": comment}},
+                        {"jump": {"target": chain}},
+                    ]
+                )
+        entries.append(
+            {"map": {"family": "inet", "table": "vstools", "name": f"fw_{way}", "elem": elems}}
+        )
+    return json.dumps({"nftables": entries})
+
+
+def test_refresh_keeps_the_chains_whose_digest_matches() -> None:
+    """Goal 2 of issue 17: a refresh reads the digests in the verdict maps' element comments,
+    not the rules, and refills only the guest chains whose rules changed, never deleting a
+    chain that stays wanted (that opens a window while the kernel commits, F14)."""
+    ruleset = slides_ruleset()
+    web = ruleset.guest("web")
+    assert web is not None
+    state = parse_nft_state(_listed_maps(ruleset, "in_stray"))
+    assert state.digests["in_web"] == chain_digest(web, Way.IN) and state.complete
+    assert "in_stray" not in state.chains  # another table's chain is not ours
+    assert state.fw_in == {str(web.ip): "in_web"}
+    text = render_nft_refresh(state, ruleset)
+    assert "chain inet vstools in_web" not in text and "rule inet vstools out_web" not in text
+    assert "flush map inet vstools fw_in" in text and "jump in_web" in text  # maps refilled
+    stale = dict(state.digests, in_web="0" * 16)
+    text = render_nft_refresh(replace(state, digests=stale), ruleset)
+    assert "flush chain inet vstools in_web" in text and "add rule inet vstools in_web" in text
+    assert "delete chain" not in text and "rule inet vstools out_web" not in text
+
+
+def test_an_update_without_reading_fails_where_it_would_be_wrong() -> None:
+    """Goal 3 of issue 17: the update that reads nothing first. Each of its guesses makes the
+    whole transaction fail where it does not hold, and the caller then reads the state: the
+    forward chain is refilled (fails when it is gone), a map element is first added as the
+    guest's own (fails when another guest's holds the address, A6)."""
+    web = slides_ruleset().guests[1]
+    assert web.name == "web"
+    text = render_nft_update(None, [web], [])
+    lines = text.splitlines()
+    assert lines[1] == "flush chain inet vstools forward"
+    own = lines.index("add element inet vstools fw_in { 198.51.100.10 : jump in_web }")
+    assert lines[own + 1] == "delete element inet vstools fw_in { 198.51.100.10 }"
+    assert lines[own + 2].startswith("add element inet vstools fw_in { 198.51.100.10 comment")
+    gone = render_nft_update(None, [], [web])
+    assert "add element inet vstools fw_out { 198.51.100.10 : jump out_web }" in gone
+    assert gone.index("add chain inet vstools out_web") < gone.index("jump out_web")

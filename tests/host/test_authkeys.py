@@ -14,12 +14,12 @@ KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHq0 someone@somewhere"
 
 
 def test_a_line_is_restricted_and_what_came_from_elsewhere_cannot_add_options() -> None:
-    command = "/usr/sbin/vs-fonctions rsync_receive web"
+    command = "/usr/sbin/vs-fonctions push_receive web"
     line = restricted_line(KEY, whose="vsh-01", command=command, mark="vs-tools-push:web",
                            source="198.18.0.11", expires="202612021000")  # fmt: skip
     assert line == (
         'restrict,from="198.18.0.11",expiry-time="202612021000Z",command="/usr/sbin/vs-fonctions'
-        ' rsync_receive web" ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHq0 vs-tools-push:web\n'
+        ' push_receive web" ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHq0 vs-tools-push:web\n'
     )
     for hostile in ('x" ,command="sh', 'ssh-ed25519 AA"\ncommand="sh', "ssh-ed25519", ""):
         with pytest.raises(HostError):

@@ -234,7 +234,8 @@ def test_a_failing_transaction_changes_nothing(
 ) -> None:
     """F13: an update computed from a stale view (it believes a guest "ghost" is dispatched
     when it is not) takes web's chains out, then fails on its last command: the kernel applies
-    none of it, and what is loaded stays byte-identical."""
+    none of it, and what is loaded stays byte-identical. Both texts an update may load are made
+    to fail so: the one read from the loaded state and the one that reads nothing first."""
     import dataclasses
     from ipaddress import IPv4Address
 
@@ -252,6 +253,14 @@ def test_a_failing_transaction_changes_nothing(
         return dataclasses.replace(state, fw_in={**state.fw_in, "198.51.100.77": "in_ghost"})
 
     monkeypatch.setattr(backends, "parse_nft_state", stale)
+    unread = backends.render_nft_update
+
+    def stale_unread(state: object, put: object, remove: object) -> str:
+        text = unread(state, put, remove)  # type: ignore[arg-type]
+        ghost_gone = "delete element inet vstools fw_in { 198.51.100.77 }\n"
+        return text + ghost_gone if state is None else text
+
+    monkeypatch.setattr(backends, "render_nft_update", stale_unread)
     web = GuestFirewall("web", IPv4Address(WEB), "vs10001")  # not enabled: chains go
     ghost = GuestFirewall("ghost", IPv4Address("198.51.100.77"), "vs9")
     backend = backends.Nftables()

@@ -192,7 +192,7 @@ def test_ctrl_c_restores_the_ruleset(pkg_env: PkgEnv, signum: int) -> None:
         assert not Path(f"/proc/{proxy_pid}").exists()
 
 
-@pytest.mark.parametrize("cleaner", ["vs-pkg", "vs-net"])
+@pytest.mark.parametrize("cleaner", ["vs-pkg", "vs-net", "vs-net --name"])
 def test_kill_9_leaves_an_expiring_element_that_the_next_run_removes(
     pkg_env: PkgEnv, cleaner: str
 ) -> None:
@@ -210,9 +210,13 @@ def test_kill_9_leaves_an_expiring_element_that_the_next_run_removes(
     if cleaner == "vs-pkg":
         result = pkg_env.pkg("--name", GUEST, "--update_sources")
         assert "leftover of an earlier run removed" in result.stderr
-    else:  # a full reload refills every set: the element is gone with it
+    elif cleaner == "vs-net":  # a full reload refills every set: the element is gone with it
         pkg_env.host.run("vs-net", "--all", "--fw", "up")
+    else:  # one guest's update: the dead run's record names its element
+        result = pkg_env.host.run("vs-net", "--name", GUEST, "--fw", "up")
+        assert "leftover of a killed vs-pkg removed: firewall element" in result.stderr
     assert pkg_env.ruleset() == before
+    assert not (Path(pkg_env.host.env["VS_RUN_DIR"]) / "pkg" / GUEST).exists()
 
 
 def test_a_failing_run_restores_the_ruleset_and_exits_5(pkg_env: PkgEnv) -> None:

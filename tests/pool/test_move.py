@@ -211,15 +211,23 @@ def test_the_one_time_key_writes_only_there_only_from_the_source_and_goes_away(
     _killed(pool.master, "move:final pass", "vs-move", "--name", "web", "--dst_host", "vsh-02")
     line = next(x for x in _authorized(two).splitlines() if "vs-tools-push:web" in x)
     assert line.startswith('restrict,from="198.18.0.11",expiry-time="')
-    assert line.split('command="', 1)[1].startswith("/") and 'rsync_receive web"' in line
+    assert line.split('command="', 1)[1].startswith("/") and 'push_receive web"' in line
     key = "/run/vs-tools/pool/push/web/key"
     ssh = ["ssh", "-i", key, "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",
            "-o", "UserKnownHostsFile=/dev/null", "vsh-02"]  # fmt: skip
     # As the source: no shell, no other command, no reading back.
     shell = one.run(*ssh, "id; cat /etc/shadow", check=False)
     assert "uid=0" not in shell.stdout and shell.returncode != 0
-    read = one.run("rsync", "-e", " ".join(ssh[:-1]), "vsh-02:./", "/tmp/vst-read/", check=False)
+    read = one.run("rsync", "-e", " ".join(ssh[:-1]), "vsh-02:./", "/run/vst-read/", check=False)
     assert read.returncode != 0 and "refused: rsync --server --sender" in read.stderr
+    # A hostile source plants a symlink in the place, then writes through it (-K keeps a
+    # receiver's symlinked directory): rsync 3.5 refuses the link by itself, and the jailed
+    # receiver would have no host path to reach anyway (tests/host/test_jail.py).
+    evil = "mkdir -p /run/vst-evil1 /run/vst-evil2/esc && ln -sfn /etc/vs-tools /run/vst-evil1/esc"
+    one.run("sh", "-c", f"{evil} && echo pwned > /run/vst-evil2/esc/vst-pwned")
+    for flags, tree in (("-a", "/run/vst-evil1/"), ("-aK", "/run/vst-evil2/")):
+        one.run("rsync", flags, "-e", " ".join(ssh[:-1]), tree, "vsh-02:./", check=False)
+    assert not two.inside("/etc/vs-tools/vst-pwned").exists()
     # Another host with the same key: refused by from=.
     three.run("mkdir", "-p", "/run/vs-tools/pool/push/web")
     three.run("cp", f"/proc/{one.pid}/root{key}", key)

@@ -11,7 +11,7 @@ from vstools.config.settings import Settings
 from vstools.errors import NotFoundError, UsageError
 from vstools.host.hostconfig import HostConfig
 from vstools.paths import Paths
-from vstools.pool.push import rsync_receive
+from vstools.pool.push import push_receive
 
 
 @pytest.mark.parametrize(
@@ -35,7 +35,7 @@ def test_the_copy_key_runs_only_an_rsync_that_writes_into_the_guests_place(
     host = HostConfig.given(paths, Settings())
     (tmp_path / "roots" / ".web.receiving").mkdir(parents=True)
     with pytest.raises(UsageError, match="refused"):
-        rsync_receive(host, "web", command)
+        push_receive(host, "web", command)
 
 
 def test_a_push_is_told_apart_from_a_refusal_and_names_its_place(tmp_path: Path) -> None:
@@ -45,4 +45,4 @@ def test_a_push_is_told_apart_from_a_refusal_and_names_its_place(tmp_path: Path)
     host = HostConfig.given(paths, Settings())
     (tmp_path / "roots" / ".web.receiving").mkdir(parents=True)
     with pytest.raises(NotFoundError, match="being received"):
-        rsync_receive(host, "web", "rsync --server -logDtpre.iLsfxCIvu --numeric-ids . conf/")
+        push_receive(host, "web", "rsync --server -logDtpre.iLsfxCIvu --numeric-ids . conf/")

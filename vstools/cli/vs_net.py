@@ -97,6 +97,12 @@ def handle(ctx: Context) -> int:
         """Change one guest's layers (with --all only the vlan of a guest stopped or in no network),
         then its row."""
         guest = GuestNet(ctx.host, name, firewall)
+        if args.fw == "up" and not ctx.dry_run:
+            from vstools.pkg.session import clean_dead_run  # vs-pkg's imports, only here
+
+            for line in clean_dead_run(ctx.host, name):  # the mirrors a killed vs-pkg opened
+                print(f"vs-net: {name}: leftover of a killed vs-pkg removed: {line}",
+                      file=ctx.stderr)  # fmt: skip
         for layer, state in [*downs, *ups]:
             if args.all and (guest.plan is None or not guest.running) and layer != "vlan":
                 continue

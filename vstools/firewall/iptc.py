@@ -16,7 +16,7 @@ from typing import Any
 from vstools.errors import HostError
 from vstools.firewall.backends import IptablesRestore
 from vstools.firewall.model import GuestFirewall, Ruleset
-from vstools.firewall.render import IPT_HOOKS, IptRule, iptables_rules
+from vstools.firewall.render_ipt import IPT_HOOKS, IptRule, iptables_rules
 
 log = logging.getLogger("vstools.firewall")
 

@@ -11,9 +11,10 @@ import os
 import shutil
 import struct
 import tempfile
+import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from vstools.config.create import StorageKind
 from vstools.config.guest import GuestConf
@@ -22,14 +23,21 @@ from vstools.errors import StateError, UsageError
 from vstools.guest.lifecycle import HEADER
 from vstools.host.fsutil import atomic_write
 from vstools.host.hostconfig import HostConfig
-from vstools.host.run import run
+from vstools.host.run import run, which
 from vstools.names import check_guest_name
 from vstools.paths import MOVING_MARKER
 from vstools.storage.base import secure_root_dir
-from vstools.storage.btrfs import check_btrfs, delete_subvolume, is_subvolume
+from vstools.storage.btrfs import (
+    check_btrfs,
+    delete_subvolume,
+    is_subvolume,
+    qgroup_limit_mb,
+    subvolume_uuids,
+)
 
 MB = 1 << 20
 RECEIVING = "receiving"
+BTRFS_RECEIVE = "btrfs-receive"  # what a source asks of the copy key to send a snapshot
 
 
 def receiving(host: HostConfig, name: str) -> tuple[Path, Path]:
@@ -42,10 +50,11 @@ def receiving(host: HostConfig, name: str) -> tuple[Path, Path]:
     )
 
 
-def receive_begin(host: HostConfig, name: str, disk_mb: int) -> dict[str, str]:
+def receive_begin(host: HostConfig, name: str, disk_mb: int) -> dict[str, Any]:
     """Make (or keep, after an interrupted transfer: rsync then sends only the rest) the places
     ``name`` is received in, its root as this host's storage wants it (a directory, or a btrfs
-    subvolume limited to ``disk_mb``). StateError when the guest already exists here."""
+    subvolume limited to ``disk_mb``); ``fresh``: both were made now (so everything in them
+    will have been sent). StateError when the guest already exists here."""
     paths = host.paths
     if paths.guest_dir(name).exists() or paths.guest_root(name).exists():
         raise StateError(f"guest {name} already exists on this host")
@@ -54,6 +63,7 @@ def receive_begin(host: HostConfig, name: str, disk_mb: int) -> dict[str, str]:
     if kind is StorageKind.LVM:
         raise UsageError("receiving a guest on STORAGE=lvm is not supported yet")
     secure_root_dir(paths.root_dir)
+    fresh = not root.exists() and not conf.exists()
     if not root.exists():
         if kind is StorageKind.BTRFS:
             check_btrfs(paths.root_dir)
@@ -62,7 +72,7 @@ def receive_begin(host: HostConfig, name: str, disk_mb: int) -> dict[str, str]:
         else:
             root.mkdir(mode=0o755)
     conf.mkdir(parents=True, exist_ok=True)
-    return {"root": str(root), "conf": str(conf), "storage": str(kind)}
+    return {"root": str(root), "conf": str(conf), "storage": str(kind), "fresh": fresh}
 
 
 def receive_commit(host: HostConfig, name: str) -> dict[str, str]:
@@ -100,8 +110,66 @@ def receive_commit(host: HostConfig, name: str) -> dict[str, str]:
     return {"root": str(final_root), "conf": str(final_conf)}
 
 
+def received_dir(host: HostConfig, name: str) -> Path:
+    """Where ``btrfs receive`` puts the snapshots of ``name`` sent from a btrfs source:
+    ROOT_DIR/.NAME.received (root's only, like ROOT_DIR)."""
+    return host.paths.root_dir / f".{check_guest_name(name)}.received"
+
+
+def btrfs_receive(host: HostConfig, name: str) -> NoReturn:
+    """Become ``btrfs receive`` of a snapshot stream of ``name`` on stdin, into
+    ``received_dir`` (made here, root's only), chrooted there by btrfs itself: a stream's
+    paths cannot leave it. Refused unless this host receives ``name`` on btrfs."""
+    root = receiving(host, name)[0]
+    if host.create().storage is not StorageKind.BTRFS or not root.is_dir():
+        raise StateError(f"guest {name} is not being received on btrfs here")
+    directory = received_dir(host, name)
+    directory.mkdir(mode=0o700, exist_ok=True)
+    program = which("btrfs")
+    if program is None:
+        raise StateError("btrfs-progs is not installed")
+    os.execv(program, ["btrfs", "receive", "--chroot", "-E", "1", str(directory)])  # noqa: S606
+
+
+def received_clear(host: HostConfig, name: str) -> str:
+    """Remove every snapshot received of ``name`` (a send starting anew, an abort)."""
+    directory = received_dir(host, name)
+    if directory.is_dir():
+        for entry in sorted(directory.iterdir()):
+            if entry.is_dir() and not entry.is_symlink() and is_subvolume(entry):
+                delete_subvolume(entry)  # a received snapshot, or a receiving root replaced
+        shutil.rmtree(directory)
+    return str(directory)
+
+
+def received_take(host: HostConfig, name: str, subvolume: str, uuid: str) -> dict[str, str]:
+    """The last snapshot received of ``name`` becomes its receiving root (a writable snapshot of
+    it, the disk limit kept), once checked whole: btrfs receive sets its Received UUID last,
+    and it must be ``uuid``, the source snapshot's. Quick, for the guest is stopped: what it
+    replaces is put aside in the received directory, which received_clear removes once the
+    guest runs at its destination."""
+    received = received_dir(host, name) / subvolume
+    if subvolume.partition(".")[0] != name or not received.is_dir() or received.is_symlink():
+        raise StateError(f"nothing named {subvolume} was received here for guest {name}")
+    got = subvolume_uuids(received)[1]
+    if got != uuid:
+        raise StateError(
+            f"the snapshot of {name} received here is not whole (received UUID {got}, the"
+            f" source's is {uuid}): the guest stays at its source"
+        )
+    root = receiving(host, name)[0]
+    limit = qgroup_limit_mb(root) if root.exists() else None
+    if root.exists():
+        root.rename(received.parent / f"replaced-{time.time_ns()}")
+    run(["btrfs", "subvolume", "snapshot", str(received), str(root)])
+    if limit is not None:
+        run(["btrfs", "qgroup", "limit", f"{limit}M", str(root)])
+    return {"root": str(root)}
+
+
 def receive_abort(host: HostConfig, name: str) -> None:
     """Remove what was received of ``name`` and not committed."""
+    received_clear(host, name)
     root, conf = receiving(host, name)
     if root.exists():
         if is_subvolume(root):

@@ -4,14 +4,17 @@ CommandError with the status and the end of stderr."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shlex
+import shutil
 import signal
 import subprocess
+import tempfile
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import NoReturn
 
 from vstools.errors import CommandError, HostError
 from vstools.host.syscalls import PR_SET_PDEATHSIG, prctl
@@ -75,6 +78,57 @@ def run(
     return result
 
 
+def run_pipeline(
+    first: Sequence[str], second: Sequence[str], *, chunk: int = 1 << 20
+) -> tuple[Result, Result, int]:
+    """Run ``first | second`` (never through a shell): the bytes pass through this process,
+    counted. Both results (``first``'s stdout is the stream, not kept) and the bytes passed.
+    When ``second`` stops reading, ``first`` ends on a broken pipe."""
+    log.debug("+ %s | %s", cmdline(first), cmdline(second))
+    passed = 0
+    with tempfile.TemporaryFile() as first_err:
+        try:
+            producer = subprocess.Popen(list(first), stdin=subprocess.DEVNULL,
+                                        stdout=subprocess.PIPE, stderr=first_err,
+                                        close_fds=True)  # fmt: skip
+            consumer = subprocess.Popen(list(second), stdin=subprocess.PIPE,
+                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                        close_fds=True)  # fmt: skip
+        except FileNotFoundError as exc:
+            raise HostError(f"command not found: {exc.filename}") from None
+        stream, sink = producer.stdout, consumer.stdin
+        if stream is None or sink is None:
+            raise HostError("no pipe between the two commands")
+        with tempfile.TemporaryFile() as second_out, tempfile.TemporaryFile() as second_err:
+            drains = [threading.Thread(target=shutil.copyfileobj, args=(source, sink))
+                      for source, sink in ((consumer.stdout, second_out),
+                                           (consumer.stderr, second_err))]  # fmt: skip
+            for drain in drains:
+                drain.start()
+            try:
+                while block := stream.read(chunk):
+                    sink.write(block)
+                    passed += len(block)
+            except BrokenPipeError:
+                pass
+            finally:
+                stream.close()
+                with contextlib.suppress(BrokenPipeError):
+                    sink.close()
+                first_code, second_code = producer.wait(), consumer.wait()
+                for drain in drains:
+                    drain.join()
+            texts = []
+            for handle in (first_err, second_out, second_err):
+                handle.seek(0)
+                texts.append(handle.read().decode(errors="replace"))
+    return (
+        Result(tuple(first), first_code, "", texts[0]),
+        Result(tuple(second), second_code, texts[1], texts[2]),
+        passed,
+    )
+
+
 def spawn(
     argv: Sequence[str],
     *,
@@ -125,12 +179,3 @@ def which(name: str, path: str | None = None) -> str | None:
         if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
             return candidate
     return None
-
-
-def become(argv: Sequence[str], *, cwd: str | os.PathLike[str] | None = None) -> NoReturn:
-    """Replace this process with ``argv`` (found on the PATH), in ``cwd``: an ssh forced
-    command that has checked what it was asked becomes the program that does it."""
-    log.debug("+ exec %s", shlex.join(argv))
-    if cwd is not None:
-        os.chdir(cwd)
-    os.execvp(argv[0], list(argv))  # noqa: S606 - argv checked by the caller, no shell

@@ -144,10 +144,13 @@ def run_argv(
     input: str | None = None,
     timeout_s: float | None = 120.0,
     on_output: Callable[[str], None] | None = None,
+    preexec: Callable[[], None] | None = None,
 ) -> Done:
     """Run ``argv`` (ssh, rsync) without a terminal, stdin ``input`` or nothing; its status and
     output, whatever the status (the caller decides). ``on_output`` gets stdout as it comes,
-    in chunks (rsync's progress redraws its line with carriage returns)."""
+    in chunks (rsync's progress redraws its line with carriage returns). ``preexec`` runs in
+    the child before it execs (vstools.host.jail.enter_jail); the child then inherits no
+    descriptor but its three, Python making every other one close-on-exec."""
     import sh
 
     log.debug("+ %s", shlex.join(argv))
@@ -159,12 +162,15 @@ def run_argv(
         if on_output is not None:
             on_output(chunk)
 
+    # sh closes descriptors after preexec by listing /dev/fd, which a jail does not have.
+    jailed = {"_preexec_fn": preexec, "_close_fds": False} if preexec is not None else {}
     try:
         process = _command(argv)(
             **sh_call_options(sh.__version__),
             _in=input if input is not None else "",
             _out=collect,
             _timeout=timeout_s,
+            **jailed,
         )
     except sh.TimeoutException:
         raise HostError(f"{shlex.join(argv[:1])} did not finish within {timeout_s} s") from None

@@ -40,6 +40,7 @@ from vstools.host.cgrouplayout import CgroupLayout
 from vstools.host.fsutil import atomic_write, take_lock
 from vstools.host.hostconfig import HostConfig, list_guests, load_guest
 from vstools.host.mail import SmtpServer, Spool, compose
+from vstools.host.sockdiag import ListeningTcp
 from vstools.monitor.alerts import (
     AlertBook,
     Event,
@@ -94,6 +95,7 @@ class Watch:
     counters: dict[str, int] = field(default_factory=dict)
     sockets: list[str] | None = None
     sockets_pending: list[str] | None = None
+    tcp: ListeningTcp = field(default_factory=ListeningTcp)  # not saved: a kept socket
     disk_mb: float = 0.0
     disk_time: float | None = None
     figures: Figures | None = None
@@ -223,6 +225,7 @@ class Monitor:
     def _drop(self, name: str) -> None:
         watch = self.watches.pop(name)
         os.close(watch.lock_fd)
+        watch.tcp.close()
         log.info("guest %s: no longer watched", name)
 
     def close(self) -> None:
@@ -423,7 +426,7 @@ class Monitor:
     def _sockets(
         self, watch: Watch, fig: Figures, init_pid: int, ignore: str | None
     ) -> Event | None:
-        current = sorted(listening_sockets(init_pid, ignore))
+        current = sorted(listening_sockets(init_pid, ignore, tcp=watch.tcp))
         fig.sockets = tuple(current)
         if watch.sockets is None:
             watch.sockets = current  # first sight: the baseline, no mail

@@ -30,7 +30,7 @@ from vstools.config.settings import FirewallBackend
 from vstools.errors import RollbackError, StateError, UsageError, VSError
 from vstools.firewall.backends import Nftables
 from vstools.firewall.render import PKG_PROXY_SET, pkg_proxy_element
-from vstools.host.fsutil import locked
+from vstools.host.fsutil import locked, try_lock
 from vstools.host.hostconfig import HostConfig
 from vstools.host.netlink import Netns
 from vstools.net.plan import NetPlan
@@ -212,8 +212,7 @@ def opened(
         yield opening
         return
     # One run per guest at a time: a second one would take the first's record for a leftover.
-    lock = host.paths.run_dir / "pkg" / f"{plan.name}.lock"
-    with locked(lock, what=f"vs-pkg {plan.name}"):
+    with locked(_run_lock(host, plan.name), what=f"vs-pkg {plan.name}"):
         for line in clean_leftovers(host, plan.name):
             log.warning("%s: leftover of an earlier run removed: %s", plan.name, line)
         apply_steps(steps)
@@ -241,6 +240,20 @@ def _close(opening: Opening, steps: Sequence[Step]) -> None:
             + "; ".join(failures)
         )
     log.info("%s: mirrors closed, firewall as before", opening.name)
+
+
+def _run_lock(host: HostConfig, name: str) -> Path:
+    """The lock a vs-pkg run of guest ``name`` holds while it runs."""
+    return host.paths.run_dir / "pkg" / f"{name}.lock"
+
+
+def clean_dead_run(host: HostConfig, name: str) -> list[str]:
+    """What ``vs-net --fw up`` does for guest ``name``: remove what a killed vs-pkg run left
+    (clean_leftovers), unless a run holds the guest now; returns what was removed."""
+    if not (workdir_of(host, name) / "session.json").exists():
+        return []
+    with try_lock(_run_lock(host, name)) as free:
+        return clean_leftovers(host, name) if free else []
 
 
 def clean_leftovers(host: HostConfig, name: str) -> list[str]:

@@ -81,6 +81,25 @@ class DirectPath:
         answer = self._pass("root,conf", live=False, checksum=True)
         return int(answer["bytes"]), int(answer["repaired"])
 
+    def send(self, tag: str, parent: str, *, final: bool) -> dict[str, Any]:
+        """Snapshot the root at the source as ``tag`` and ``btrfs send`` it (incrementally
+        from ``parent`` when named) into the destination's received snapshots; ``final``: the
+        configuration follows (compared by content). The bytes moved, the received snapshot's
+        name and the UUID it must carry there, the files found different."""
+        options = json.dumps(self.options | {"final": final})
+        answer: dict[str, Any] = self.src.call("push_send", self.name, tag, parent, options)
+        if answer["code"] == SSH_FAILED:
+            why = f"{self.src.host} cannot reach {self.dst.host}: {answer['reason']}"
+            if not self.worked:
+                raise NoDirectPath(why)
+            raise Unreachable(why)
+        if answer["code"] != 0:
+            raise HostError(
+                f"btrfs send from {self.src.host} to {self.dst.host} failed: {answer['reason']}"
+            )
+        self.worked = True
+        return answer
+
     def _pass(self, what: str, *, live: bool, checksum: bool) -> dict[str, Any]:
         answer = self._call(what, checksum=checksum)
         if answer["code"] == 0 or (answer["code"] == RSYNC_VANISHED and live):

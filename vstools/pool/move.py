@@ -17,6 +17,7 @@ configuration directory, a few small files, always goes through the master."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Callable
@@ -25,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from vstools.config.pool import Slave
-from vstools.errors import RollbackError, StateError, UsageError, VSError
+from vstools.errors import NotFoundError, RollbackError, StateError, UsageError, VSError
 from vstools.host.ssh import Remote
 from vstools.pool.direct import DirectPath, NoDirectPath
 from vstools.pool.inventory import Inventory, JournalEntry
@@ -39,6 +40,7 @@ from vstools.pool.transfer import ProgressCallback, copy, verified
 MAX_LIVE_PASSES = 4  # passes while the guest runs, at most (P.Haul bounds its iterations too)
 SETTLED_BYTES = 8 << 20  # a live pass that moved no more than this is followed by the stop
 HOW = "relayed through the master"
+SENT = " with btrfs send/receive"
 STRAIGHT = "straight from {src} to {dst}"
 
 EARLY, STOPPED, COMMITTED = "early", "stopped", "committed"
@@ -94,6 +96,57 @@ class _Move:
     places: dict[str, str] = field(default_factory=dict)  # where the destination receives it
     direct: DirectPath | None = None  # the source pushes straight to the destination
     verified: bool = False  # the final pass compared every file by content
+    sends: bool = False  # both ends on btrfs, straight: btrfs send/receive, not rsync
+    taken: list[str] = field(default_factory=list)  # the source's snapshots of this run's sends
+    sent: int = 0  # the sends of this run: the next snapshot's number
+    received: tuple[str, str] | None = None  # the last snapshot sent: its name and UUID
+
+    def choose_send(self, storage: str) -> None:
+        """btrfs send/receive when the root goes straight between two btrfs hosts; what a
+        killed run received is removed first (the sends start anew, from a full one)."""
+        both = storage == "btrfs" and self.places.get("storage") == "btrfs"
+        self.sends = both and self.direct is not None
+        if self.sends:
+            self.dst.call("received_clear", self.name)
+            self.report.how += SENT
+
+    def send_pass(self, *, final: bool = False) -> int:
+        """Snapshot the root and send it (incrementally from the snapshot sent before); the
+        source then keeps only this snapshot, the next send's parent. ``final``: the guest is
+        stopped, and the configuration follows. The bytes moved."""
+        if self.direct is None:
+            raise StateError("btrfs send needs the straight path")
+        tag = f"{SNAPSHOT_TAG}{self.sent}"
+        parent = self.taken[-1] if self.taken else ""
+        self.taken.append(tag)
+        self.sent += 1
+        answer = self.direct.send(tag, parent, final=final)
+        self.received = (str(answer["subvolume"]), str(answer["uuid"]))
+        if parent and not final:
+            self.taken.remove(parent)  # the source removed it
+        if answer.get("repaired"):
+            self.report.notes.append(f"{answer['repaired']} files found different and copied again")
+        return int(answer["bytes"])
+
+    def drop_sent(self) -> None:
+        """Remove the source's snapshots of this run's sends (what fails is noted)."""
+        while self.taken:
+            tag = self.taken.pop()
+            try:
+                self.src.call("snapshot_drop", self.name, tag)
+            except VSError as exc:
+                self.report.notes.append(f"snapshot {tag} of {self.name} stays: {exc}")
+
+    def sent_root(self, *, final: bool = False) -> int:
+        """A pass of the root by btrfs send; the relay (rsync) when the source cannot reach
+        the destination at all."""
+        try:
+            return self.send_pass(final=final)
+        except NoDirectPath as exc:
+            self.sends = False
+            self.drop_sent()
+            self.relay_instead(str(exc))
+            raise
 
     def open_direct(self) -> None:
         """Try the straight path (a one-time key); the relay when it cannot even be set up."""
@@ -117,6 +170,9 @@ class _Move:
 
     def live_pass(self, root: str, storage: str) -> int:
         """One pass while the guest runs, from a snapshot where its storage has them."""
+        if self.sends:
+            with contextlib.suppress(NoDirectPath):
+                return self.sent_root()
         snapshot = storage == "btrfs"
         source, what = root, "root"
         if snapshot:
@@ -155,7 +211,16 @@ class _Move:
         """The pass made while the guest is stopped, root and configuration; the bytes moved.
         Straight: one call, every file compared by content, so the copy is verified as it is
         made (what differed though its size and time did not is counted); relayed: each hop,
-        then ``verify``."""
+        then ``verify``. btrfs send: the root's stream, then the configuration (compared by
+        content), then the destination checks that the snapshot arrived whole (its Received
+        UUID) and makes it the guest's root."""
+        if self.sends:
+            with contextlib.suppress(NoDirectPath):
+                moved = self.sent_root(final=True)
+                if self.received is not None:
+                    self.dst.call("received_take", self.name, *self.received)
+                    self.verified = True
+                    return moved
         if self.direct is not None:
             try:
                 moved, repaired = self.direct.final()
@@ -304,6 +369,7 @@ def _transfer(
         move.places = dst.call("receive_begin", name, str(facts["disk_limit_mb"]))
         report.how = STRAIGHT.format(src=src.host, dst=dst.host)
         move.open_direct()
+        move.choose_send(str(facts.get("storage")))
         if stage == EARLY and running and not one_step:
             previous = None
             for _ in range(MAX_LIVE_PASSES):
@@ -326,6 +392,7 @@ def _transfer(
         journal.at("verify")
         move.verify(root, conf_dir)
     except VSError as exc:
+        move.drop_sent()
         move.close_direct()
         _roll_back(move, running, exc)
     return stopped_at
@@ -375,22 +442,41 @@ def _undo_commit(move: _Move, exc: VSError) -> None:
     _roll_back(move, move.report.running, exc)
 
 
+def _committed(remote: Remote, name: str) -> bool:
+    """Whether ``name`` is a guest of ``remote`` (put in place there)."""
+    try:
+        remote.call("guest_facts", name)
+    except NotFoundError:
+        return False
+    return True
+
+
 def _finish(move: _Move, stopped_at: float | None) -> None:
     """Put the verified copy in place at the destination, start it there if it ran, then put
     the source copy aside and remove it. Each step is taken again safely."""
     name, src, dst, journal, report = move.name, move.src, move.dst, move.journal, move.report
     journal.at("commit")
-    dst.call("receive_commit", name)
-    journal.at("start")
-    # Stopped by this run, it cannot run there yet; a re-run asks.
-    fresh = stopped_at is not None
-    if report.running and (fresh or not dst.call("guest_facts", name).get("running")):
+    if report.running and stopped_at is not None:
+        # Stopped by this run: committed and started in one call, for the clock is running.
+        journal.at("start")
         try:
-            dst.run(["vs-control", "--name", name, "--start"])
+            dst.call("receive_start", name)
         except VSError as exc:
+            if not _committed(dst, name):
+                raise
             _undo_commit(move, exc)
+    else:
+        dst.call("receive_commit", name)
+        journal.at("start")
+        if report.running and not dst.call("guest_facts", name).get("running"):
+            try:
+                dst.run(["vs-control", "--name", name, "--start"])
+            except VSError as exc:
+                _undo_commit(move, exc)
     if stopped_at is not None:
         report.stopped_s = time.monotonic() - stopped_at
+    if move.sends or stopped_at is None:  # what btrfs receive left, once the guest runs
+        dst.call("received_clear", name)
     journal.at("keep")
     src.call("move_keep", name)
     journal.at("drop")

@@ -146,6 +146,10 @@ def get_guest(
                 source = remote.call("snapshot_take", name, SNAPSHOT_TAG)
                 snapshot = report.snapshot = True
             live = bool(facts.get("running")) and not snapshot
+            # A copy made from nothing is verified as it is made: rsync checks each file it
+            # sends by a whole-file checksum. What a killed run left was not sent now: then
+            # every file is compared with its source.
+            fresh = not store.partial(name).exists()
             partial = store.prepare(name)
             journal.at("copy root")
             first = copy(remote_dir(remote, source), f"{partial / 'root'}/", slave=slave,
@@ -158,12 +162,17 @@ def get_guest(
                 journal.at("freeze")
                 remote.run(["vs-control", "--name", name, "--freeze"])
                 frozen_at = time.monotonic()
+                # Frozen, every file compared by content: what the live pass read while it
+                # changed is copied again, and the root is verified by the same pass.
                 journal.at("final pass")
                 final = copy(remote_dir(remote, source), f"{partial / 'root'}/", slave=slave,
-                             ssh=pool.options, progress=progress)  # fmt: skip
+                             ssh=pool.options, progress=progress, checksum=True)  # fmt: skip
                 report.bytes += final.bytes
             journal.at("verify")
-            for origin, local in ((source, partial / "root"), (conf_dir, partial / "conf")):
+            checks = [] if fresh else [(conf_dir, partial / "conf")]
+            if not fresh and not live:
+                checks.insert(0, (source, partial / "root"))
+            for origin, local in checks:
                 repaired = verified(remote_dir(remote, origin), f"{local}/", slave=slave,
                                     ssh=pool.options, what=f"the copy of {origin}")  # fmt: skip
                 if repaired:
@@ -243,7 +252,10 @@ def put_guest(
              ssh=pool.options)  # fmt: skip
         report.bytes, report.seconds = first.bytes, first.seconds
         journal.at("verify")
-        for local, there in (("root", places["root"]), ("conf", places["conf"])):
+        # Received into places made now, every file was sent and checked by rsync as it went;
+        # places a killed copy left are compared file by file with the store.
+        checks = [] if places.get("fresh") else [("root", places["root"]), ("conf", places["conf"])]
+        for local, there in checks:
             repaired = verified(f"{store.copy(name) / local}/", remote_dir(remote, there),
                                 slave=slave, ssh=pool.options,
                                 what=f"what {host} received of {name}")  # fmt: skip

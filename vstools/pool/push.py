@@ -1,7 +1,7 @@
 """Copies straight from one slave to another (a move), without trust between them and without
 the master's agent: the source makes a key pair for this copy only; the destination lets that
 key in for this copy only: from the source's address, until a day has passed, with no terminal
-or forwarding, and only as an rsync that writes into the guest's receiving place (``rsync_receive``
+or forwarding, and only as an rsync that writes into the guest's receiving place (``push_receive``
 checks what is asked, rrsync-like, devices allowed); the key is
 removed on both sides when the copy is done (the master's vs-move does it, also on failure,
 and the next move of the guest removes one a killed run left). These functions run on the
@@ -10,6 +10,7 @@ slaves (vs-fonctions); the master only passes public keys, an address and a host
 from __future__ import annotations
 
 import datetime
+import functools
 import os
 import re
 import shlex
@@ -22,11 +23,13 @@ from typing import Any
 from vstools.config.guest import GuestConf
 from vstools.config.values import parse_host
 from vstools.errors import NotFoundError, UsageError
-from vstools.guest.receive import receiving
+from vstools.guest.receive import BTRFS_RECEIVE, btrfs_receive, receiving
 from vstools.host.authkeys import restricted_line, set_marked
 from vstools.host.fsutil import atomic_write
 from vstools.host.hostconfig import HostConfig
-from vstools.host.run import become, run
+from vstools.host.jail import check_data_dir, enter_jail
+from vstools.host.rsync_server import check_server_command, exec_server, jail_scratch
+from vstools.host.run import run
 from vstools.host.ssh import (
     RSYNC_VANISHED,
     SshOptions,
@@ -39,15 +42,11 @@ from vstools.names import check_guest_name
 from vstools.storage.select import guest_storage
 
 KEY_LIFETIME = datetime.timedelta(days=1)  # expiry-time: a key a killed run left dies anyway
-# What the source's rsync may ask of the destination's (rsync --server, receiving): its short
-# options as rsync sends them (no 's': no protected args) and these long ones.
-_SHORT = re.compile(r"^-[ACDEHIJKLNORSUWXbcdgklmnopqrtuvxyz]*(e\d*\.\w*)?$")
 # Where a push writes, as the source names it: the root's receiving place or the configuration's.
 _PLACES = {".": 0, "./": 0, "conf": 1, "conf/": 1}
 _TARGETS = {"root": "./", "conf": "conf/"}
 # --itemize-changes: a file sent (<) or received (>) though its size and time were the same.
 _CONTENT_ONLY = re.compile(r"^[<>]fc\.\.")
-_LONG = re.compile(r"^--(delete|partial|numeric-ids|log-format=%i|bwlimit=\d+|compress-level=\d)$")
 
 
 def _comment(name: str) -> str:
@@ -106,35 +105,34 @@ def push_allow(host: HostConfig, name: str, public_key: str, source: str) -> dic
     if not root.is_dir():
         raise NotFoundError(f"nothing of guest {name} is being received here (receive_begin)")
     expires = (datetime.datetime.now(datetime.UTC) + KEY_LIFETIME).strftime("%Y%m%d%H%M")
-    command = f"{_vs_fonctions()} rsync_receive {name}"
+    command = f"{_vs_fonctions()} push_receive {name}"
     line = restricted_line(public_key, whose="the source's copy key", command=command,
                            mark=_comment(name), source=source, expires=expires)  # fmt: skip
     set_marked(_authorized_keys(host), _comment(name), line, lock_dir=_locks(host))
     return {"root": str(root)}
 
 
-def rsync_receive(host: HostConfig, name: str, command: str | None = None) -> None:
-    """On the destination, as the copy key's forced command: check that the source asks for
-    an rsync that writes (never ``--sender``: nothing can be read back) with the options a
-    push uses, then become that rsync, writing into ``name``'s receiving place only. Not
-    rrsync: in a subdirectory it refuses device nodes, which a guest's root has."""
+def push_receive(host: HostConfig, name: str, command: str | None = None) -> None:
+    """On the destination, as the copy key's forced command: ``btrfs-receive`` becomes
+    ``btrfs receive`` of a snapshot stream (vstools.guest.receive.btrfs_receive). Otherwise
+    check that the source asks for an rsync that writes (never ``--sender``: nothing can be
+    read back) with the options a push uses, into one of ``name``'s receiving places, then
+    become that rsync, jailed with that place as its only writable directory
+    (vstools.host.rsync_server). Not rrsync: in a subdirectory it refuses device nodes, which
+    a guest's root has."""
     asked = shlex.split(
         command if command is not None else os.environ.get("SSH_ORIGINAL_COMMAND", "")
     )
-    if len(asked) < 4 or asked[:2] != ["rsync", "--server"] or asked[-2] != ".":
-        raise UsageError(f"refused: {shlex.join(asked) or 'no command'} (only an rsync push)")
-    if "--sender" in asked:
-        raise UsageError("refused: rsync --server --sender (nothing can be read back from here)")
-    for option in asked[2:-2]:
-        if not (_SHORT.match(option) or _LONG.match(option)):
-            raise UsageError(f"refused: rsync option {option!r} (only those of a push)")
-    if asked[-1] not in _PLACES:
-        raise UsageError(f"refused: a push into {asked[-1]!r} (only ./ and conf/)")
-    place = receiving(host, name)[_PLACES[asked[-1]]]
+    if asked == [BTRFS_RECEIVE]:
+        sys.stdout.flush()
+        btrfs_receive(host, name)
+    target = check_server_command(asked, sender=False)
+    if target not in _PLACES:
+        raise UsageError(f"refused: a push into {target!r} (only ./ and conf/)")
+    place = receiving(host, name)[_PLACES[target]]
     if not place.is_dir():
         raise NotFoundError(f"nothing of guest {name} is being received here")
-    sys.stdout.flush()
-    become([*asked[:-2], ".", f"{place}/"], cwd=place)
+    exec_server(asked, place, scratch=jail_scratch(host))
 
 
 def _vs_fonctions() -> str:
@@ -165,17 +163,8 @@ def push_copy(host: HostConfig, name: str, what: str, options: dict[str, Any]) -
     what differs, change nothing). Returns rsync's exit status (the first that failed), the
     bytes moved, the differences listed and the reason of a failure: the master decides (255:
     this host cannot reach the destination)."""
-    target, known_hosts = str(options["target"]), str(options["known_hosts"])
-    check_host(target)
+    target, ssh = copy_ssh(host, name, options)
     directory = _key_dir(host, name)
-    if not (directory / "key").is_file():
-        raise NotFoundError(f"no copy key for guest {name} here (push_key)")
-    atomic_write(directory / "known_hosts", known_hosts, mode=0o600, durable=False)
-    ssh = SshOptions(key=str(directory / "key"), known_hosts=str(directory / "known_hosts"),
-                     connect_timeout_s=host.settings.ssh_timeout_s,
-                     alive_interval_s=max(1, host.settings.ssh_timeout_s // 3),
-                     port=int(options.get("port", 22)),
-                     host_key_alias=check_host(str(options["alias"])))  # fmt: skip
     dry, checksum = bool(options.get("dry_run")), bool(options.get("checksum"))
     extra = ["--checksum", "--itemize-changes"] if dry or checksum else []
     if dry:
@@ -184,12 +173,18 @@ def push_copy(host: HostConfig, name: str, what: str, options: dict[str, Any]) -
                               "repaired": 0, "reason": ""}  # fmt: skip
     for part in what.split(","):
         source, place = _source(host, name, part)
-        argv = build_rsync_argv(f"{source}/", f"{target}:{place}", ssh=ssh,
+        # The sender reads a guest that may run: jailed with its files as its only view of
+        # this host (and what its ssh needs), so a symlink swapped in mid-walk leads nowhere.
+        jail = functools.partial(
+            enter_jail, check_data_dir(source), writable=False, scratch=jail_scratch(host),
+            keep=_ssh_needs(directory),
+        )  # fmt: skip
+        argv = build_rsync_argv("./", f"{target}:{place}", ssh=ssh,
                                 bwlimit_kib=options.get("bwlimit"),
                                 compress=bool(options.get("compress")),
                                 partial=not dry, progress=not dry,
                                 extra=extra)  # fmt: skip
-        done = run_argv(argv, timeout_s=None)
+        done = run_argv(argv, timeout_s=None, preexec=jail)
         lines = [line for line in re.split(r"[\r\n]", done.stdout) if line.strip()]
         figures = parse_progress(done.stdout) if not dry else None
         answer["bytes"] += figures.bytes if figures else 0
@@ -206,6 +201,30 @@ def push_copy(host: HostConfig, name: str, what: str, options: dict[str, Any]) -
     return answer
 
 
+def copy_ssh(host: HostConfig, name: str, options: dict[str, Any]) -> tuple[str, SshOptions]:
+    """On the source: the destination's address and how to reach it with the copy key (its
+    host key checked by its alias, from the lines the master passed)."""
+    target, known_hosts = check_host(str(options["target"])), str(options["known_hosts"])
+    directory = _key_dir(host, name)
+    if not (directory / "key").is_file():
+        raise NotFoundError(f"no copy key for guest {name} here (push_key)")
+    atomic_write(directory / "known_hosts", known_hosts, mode=0o600, durable=False)
+    ssh = SshOptions(key=str(directory / "key"), known_hosts=str(directory / "known_hosts"),
+                     connect_timeout_s=host.settings.ssh_timeout_s,
+                     alive_interval_s=max(1, host.settings.ssh_timeout_s // 3),
+                     port=int(options.get("port", 22)),
+                     host_key_alias=check_host(str(options["alias"])))  # fmt: skip
+    return target, ssh
+
+
+def _ssh_needs(key_dir: Path) -> tuple[str, ...]:
+    """What a jailed ssh client needs of this host: its copy key and known_hosts, and the
+    name-service files that tell it who root is (no secret: /etc/shadow and host keys stay
+    out)."""
+    files = ("/etc/passwd", "/etc/group", "/etc/nsswitch.conf", "/etc/hosts")
+    return (str(key_dir), *(f for f in files if os.path.isfile(f)))
+
+
 def check_host(text: str) -> str:
     """A host name or address, refused if it could be read as an option or a path."""
     return parse_host(text)
@@ -213,7 +232,7 @@ def check_host(text: str) -> str:
 
 def _source(host: HostConfig, name: str, what: str) -> tuple[str, str]:
     """The directory a push reads (the guest's root, one of its snapshots, or its configuration
-    directory) and where it goes at the destination (``rsync_receive``'s places)."""
+    directory) and where it goes at the destination (``push_receive``'s places)."""
     if what in _TARGETS:
         paths = host.paths
         where = paths.guest_root if what == "root" else paths.guest_dir

@@ -2,7 +2,8 @@
 (vstools.host.ssh): every attribute kept (hard links, ACLs, xattrs, file capabilities, sparse
 files, device nodes, numeric owners), slaves.conf's bwlimit and compress honoured, a resumed
 pass sending only what is missing, and a verification that reads both sides (checksums) and
-lists any file that differs."""
+lists any file that differs. The slave runs rsync's server side jailed with the one directory it
+copies (vstools.host.rsync_server): a running guest cannot send it anywhere else."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 
 from vstools.config.pool import Slave
 from vstools.errors import HostError
+from vstools.host.rsync_server import REMOTE_RSYNC
 from vstools.host.ssh import (
     RSYNC_VANISHED,
     SSH_FAILED,
@@ -59,6 +61,7 @@ def copy(
         bwlimit_kib=slave.bwlimit_kib,
         compress=slave.compress,
         extra=["--checksum"] if checksum else (),
+        rsync_path=REMOTE_RSYNC,
     )
     reader = ProgressReader()
 
@@ -97,6 +100,7 @@ def differences(source: str, target: str, *, slave: Slave, ssh: SshOptions) -> l
         partial=False,
         progress=False,
         extra=["--dry-run", "--checksum", "--itemize-changes"],
+        rsync_path=REMOTE_RSYNC,
     )
     done = run_argv(argv, timeout_s=None)
     if done.code == SSH_FAILED:

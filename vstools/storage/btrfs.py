@@ -200,6 +200,17 @@ def delete_subvolume(path: Path) -> None:
         run_cmd(["btrfs", "subvolume", "delete", "--commit-after", str(path)])
 
 
+def subvolume_uuids(path: Path) -> tuple[str, str]:
+    """The subvolume's UUID and its Received UUID ("-" unless it came whole from btrfs
+    receive, which sets it last)."""
+    found = {}
+    for line in cmd_output(["btrfs", "subvolume", "show", str(path)]).splitlines():
+        key, _, value = line.strip().partition(":")
+        if key in ("UUID", "Received UUID"):
+            found[key] = value.strip()
+    return found.get("UUID", "-"), found.get("Received UUID", "-")
+
+
 def check_btrfs(root_dir: Path) -> None:
     """ROOT_DIR (or, before it exists, its nearest existing parent) is on btrfs with quotas
     enabled: without them the disk limit could not be enforced."""

@@ -1,0 +1,87 @@
+"""Benchmark (issue 17): `vs-control --all` (status only) with 102 defined, stopped guests,
+beside the floor of any Python command, `python -I -c pass` with the venv's interpreter,
+measured alternately (A B A B) in one run. Run as root or not:
+    .venv/bin/python -m bench.bench_status [--rounds 21]
+Prints figures and ratios; asserts nothing about time."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from harness.scratch import scratch_env
+
+BIN = Path(sys.executable).parent
+GUESTS = 102
+GUEST = (
+    "NAME={name}\nCONTEXT={context}\nIP=198.51.100.{octet}\nRSS_LIMIT=64\nDISK_LIMIT=256\n"
+    "TMPFS_LIMIT=8\nPROC_LIMIT=64\nCPU_LIMIT=1/2\n"
+)
+
+
+def timed(argv: list[str], env: dict[str, str] | None = None) -> float:
+    start = time.perf_counter()
+    subprocess.run(argv, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.perf_counter() - start
+
+
+def define(work: Path) -> dict[str, str]:
+    """A scratch host with ``GUESTS`` defined guests (stopped: status reads their files and
+    their run directories only)."""
+    for name in ("etc", "guests", "root", "state", "run"):
+        (work / name).mkdir()
+    for index in range(GUESTS):
+        name = f"s{index:03d}"
+        (work / "guests" / name).mkdir()
+        (work / "guests" / name / "guest.conf").write_text(
+            GUEST.format(name=name, context=100 + index, octet=10 + index)
+        )
+    return scratch_env(work)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rounds", type=int, default=21)
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="vstbench-"))
+    try:
+        env = define(work)
+        peers = {
+            "vs-control --all": ([str(BIN / "vs-control"), "--all"], env),
+            "python -I -c pass": ([sys.executable, "-I", "-c", "pass"], None),
+        }
+        times: dict[str, list[float]] = {label: [] for label in peers}
+        for round_index in range(args.rounds):
+            order = list(peers) if round_index % 2 == 0 else list(reversed(peers))
+            for label in order:
+                argv, environ = peers[label]
+                times[label].append(timed(argv, environ))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    floor = statistics.median(times["python -I -c pass"])
+    print(
+        f"status of {GUESTS} defined guests, median of {args.rounds} alternating rounds "
+        f"(kernel {os.uname().release}, {len(os.sched_getaffinity(0))} CPUs, "
+        f"Python {platform.python_version()} {sys.executable})"
+    )
+    print(f"{'command':<22}{'median ms':>10}{'min ms':>9}{'max ms':>9}{'× floor':>9}")
+    for label, values in times.items():
+        median = statistics.median(values)
+        print(
+            f"{label:<22}{median * 1e3:>10.1f}{min(values) * 1e3:>9.1f}"
+            f"{max(values) * 1e3:>9.1f}{median / floor:>9.2f}"
+        )
+    print("goal (issue 17): vs-control --all at most 3.00 × python -I -c pass")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
