@@ -2,6 +2,10 @@
 systemd-nspawn, lxc-execute and unshare+chroot on the same rootfs, measured alternately in one
 run; and the wall time of `vs-control --all` (status only) with 100 defined guests.
 
+Issue 17 adds a row for a guest with its network and a 6-rule firewall (veth, routes, proxy
+ARP, nftables), started through nsenter in a network namespace made for the run (vstbench*,
+with an uplink to a second one standing for the LAN), against the same peers without network.
+
 What is compared: vs-control returns once the guest's init runs (detached supervisor, cgroup
 with limits, five namespaces, masked /proc, private /dev, seccomp, capabilities). The peers run
 /bin/true in their own isolation and return when it has exited. Run as root:
@@ -36,6 +40,47 @@ def timed(argv: list[str], env: dict[str, str] | None = None) -> float:
     return time.perf_counter() - start
 
 
+SIX_RULES = """enable
+allow from 198.51.100.0/24 to tcp/22
+allow from 0/0 to tcp/80
+allow from 203.0.113.5 to tcp/5666
+allow to 198.51.100.53 to udp/53
+allow to 198.51.100.25 to tcp/25
+deny to 0/0 to tcp/23
+"""
+
+
+def wire(work: Path, parent: str) -> list[str]:
+    """A host namespace with an uplink (up0) to a LAN namespace, networks.conf and create.conf
+    for it, and the guest "n" in it with six firewall rules; the nsenter prefix into it."""
+    host, lan = f"{parent}-host", f"{parent}-lan"
+    for ns in (host, lan):
+        subprocess.run(["ip", "netns", "add", ns], check=True)
+    for argv in (
+        ["ip", "-n", host, "link", "add", "up0", "type", "veth", "peer", "name", "lan0"],
+        ["ip", "-n", host, "link", "set", "lan0", "netns", lan],
+        ["ip", "-n", host, "addr", "add", "198.18.0.2/16", "dev", "up0"],
+        ["ip", "-n", host, "link", "set", "up0", "up"],
+        ["ip", "-n", lan, "addr", "add", "198.18.0.1/16", "dev", "lan0"],
+        ["ip", "-n", lan, "link", "set", "lan0", "up"],
+    ):
+        subprocess.run(argv, check=True)
+    (work / "etc" / "networks.conf").write_text("0,198.18.0.0/16,198.18.0.1\n")
+    (work / "etc" / "create.conf").write_text("DEFAULT_DEVICE=up0\n")
+    build_busybox_rootfs(work / "root" / "n")
+    (work / "guests" / "n").mkdir()
+    (work / "guests" / "n" / "guest.conf").write_text(
+        GUEST.format(name="n", context=3, octet=3).replace("198.51.100.3", "198.18.0.10")
+    )
+    (work / "guests" / "n" / "firewall.conf").write_text(SIX_RULES)
+    return ["nsenter", f"--net=/run/netns/{host}", "--"]
+
+
+def unwire(parent: str) -> None:
+    for ns in (f"{parent}-host", f"{parent}-lan"):
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=15)
@@ -45,12 +90,16 @@ def main() -> int:
     try:
         return run(work, parent, args.rounds)
     finally:
-        subprocess.run(
-            [str(BIN / "vs-control"), "--all", "--stop"],
-            env=scratch_env(work),
-            capture_output=True,
-            check=False,
-        )
+        for inside in ([], ["nsenter", f"--net=/run/netns/{parent}-host", "--"]):
+            if inside and not Path(f"/run/netns/{parent}-host").exists():
+                continue
+            subprocess.run(
+                [*inside, str(BIN / "vs-control"), "--all", "--stop", "--yes"],
+                env=scratch_env(work),
+                capture_output=True,
+                check=False,
+            )
+        unwire(parent)
         for controller in Path("/sys/fs/cgroup").iterdir():
             for leftover in sorted(controller.glob(f"{parent}/*"), reverse=True):
                 if leftover.is_dir():
@@ -78,9 +127,11 @@ def run(work: Path, parent: str, rounds: int) -> int:
         f"lxc.rootfs.path = dir:{rootfs}\nlxc.uts.name = bench\nlxc.net.0.type = empty\n"
     )
     nspawn = ["systemd-nspawn", "-q", "-D", str(rootfs), "--register=no", "--keep-unit"]
+    inside = wire(work, parent)
     peers: dict[str, list[str] | None] = {
         "vs-control --start": None,
         "vs-control, USERNS=yes": None,
+        "vs-control, net+6 rules": None,
         "systemd-nspawn": [*nspawn, "/bin/true"],
         # its user namespace, with the rootfs idmapped as ours is
         "systemd-nspawn -U": [
@@ -125,7 +176,10 @@ def run(work: Path, parent: str, rounds: int) -> int:
         for label in order:
             argv = available[label]
             if argv is None:
-                control = [str(BIN / "vs-control"), "--name", "u" if "USERNS" in label else "b"]
+                guest = "u" if "USERNS" in label else "n" if "net" in label else "b"
+                control = [str(BIN / "vs-control"), "--name", guest]
+                if guest == "n":
+                    control = [*inside, *control]
                 times[label].append(timed([*control, "--start"], env))
                 subprocess.run([*control, "--stop"], env=env, check=True, capture_output=True)
             else:
@@ -154,7 +208,7 @@ def run(work: Path, parent: str, rounds: int) -> int:
         )
     status = [timed([str(BIN / "vs-control"), "--all"], env) for _ in range(rounds)]
     print(
-        f"\nvs-control --all (status only), 102 defined guests: median "
+        f"\nvs-control --all (status only), 103 defined guests: median "
         f"{statistics.median(status) * 1e3:.1f} ms over {rounds} runs "
         f"(min {min(status) * 1e3:.1f}, max {max(status) * 1e3:.1f})"
     )

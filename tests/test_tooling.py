@@ -42,12 +42,25 @@ PURE_MODULES = (
 LAZY_IN_HOUSE = {
     ("vstools.cli.vs_control", "vstools.guest.start"),
     ("vstools.cli.vs_control", "vstools.guest.stop"),
+    ("vstools.cli.vs_control", "vstools.guest.batch"),
     ("vstools.cli.vs_monitor", "vstools.monitor.daemon"),
     ("vstools.cli.vs_fonctions", "vstools.functions"),
     ("vstools.pkg.driver", "vstools.guest.start"),  # only vs-pkg --start-stopped starts guests
     ("vstools.pkg.driver", "vstools.guest.stop"),
     ("vstools.functions", "vstools.guest.start"),  # receive_start only: every call would pay
     ("vstools.cli.vs_net", "vstools.pkg.session"),  # --fw up only: a killed vs-pkg's leftovers
+    # A start or stop without a network does not pay for the network and firewall stacks.
+    *(
+        (module, imported)
+        for module in ("vstools.guest.start", "vstools.guest.stop")
+        for imported in (
+            "vstools.firewall.host",
+            "vstools.firewall.model",
+            "vstools.net.plan",
+            "vstools.net.routed",
+            "vstools.plan",
+        )
+    ),
 }
 
 # One door each (STYLE.md "What that means here" §3): who may import these modules.

@@ -6,12 +6,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import logging
 import os
 import socket
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TextIO
+from typing import Any, NoReturn, TextIO
 
 from vstools import __version__
 from vstools.config.create import mb, memory_mb, processes
@@ -309,6 +310,18 @@ def run_command(
         return _report(
             ctx, ExitCode.INTERNAL, [f"internal error: {type(exc).__name__}: {exc}"], None
         )
+
+
+def finish(code: int) -> NoReturn:
+    """End the command's process with ``code`` once its work is done: standard streams and the
+    journal flushed, then ``os._exit``, without the interpreter's own shutdown, which frees
+    every loaded module one by one (about 35 ms once the start machinery is loaded, longer
+    than many a command's work). Only for a command's own process, never for a caller's."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+    logging.shutdown()
+    os._exit(code)
 
 
 def _report(ctx: Context, code: ExitCode, lines: list[str], exc: VSError | None) -> int:

@@ -9,13 +9,14 @@ from vstools.cli.common import (
     Context,
     add_guest_selection,
     confirm,
+    finish,
     for_each_guest,
     guests_phrase,
     new_parser,
     run_command,
     selected_guests,
 )
-from vstools.errors import VSError
+from vstools.errors import UsageError, VSError
 from vstools.guest.lifecycle import (
     freeze_guest,
     guest_status,
@@ -29,12 +30,17 @@ from vstools.host.journal import operation
 DESCRIPTION = """\
 Show or change the state of guests: enabled or disabled (started with the host), running or
 stopped, frozen. Without an action, shows the state. Several guests (--all) are handled one after
-the other; a failure on one is reported and the others are still handled. --all with --stop,
+the other, but for --start (--parallel of them at once) and --stop (every stop requested at
+once); a failure on one is reported and the others are still handled. --all with --stop,
 --restart, --freeze or --disable asks for confirmation first when stdin is a terminal (not with
 --yes); any answer but y/yes exits 7 and changes nothing.
 Output: host:vserver:enabled|disabled:running|stopped"""
 
 FIELDS = ("host", "vserver", "enabled", "running")
+# What --parallel defaults to (vstools.guest.batch.DEFAULT_PARALLEL, not imported: showing the
+# state does not load the start machinery) and its bound.
+DEFAULT_PARALLEL = 8
+MAX_PARALLEL = 64
 # What --all asks to confirm: the actions that take guests down or away from the next boot.
 CONFIRMED = ("stop", "restart", "freeze", "disable")
 
@@ -63,6 +69,20 @@ def build_parser() -> argparse.ArgumentParser:
         " vs-guests.service starts at boot)",
     )
     parser.add_argument(
+        "--parallel",
+        type=_parallel,
+        default=None,
+        metavar="N",
+        help="with --all --start: start at most N guests at once (default"
+        f" {DEFAULT_PARALLEL}; 1: one after the other)",
+    )
+    parser.add_argument(
+        "--kill",
+        action="store_true",
+        help="with --stop: kill every process of the guest at once instead of"
+        " sending its init the shutdown signal (as lxc-stop -k)",
+    )
+    parser.add_argument(
         "--foreground",
         action="store_true",
         help="with --start: run the guest's supervisor in the foreground until"
@@ -71,12 +91,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _parallel(text: str) -> int:
+    value = int(text) if text.isascii() and text.isdigit() else 0
+    if not 1 <= value <= MAX_PARALLEL:
+        raise argparse.ArgumentTypeError(f"a number from 1 to {MAX_PARALLEL}, not {text!r}")
+    return value
+
+
 ACTIONS = ("enable", "disable", "stop", "restart", "start", "freeze", "thaw")
 
 
-def _act(ctx: Context, name: str, asked: set[str]) -> None:
+def _act(ctx: Context, name: str, asked: set[str], started: dict[str, VSError | None]) -> None:
     """The actions asked for, in order, on one guest (``asked``: guests whose supervisor was
-    already sent its stop request by ``_request_all_stops``)."""
+    already sent its stop request by ``_request_all_stops``; ``started``: the outcome of each
+    start ``_start_all`` already made)."""
     host, args = ctx.host, ctx.args
     actions = [flag for flag in ACTIONS if getattr(args, flag)]
     if not actions:
@@ -99,13 +127,28 @@ def _act(ctx: Context, name: str, asked: set[str]) -> None:
             elif action == "stop" and args.all and not is_active(host, name):
                 continue  # --all: a stopped guest is not an error
             elif action == "stop" or (action == "restart" and is_active(host, name)):
-                stop_guest(host, name)
+                stop_guest(host, name, kill=args.kill)
+            if action == "start" and name in started:
+                outcome = started[name]
+                if outcome is not None:
+                    raise outcome
+                continue
             if action == "start" and args.all and is_active(host, name):
                 continue  # --all: a running guest is not an error
             if action in ("start", "restart"):
                 start_guest(host, name, foreground=args.foreground)
             elif action in ("freeze", "thaw"):
                 freeze_guest(host, name, thaw=action == "thaw")
+
+
+def _start_all(ctx: Context, names: list[str]) -> dict[str, VSError | None]:
+    """--all --start: start the guests that do not run, --parallel of them at once; each
+    guest's outcome, reported in its own turn."""
+    from vstools.guest.batch import start_guests
+
+    stopped = [n for n in names if not is_active(ctx.host, n)]
+    parallel = ctx.args.parallel or DEFAULT_PARALLEL
+    return start_guests(ctx.host, stopped, parallel=parallel)
 
 
 def _request_all_stops(ctx: Context, names: list[str]) -> set[str]:
@@ -115,7 +158,7 @@ def _request_all_stops(ctx: Context, names: list[str]) -> set[str]:
     for name in names:
         if is_active(ctx.host, name):
             try:
-                if request_stop(ctx.host, name):
+                if request_stop(ctx.host, name, kill=ctx.args.kill):
                     asked.add(name)
             except VSError:
                 continue  # reported when this guest's turn comes
@@ -143,15 +186,22 @@ def handle(ctx: Context) -> int:
     wide = [flag for flag in CONFIRMED if getattr(ctx.args, flag)]
     if ctx.args.all and wide and names:
         confirm(ctx, f"{' and '.join(wide).capitalize()} {guests_phrase(names)}?")
+    if ctx.args.kill and not (ctx.args.stop or ctx.args.restart):
+        raise UsageError("--kill goes with --stop or --restart")
+    if ctx.args.parallel and not (ctx.args.all and ctx.args.start):
+        raise UsageError("--parallel goes with --all --start")
     asked = set()
     if ctx.args.stop and len(names) > 1 and not ctx.dry_run:
         asked = _request_all_stops(ctx, names)  # every guest shuts down at once
+    started: dict[str, VSError | None] = {}
+    if ctx.args.start and ctx.args.all and not ctx.dry_run and not ctx.args.foreground:
+        started = _start_all(ctx, names)  # --parallel at once; reported in each one's turn
 
     def one(name: str) -> dict[str, object]:
         """Act on one guest (a failure is reported, its state still shown), then its state row."""
         acted = False
         try:
-            _act(ctx, name, asked)
+            _act(ctx, name, asked, started)
             acted = _acts(ctx)
         except VSError as exc:
             ctx.fail(name, exc)
@@ -179,5 +229,9 @@ def handle(ctx: Context) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of vs-control: returns its exit status."""
-    return run_command(build_parser(), handle, argv)
+    """Entry point of vs-control: returns its exit status (as the command itself, without
+    ``argv``, it ends the process with it at once: see ``finish``)."""
+    code = run_command(build_parser(), handle, argv)
+    if argv is None:
+        finish(code)
+    return code

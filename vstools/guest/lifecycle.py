@@ -122,14 +122,19 @@ def running_state(host: HostConfig, name: str) -> GuestState:
     return state
 
 
-def request_stop(host: HostConfig, name: str, *, dry_run: bool = False) -> bool:
-    """Send the guest's supervisor its stop request (SIGTERM, by PID); False when no supervisor
-    holds the guest's lock (or on a dry run)."""
+def request_stop(host: HostConfig, name: str, *, dry_run: bool = False, kill: bool = False) -> bool:
+    """Send the guest's supervisor its stop request (SIGTERM, by PID), or with ``kill`` kill
+    every process of the guest's cgroup at once (the supervisor then sees its init end and
+    cleans up as after any end); False when no supervisor holds the guest's lock (or on a dry
+    run)."""
     run_dir = host.paths.guest_run_dir(name)
     if not is_running(run_dir):
         return False
     if not dry_run:
-        signal_supervisor(run_dir, name, signal.SIGTERM)
+        if kill:
+            guest_cgroup(host, name).kill()
+        else:
+            signal_supervisor(run_dir, name, signal.SIGTERM)
     return not dry_run
 
 

@@ -10,13 +10,13 @@ import os
 import signal
 import socket
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from vstools.config.create import StorageKind
 from vstools.config.guest import GuestConf, userns_base
 from vstools.config.settings import NetworkMode
 from vstools.errors import HostError, NotFoundError, StateError, VSError
-from vstools.firewall.host import Firewall, compile_for
 from vstools.guest.lifecycle import guest_cgroup, processes
 from vstools.guest.moving import check_not_moving
 from vstools.guest.stop import clean_leftovers
@@ -24,9 +24,6 @@ from vstools.host.cgrouplayout import probe_layout
 from vstools.host.hostconfig import GuestFiles, HostConfig
 from vstools.host.rootfs import GuestRoot
 from vstools.host.run import run
-from vstools.net.plan import plan_network
-from vstools.net.routed import Registry, attach, detach
-from vstools.plan import discard
 from vstools.runtime.state import GuestPlan, is_running
 from vstools.runtime.supervisor import Supervisor
 from vstools.storage.base import (
@@ -93,6 +90,35 @@ def start_guest(
     What only the start that wins the guest's lock may do is done by the supervisor once it
     holds it (``_prepare``): refuse a guest whose processes still run without a supervisor,
     clean what a killed one left, mount a root on its own volume (STORAGE=lvm)."""
+    files, plan, readable = _checked(host, name)
+    if dry_run or (_under_systemd() and not foreground):
+        if readable:
+            _check_init(plan)
+        if not dry_run:
+            run(["systemctl", "start", f"vs-guest@{name}.service"])
+        return plan
+    supervisor = _supervisor(host, files, plan, foreground=foreground)
+    if foreground:
+        supervisor.run()
+    else:
+        _detach(supervisor).wait()
+    return plan
+
+
+def launch_guest(host: HostConfig, name: str) -> Launch | None:
+    """Begin a start as ``start_guest`` does and return without waiting for the guest to run:
+    the caller waits with ``Launch.wait`` (``vs-control --all --start`` keeps several in
+    flight). None when the start is already complete (under systemd, ``systemctl start``)."""
+    if _under_systemd():
+        start_guest(host, name)
+        return None
+    files, plan, _ = _checked(host, name)
+    return _detach(_supervisor(host, files, plan, foreground=False))
+
+
+def _checked(host: HostConfig, name: str) -> tuple[GuestFiles, GuestPlan, bool]:
+    """The read-only checks of a start; the guest's files, its plan, and whether its root can
+    be read yet (a root on its own LVM volume is mounted by the supervisor)."""
     paths = host.paths
     files = host.guest(name)
     if is_running(paths.guest_run_dir(name)):
@@ -105,15 +131,7 @@ def start_guest(
             f"guest {name}: its root filesystem {paths.guest_root(name)} does not exist"
         )
     readable = storage.kind is not StorageKind.LVM or is_mount_point(paths.guest_root(name))
-    plan = build_plan(host, files.conf)
-    if dry_run or (_under_systemd() and not foreground):
-        if readable:
-            _check_init(plan)
-        if not dry_run:
-            run(["systemctl", "start", f"vs-guest@{name}.service"])
-        return plan
-    _supervise(host, files, plan, foreground=foreground)
-    return plan
+    return files, build_plan(host, files.conf), readable
 
 
 def _check_init(plan: GuestPlan) -> None:
@@ -149,7 +167,9 @@ def _prepare(host: HostConfig, files: GuestFiles, plan: GuestPlan) -> tuple[Gues
     return plan, str(paths.guest_root(name)) if mounted else ""
 
 
-def _supervise(host: HostConfig, files: GuestFiles, plan: GuestPlan, *, foreground: bool) -> None:
+def _supervisor(
+    host: HostConfig, files: GuestFiles, plan: GuestPlan, *, foreground: bool
+) -> Supervisor:
     before_go, network_after_stop = _network_hooks(host, files)
 
     def after_stop(attached: bool) -> None:
@@ -170,10 +190,7 @@ def _supervise(host: HostConfig, files: GuestFiles, plan: GuestPlan, *, foregrou
         after_stop=after_stop,
         prepare=lambda: _prepare(host, files, plan),
     )
-    if foreground:
-        supervisor.run()
-    else:
-        _detach(supervisor)
+    return supervisor
 
 
 def _network_hooks(
@@ -185,9 +202,16 @@ def _network_hooks(
     start cleanly."""
     if host.settings.network is NetworkMode.NONE:
         return None, None
+    from vstools.net.plan import plan_network
+
     net = plan_network(files.conf, host.networks(), host.create())
     if net is None:
         return None, None
+    # The network and firewall stacks (about 20 ms of imports) only for a guest with a network.
+    from vstools.firewall.host import Firewall, compile_for
+    from vstools.net.routed import Registry, attach, detach
+    from vstools.plan import discard
+
     rules = compile_for(files.conf, files.firewall)
     registry = Registry(host.paths.run_dir)
 
@@ -222,13 +246,42 @@ def _notify_systemd(message: str) -> None:
         sock.sendto(b"READY=1\nSTATUS=guest running", address)
 
 
-def _detach(supervisor: Supervisor) -> None:
-    """Run the supervisor as a daemon (double fork, new session, stdio on /dev/null) and wait
-    until it says the guest runs, or why it does not."""
+@dataclass(slots=True)
+class Launch:
+    """A guest whose supervisor runs as a daemon and has not yet said whether the guest runs."""
+
+    name: str
+    ready_fd: int  # the supervisor's ready line ends with end of file
+
+    def wait(self) -> None:
+        """Read the supervisor's ready line; the error it reported (or its death) is raised."""
+        chunks = []
+        try:
+            while chunk := os.read(self.ready_fd, 4096):
+                chunks.append(chunk)
+        finally:
+            os.close(self.ready_fd)
+            _PENDING_READY_FDS.discard(self.ready_fd)
+        message = b"".join(chunks).decode(errors="replace").strip()
+        if message != "running":
+            raise error_from_ready(message)
+
+
+# The read ends of the starts in flight in this process: a daemon forked meanwhile closes them,
+# so that no supervisor holds another guest's ready pipe.
+_PENDING_READY_FDS: set[int] = set()
+
+
+def _detach(supervisor: Supervisor) -> Launch:
+    """Run the supervisor as a daemon (double fork, new session, stdio on /dev/null); the
+    ``Launch`` to wait on until it says the guest runs, or why it does not."""
     ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
     first = os.fork()
     if first == 0:  # pragma: no cover - the daemon's side
         os.close(ready_r)
+        for fd in _PENDING_READY_FDS:
+            with contextlib.suppress(OSError):
+                os.close(fd)
         os.setsid()
         if os.fork() != 0:
             os._exit(0)
@@ -252,13 +305,8 @@ def _detach(supervisor: Supervisor) -> None:
             os._exit(code)
     os.close(ready_w)
     os.waitpid(first, 0)
-    chunks = []
-    while chunk := os.read(ready_r, 4096):
-        chunks.append(chunk)
-    os.close(ready_r)
-    message = b"".join(chunks).decode(errors="replace").strip()
-    if message != "running":
-        raise error_from_ready(message)
+    _PENDING_READY_FDS.add(ready_r)
+    return Launch(supervisor.plan.name, ready_r)
 
 
 def error_from_ready(message: str) -> VSError:

@@ -12,26 +12,30 @@ import time
 from pathlib import Path
 
 from vstools.errors import HostError, StateError
-from vstools.firewall.host import Firewall
-from vstools.firewall.model import GuestFirewall
 from vstools.guest.lifecycle import guest_cgroup, processes, request_stop, wait_stopped
 from vstools.host.cgroup import Cgroup
 from vstools.host.fsutil import try_lock
 from vstools.host.hostconfig import HostConfig
 from vstools.host.journal import log
-from vstools.net.plan import NET_RECORD, plan_from_record
-from vstools.net.routed import Registry, detach
-from vstools.plan import discard
+from vstools.net.plan import NET_RECORD
 from vstools.runtime.state import STATE_FILE, CorruptState, GuestState, is_alive, read_state_file
 from vstools.storage.base import unmount_root
 
 
 def stop_guest(
-    host: HostConfig, name: str, *, timeout_s: float | None = None, dry_run: bool = False
+    host: HostConfig,
+    name: str,
+    *,
+    timeout_s: float | None = None,
+    dry_run: bool = False,
+    kill: bool = False,
 ) -> None:
     """Stop the guest and wait until everything of it is gone; also a guest whose supervisor
-    was killed (A5), whatever its configuration files say (A9)."""
-    if request_stop(host, name, dry_run=dry_run):
+    was killed (A5), whatever its configuration files say (A9). With ``kill`` its processes
+    are killed at once, without the shutdown signal."""
+    if kill:
+        timeout_s = 0.0
+    if request_stop(host, name, dry_run=dry_run, kill=kill):
         wait_stopped(host, name, timeout_s=timeout_s)
         return
     if dry_run:
@@ -43,7 +47,7 @@ def stop_guest(
     run_dir.mkdir(parents=True, exist_ok=True)
     with try_lock(run_dir / "lock") as held:
         if not held:  # a supervisor started meanwhile: it is the one to stop
-            request_stop(host, name)
+            request_stop(host, name, kill=kill)
             wait_stopped(host, name, timeout_s=timeout_s)
             return
         stop_orphan(host, name, cgroup, timeout_s)
@@ -94,8 +98,18 @@ def clean_leftovers(host: HostConfig, name: str, *, state: GuestState | None = N
         with contextlib.suppress(CorruptState):
             state = read_state_file(run_dir)
     done: list[str] = []
-    registry = Registry(paths.run_dir)
-    record = registry.read(name)
+    record = None
+    if (run_dir / NET_RECORD).exists():
+        # The network and firewall stacks only for a guest that had a network (not on every
+        # start, which comes through here to clean what a killed supervisor left).
+        from vstools.firewall.host import Firewall
+        from vstools.firewall.model import GuestFirewall
+        from vstools.net.plan import plan_from_record
+        from vstools.net.routed import Registry, detach
+        from vstools.plan import discard
+
+        registry = Registry(paths.run_dir)
+        record = registry.read(name)
     if record is not None:
         net = plan_from_record(record)
         firewall = Firewall(host)

@@ -9,13 +9,25 @@ import contextlib
 import errno
 import fcntl
 import os
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from vstools.errors import StateError
+
+
+def _temporary_beside(target: Path) -> tuple[int, str]:
+    """A new file beside ``target``, created as tempfile.mkstemp does (exclusive, 0600, not
+    following a symlink), without importing tempfile (and random, shutil) on every start."""
+    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    for _ in range(100):
+        tmp = str(target.parent / f".{target.name}.{os.urandom(6).hex()}.tmp")
+        try:
+            return os.open(tmp, flags, 0o600), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, f"no free temporary name beside {target}")
 
 
 def atomic_write(
@@ -27,7 +39,7 @@ def atomic_write(
     lose the last ones, a reader still never sees half a file)."""
     target = Path(path)
     payload = data.encode() if isinstance(data, str) else data
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    fd, tmp = _temporary_beside(target)
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(payload)

@@ -37,6 +37,12 @@ def _iproute() -> Any:
     return IPRoute()
 
 
+def preload() -> None:
+    """Import pyroute2 now: a process that forks many network users (``vs-control --all
+    --start``'s supervisors) pays for it once instead of once per child."""
+    from pyroute2 import IPRoute  # noqa: F401
+
+
 def NetlinkError() -> type[Exception]:  # noqa: N802 - used where the class would be
     """pyroute2's NetlinkError, loaded with pyroute2 (an ``except`` names it when it runs)."""
     from pyroute2.netlink import exceptions

@@ -15,7 +15,6 @@ import errno
 import functools
 import os
 import posixpath
-import secrets
 import stat
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
@@ -318,7 +317,7 @@ class GuestRoot:
     def _replace(
         self, dir_fd: int, name: str, data: bytes, *, mode: int, uid: int, gid: int
     ) -> None:
-        tmp = f"{TMP_PREFIX}{secrets.token_hex(8)}{TMP_SUFFIX}"
+        tmp = f"{TMP_PREFIX}{os.urandom(8).hex()}{TMP_SUFFIX}"
         # O_EXCL|O_NOFOLLOW: a name the guest planted (even a symlink) is never written through.
         # 0600 until complete, so a partial file is never readable by others.
         fd = os.open(

@@ -11,6 +11,8 @@ from __future__ import annotations
 import ctypes
 import os
 import platform
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from enum import IntEnum
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -294,3 +296,31 @@ def last_cap() -> int:
     """The highest capability number the running kernel knows (kernel/cap_last_cap)."""
     with open("/proc/sys/kernel/cap_last_cap") as handle:
         return int(handle.read())
+
+
+@contextmanager
+def libraries_by_soname(sonames: Mapping[str, str]) -> Iterator[None]:
+    """While importing a binding that looks its C library up with ``ctypes.util.find_library``
+    (pyseccomp does, for libc and libseccomp): answer those names with their soname when the
+    dynamic loader opens it. find_library otherwise runs ``ldconfig -p`` once per name, two
+    processes (about 10 ms each) on every guest start; other names still go to find_library."""
+    import ctypes.util
+
+    original = ctypes.util.find_library
+
+    def find_library(name: str) -> str | None:
+        """The soname of ``name`` when the loader opens it, else what find_library says."""
+        soname = sonames.get(name)
+        if soname is not None:
+            try:
+                ctypes.CDLL(soname)  # the loader's own search: the soname the binding then opens
+            except OSError:
+                return original(name)
+            return soname
+        return original(name)
+
+    ctypes.util.find_library = find_library
+    try:
+        yield
+    finally:
+        ctypes.util.find_library = original

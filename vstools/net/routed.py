@@ -73,7 +73,11 @@ class Registry:
         data = {k: str(v) for k, v in asdict(plan).items()}
         if init_pid:
             data |= {"init_pid": str(init_pid), "init_start": str(process_start_time(init_pid))}
-        atomic_write(self._guest_dir(plan.name) / NET_RECORD, json.dumps(data) + "\n")
+        # Runtime state, void after a reboot (RUN_DIR is a tmpfs on a host): no fsync, the
+        # rename keeps it whole.
+        atomic_write(
+            self._guest_dir(plan.name) / NET_RECORD, json.dumps(data) + "\n", durable=False
+        )
 
     def read(self, name: str) -> dict[str, str] | None:
         """The attachment recorded for ``name``, or None (also when it cannot be read)."""

@@ -53,6 +53,7 @@ from vstools.host.syscalls import (
     capget,
     capset,
     last_cap,
+    libraries_by_soname,
     mount,
     mount_setattr,
     move_mount,
@@ -373,6 +374,9 @@ def set_loopback_up() -> None:
         fcntl.ioctl(sock, SIOCSIFFLAGS, struct.pack("16sH14x", b"lo", flags | IFF_UP))
 
 
+# The sonames pyseccomp's find_library("c") and find_library("seccomp") stand for (Debian 12's,
+# and every distribution's since libseccomp 2.0 and glibc 2.3).
+SECCOMP_SONAMES = {"c": "libc.so.6", "seccomp": "libseccomp.so.2"}
 _SECCOMP: list[Any] = []  # pyseccomp (or seccomp), once preload() has run
 
 
@@ -381,7 +385,9 @@ def preload() -> None:
     files are still reachable."""
     if not _SECCOMP:
         try:
-            import pyseccomp as binding
+            # by soname: no `ldconfig -p` processes (pyseccomp's find_library) on each start
+            with libraries_by_soname(SECCOMP_SONAMES):
+                import pyseccomp as binding
         except ImportError:
             # Debian's python3-seccomp: libseccomp's own binding, the API pyseccomp copies.
             import seccomp as binding

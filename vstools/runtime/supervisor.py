@@ -41,7 +41,7 @@ from vstools.host.syscalls import (
     prctl,
     unshare,
 )
-from vstools.runtime.sandbox import SandboxSpec, setup_and_exec
+from vstools.runtime.sandbox import SandboxSpec, preload, setup_and_exec
 from vstools.runtime.state import (
     CONSOLE_LOG,
     LOCK_FILE,
@@ -154,7 +154,11 @@ class Supervisor:
             stop_timeout_s=self.plan.stop_timeout_s,
             root_mounted=self.root_mounted,
         )
-        atomic_write(self.plan.run_dir / STATE_FILE, state.to_json())
+        # Not fsynced: runtime state that a reboot makes void (RUN_DIR is /run, a tmpfs, on a
+        # host; fsyncs cost ~7 ms each on a disk, twice per start). The rename alone keeps a
+        # reader from ever seeing half a file, and a state.json that does not parse is
+        # reported as corrupt, never trusted.
+        atomic_write(self.plan.run_dir / STATE_FILE, state.to_json(), durable=False)
         self.state_written = True
 
     def _start(self) -> None:
@@ -410,6 +414,9 @@ def _init_child(
     spec: SandboxSpec, console: socket.socket, report_w: int, go_r: int
 ) -> None:  # pragma: no cover - child process
     try:
+        # libseccomp's binding is loaded while the supervisor moves this process into the
+        # guest's cgroup (a v1 attach waits for an RCU grace period): the two overlap.
+        preload()
         if os.read(go_r, 16) != b"go":  # the supervisor died or gave up before the go
             os._exit(1)
         os.close(go_r)
