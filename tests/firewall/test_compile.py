@@ -212,13 +212,11 @@ def _matches(rule: str, guest: GuestFirewall, packet: Packet) -> bool:
 def _dispatch_check_matches(rule: str, guest: GuestFirewall, packet: Packet) -> bool:
     """One of the forward chain's checks before the dispatch, interpreted for a packet to or
     from ``guest`` (the peer is no guest: the verdict maps and sets hold the guest alone)."""
-    if (m := re.match(r"ct state (\S+)", rule)) and packet.ct not in m.group(1).split(","):
+    if (m := re.match(r"ct state (!= )?(\S+)", rule)) and (
+        (packet.ct in m.group(2).split(",")) == bool(m.group(1))
+    ):
         return False
     src, dst = (packet.peer, guest.ip) if packet.way is Way.IN else (guest.ip, packet.peer)
-    if "ip saddr @fw_out" in rule and not (guest.enabled and src == guest.ip):
-        return False
-    if "ip daddr @fw_in" in rule and not (guest.enabled and dst == guest.ip):
-        return False
     if "@guest_self" in rule and not src == dst == guest.ip:
         return False
     echo = packet.proto == "icmp" and packet.icmp_type == 8
