@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterator
 from ipaddress import IPv4Address
 from pathlib import Path
 
+from bench.common import GUEST, SIX_RULES
 from harness.scratch import scratch_env
 from vstools.config.firewall import parse_firewall
 from vstools.firewall.backends import Nftables
@@ -42,14 +43,6 @@ from vstools.host.syscalls import CLONE_NEWNET, setns
 
 BIN = Path(sys.executable).parent
 PER_RULE_BUDGET_S = 60.0  # one iptables call per rule for 1000 guests takes many minutes
-SIX_RULES = """enable
-allow from 198.51.100.0/24 to tcp/22
-allow from 0/0 to tcp/80
-allow from 203.0.113.5 to tcp/5666
-allow to 198.51.100.53 to udp/53
-allow to 198.51.100.25 to tcp/25
-deny to 0/0 to tcp/23
-"""
 
 
 def ruleset(count: int, rules: str = SIX_RULES) -> Ruleset:
@@ -231,12 +224,6 @@ def update(rounds: int) -> None:
         row("iptables-restore of all the toolkit's chains", statistics.median(restore_times), base)
     )
     print(row(f"iptables -F + one call per rule ({len(calls)} calls)", per_rule, base))
-
-
-GUEST = (
-    "NAME={name}\nCONTEXT={context}\nIP={ip}\nRSS_LIMIT=64\nDISK_LIMIT=256\n"
-    "TMPFS_LIMIT=8\nPROC_LIMIT=64\nCPU_LIMIT=1/2\n"
-)
 
 
 def starts(rounds: int) -> None:

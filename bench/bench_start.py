@@ -21,33 +21,13 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
+from bench.common import GUEST, SIX_RULES, timed
 from harness.scratch import scratch_env
 from vstools.guest.templates import build_busybox_rootfs
 
 BIN = Path(sys.executable).parent
-GUEST = (
-    "NAME={name}\nCONTEXT={context}\nIP=198.51.100.{octet}\nRSS_LIMIT=64\nDISK_LIMIT=256\n"
-    "TMPFS_LIMIT=8\nPROC_LIMIT=64\nCPU_LIMIT=1/2\n"
-)
-
-
-def timed(argv: list[str], env: dict[str, str] | None = None) -> float:
-    start = time.perf_counter()
-    subprocess.run(argv, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return time.perf_counter() - start
-
-
-SIX_RULES = """enable
-allow from 198.51.100.0/24 to tcp/22
-allow from 0/0 to tcp/80
-allow from 203.0.113.5 to tcp/5666
-allow to 198.51.100.53 to udp/53
-allow to 198.51.100.25 to tcp/25
-deny to 0/0 to tcp/23
-"""
 
 
 def wire(work: Path, parent: str) -> list[str]:
@@ -70,7 +50,7 @@ def wire(work: Path, parent: str) -> list[str]:
     build_busybox_rootfs(work / "root" / "n")
     (work / "guests" / "n").mkdir()
     (work / "guests" / "n" / "guest.conf").write_text(
-        GUEST.format(name="n", context=3, octet=3).replace("198.51.100.3", "198.18.0.10")
+        GUEST.format(name="n", context=3, ip="198.18.0.10")
     )
     (work / "guests" / "n" / "firewall.conf").write_text(SIX_RULES)
     return ["nsenter", f"--net=/run/netns/{host}", "--"]
@@ -116,11 +96,13 @@ def run(work: Path, parent: str, rounds: int) -> int:
     (work / "etc" / "vs-tools.conf").write_text(f"CGROUP_PARENT={parent}\nSTOP_TIMEOUT=5\n")
     rootfs = build_busybox_rootfs(work / "root" / "b")
     (work / "guests" / "b").mkdir()
-    (work / "guests" / "b" / "guest.conf").write_text(GUEST.format(name="b", context=1, octet=1))
+    (work / "guests" / "b" / "guest.conf").write_text(
+        GUEST.format(name="b", context=1, ip="198.51.100.1")
+    )
     build_busybox_rootfs(work / "root" / "u")
     (work / "guests" / "u").mkdir()
     (work / "guests" / "u" / "guest.conf").write_text(
-        GUEST.format(name="u", context=2, octet=2) + "USERNS=yes\n"
+        GUEST.format(name="u", context=2, ip="198.51.100.2") + "USERNS=yes\n"
     )
     lxc_conf = work / "lxc.conf"
     lxc_conf.write_text(
@@ -204,7 +186,7 @@ def run(work: Path, parent: str, rounds: int) -> int:
         name = f"s{index:03d}"
         (work / "guests" / name).mkdir()
         (work / "guests" / name / "guest.conf").write_text(
-            GUEST.format(name=name, context=100 + index, octet=10 + index)
+            GUEST.format(name=name, context=100 + index, ip=f"198.51.100.{10 + index}")
         )
     status = [timed([str(BIN / "vs-control"), "--all"], env) for _ in range(rounds)]
     print(

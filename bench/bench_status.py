@@ -11,26 +11,15 @@ import os
 import platform
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
+from bench.common import GUEST, timed
 from harness.scratch import scratch_env
 
 BIN = Path(sys.executable).parent
 GUESTS = 102
-GUEST = (
-    "NAME={name}\nCONTEXT={context}\nIP=198.51.100.{octet}\nRSS_LIMIT=64\nDISK_LIMIT=256\n"
-    "TMPFS_LIMIT=8\nPROC_LIMIT=64\nCPU_LIMIT=1/2\n"
-)
-
-
-def timed(argv: list[str], env: dict[str, str] | None = None) -> float:
-    start = time.perf_counter()
-    subprocess.run(argv, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return time.perf_counter() - start
 
 
 def define(work: Path) -> dict[str, str]:
@@ -42,7 +31,7 @@ def define(work: Path) -> dict[str, str]:
         name = f"s{index:03d}"
         (work / "guests" / name).mkdir()
         (work / "guests" / name / "guest.conf").write_text(
-            GUEST.format(name=name, context=100 + index, octet=10 + index)
+            GUEST.format(name=name, context=100 + index, ip=f"198.51.100.{10 + index}")
         )
     return scratch_env(work)
 

@@ -27,22 +27,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from bench.common import GUEST, SIX_RULES
 from harness.scratch import scratch_env
 from vstools.guest.templates import build_busybox_rootfs
 
 BIN = Path(sys.executable).parent
-SIX_RULES = """enable
-allow from 198.51.100.0/24 to tcp/22
-allow from 0/0 to tcp/80
-allow from 203.0.113.5 to tcp/5666
-allow to 198.51.100.53 to udp/53
-allow to 198.51.100.25 to tcp/25
-deny to 0/0 to tcp/23
-"""
-GUEST = (
-    "NAME={name}\nCONTEXT={context}\nIP={ip}\nRSS_LIMIT=64\nDISK_LIMIT=256\n"
-    "TMPFS_LIMIT=8\nPROC_LIMIT=64\nCPU_LIMIT=1/2\n"
-)
 LXC_BASE = """lxc.rootfs.path = dir:{rootfs}
 lxc.uts.name = {name}
 lxc.signal.halt = SIGUSR2

@@ -1,0 +1,27 @@
+"""What several benchmarks share: the six-rule firewall.conf of issue 17's figures, a guest.conf
+for a busybox guest, and the wall time of one command."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+
+SIX_RULES = """enable
+allow from 198.51.100.0/24 to tcp/22
+allow from 0/0 to tcp/80
+allow from 203.0.113.5 to tcp/5666
+allow to 198.51.100.53 to udp/53
+allow to 198.51.100.25 to tcp/25
+deny to 0/0 to tcp/23
+"""
+GUEST = (
+    "NAME={name}\nCONTEXT={context}\nIP={ip}\nRSS_LIMIT=64\nDISK_LIMIT=256\n"
+    "TMPFS_LIMIT=8\nPROC_LIMIT=64\nCPU_LIMIT=1/2\n"
+)
+
+
+def timed(argv: list[str], env: dict[str, str] | None = None) -> float:
+    """Seconds ``argv`` took, its output discarded (it must succeed)."""
+    start = time.perf_counter()
+    subprocess.run(argv, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.perf_counter() - start
