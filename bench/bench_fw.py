@@ -314,11 +314,22 @@ def main() -> int:
         f"kernel {os.uname().release}, {len(os.sched_getaffinity(0))} CPUs, "
         f"{sh(['nft', '--version']).strip()}, {sh(['iptables', '--version']).strip()}"
     )
-    loads(args.rounds, (10, 100, 1000))
-    update(args.rounds)
-    if not args.skip_start:
-        starts(args.rounds)
-    return 0
+    ours = ["nft", "list", "table", "inet", "vstools"]
+    if subprocess.run(ours, capture_output=True, check=False).returncode == 0:
+        print("refused: this namespace has a table inet vstools already (not the run's to touch)")
+        return 1
+    try:
+        loads(args.rounds, (10, 100, 1000))
+        update(args.rounds)
+        if not args.skip_start:
+            starts(args.rounds)
+    finally:
+        # Everything loads in namespaces made for the run: a table here would be a leak.
+        leaked = subprocess.run(ours, capture_output=True, check=False).returncode == 0
+        if leaked:
+            subprocess.run(["nft", "delete", "table", "inet", "vstools"], check=False)
+            print("LEAK: a table inet vstools was loaded in this namespace; removed")
+    return 1 if leaked else 0
 
 
 if __name__ == "__main__":
