@@ -178,6 +178,20 @@ def netns_prefix(netns: str) -> list[str]:
     return ["nsenter", f"--net=/run/netns/{netns}", "--"]
 
 
+def host_nft(host: Host, *argv: str) -> str:
+    """``nft ARGV`` in the test host's network namespace: its output (empty on failure)."""
+    return subprocess.run(
+        [*netns_prefix(host.netns), "nft", *argv], capture_output=True, text=True, check=False
+    ).stdout
+
+
+def host_ip(host: Host, *argv: str) -> str:
+    """``ip ARGV`` in the test host's network namespace: its output (empty on failure)."""
+    return subprocess.run(
+        ["ip", "-n", host.netns, *argv], capture_output=True, text=True, check=False
+    ).stdout
+
+
 @contextlib.contextmanager
 def named_netns(name: str) -> Iterator[str]:
     subprocess.run(["ip", "netns", "add", name], check=True, capture_output=True)

@@ -5,12 +5,11 @@ and a kill leaves no process, cgroup, route or firewall behind."""
 from __future__ import annotations
 
 import re
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.guests import Host, Lan, netns_prefix
+from tests.guests import Host, Lan, host_ip, host_nft
 
 pytestmark = [pytest.mark.privileged, pytest.mark.e2e]
 
@@ -79,28 +78,16 @@ def test_parallel_starts_with_network_and_a_kill_leave_nothing(routed: tuple[Hos
         host.define(name, f"198.51.100.{60 + index}")
         (host.guests_dir / name / "firewall.conf").write_text("enable\nallow from 0/0 to tcp/80\n")
     host.run("vs-control", "--all", "--start", "--parallel", "4")
-    routes = _ip(host, "route")
-    fw = _nft(host, "list", "map", "inet", "vstools", "fw_in")
+    routes = host_ip(host, "route")
+    fw = host_nft(host, "list", "map", "inet", "vstools", "fw_in")
     for index, name in enumerate(names):
         assert f"198.51.100.{60 + index} dev" in routes
         element = rf'198\.51\.100\.{60 + index} (comment "vst:[0-9a-f]+" )?: jump in_{name}\b'
         assert re.search(element, fw), fw
     host.run("vs-control", "--all", "--stop", "--kill", "--yes")
-    routes = _ip(host, "route")
-    fw = _nft(host, "list", "map", "inet", "vstools", "fw_in")
+    routes = host_ip(host, "route")
+    fw = host_nft(host, "list", "map", "inet", "vstools", "fw_in")
     assert not any(
         f"198.51.100.{60 + i} " in routes or f"in_{n}" in fw for i, n in enumerate(names)
     )
     assert _no_guest_cgroups(host)
-
-
-def _nft(host: Host, *argv: str) -> str:
-    return subprocess.run(
-        [*netns_prefix(host.netns), "nft", *argv], capture_output=True, text=True, check=False
-    ).stdout
-
-
-def _ip(host: Host, *argv: str) -> str:
-    return subprocess.run(
-        ["ip", "-n", host.netns, *argv], capture_output=True, text=True, check=False
-    ).stdout

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.guests import Host, Lan, netns_prefix, serve
+from tests.guests import Host, Lan, host_ip, host_nft, serve
 from vstools.runtime.sandbox import guest_dropped_caps
 
 pytestmark = [pytest.mark.privileged, pytest.mark.e2e]
@@ -316,18 +316,6 @@ def test_a4_a_corrupt_state_file_is_reported_and_never_kills(host: Host, garbage
 # -- A5: a killed supervisor ---------------------------------------------------------------------
 
 
-def _nft(host: Host, *argv: str) -> str:
-    return subprocess.run(
-        [*netns_prefix(host.netns), "nft", *argv], capture_output=True, text=True, check=False
-    ).stdout
-
-
-def _ip(host: Host, *argv: str) -> str:
-    return subprocess.run(
-        ["ip", "-n", host.netns, *argv], capture_output=True, text=True, check=False
-    ).stdout
-
-
 def _kill_supervisor(host: Host, name: str) -> tuple[int, int]:
     state = host.state(name)
     assert state is not None
@@ -367,11 +355,11 @@ def test_a5_a_killed_supervisor_leaves_a_truthful_status_and_a_clean_restart(
     assert stopped.stdout == "vsh-test:web:disabled:stopped\n"
     assert not _alive(init)
     assert not host.cgroup_dir("memory", "web").exists()
-    assert "vs10001" not in _ip(host, "link") and "198.51.100.10" not in _ip(host, "route")
-    assert "in_web" not in _nft(host, "list", "ruleset")
+    assert "vs10001" not in host_ip(host, "link") and "198.51.100.10" not in host_ip(host, "route")
+    assert "in_web" not in host_nft(host, "list", "ruleset")
     # Started again: everything is there once.
     host.run("vs-control", "--name", "web", "--start")
-    assert "vs10001" in _ip(host, "link") and "in_web" in _nft(host, "list", "ruleset")
+    assert "vs10001" in host_ip(host, "link") and "in_web" in host_nft(host, "list", "ruleset")
     # Killed again, and this time its processes too (by PID): the next start cleans up what
     # was left (cgroup, veth, route, firewall) and starts.
     _, init = _kill_supervisor(host, "web")
@@ -381,12 +369,14 @@ def test_a5_a_killed_supervisor_leaves_a_truthful_status_and_a_clean_restart(
     _wait_for("the guest's end", lambda: not (cgroup / "cgroup.procs").read_text().split())
     assert host.run("vs-control", "--name", "web").stdout == "vsh-test:web:disabled:stopped\n"
     host.run("vs-control", "--name", "web", "--start")
-    assert _ip(host, "-o", "link").count("vs10001") == 1
+    assert host_ip(host, "-o", "link").count("vs10001") == 1
     # Orphaned once more: what the host runs at shutdown (--all --stop) reaches it too.
     _, init = _kill_supervisor(host, "web")
     stopped = host.run("vs-control", "--all", "--stop")
     assert stopped.stdout == "vsh-test:web:disabled:stopped\n" and not _alive(init)
-    assert "vs10001" not in _ip(host, "link") and "in_web" not in _nft(host, "list", "ruleset")
+    assert "vs10001" not in host_ip(host, "link") and "in_web" not in host_nft(
+        host, "list", "ruleset"
+    )
 
 
 # -- A6: duplicate addresses at start ----------------------------------------------------------
@@ -408,8 +398,8 @@ def test_a6_a_duplicate_address_is_refused_at_start(routed: tuple[Host, Lan]) ->
     twin = host.run("vs-control", "--name", "twin", "--start", check=False)
     assert twin.returncode == 4 and "the interface vs10001" in twin.stderr, twin.stderr
     # web keeps its route, its proxy ARP and its firewall: a port its rules deny stays shut.
-    assert "198.51.100.10 dev vs10001" in _ip(host, "route")
-    fw_in = _nft(host, "list", "map", "inet", "vstools", "fw_in")
+    assert "198.51.100.10 dev vs10001" in host_ip(host, "route")
+    fw_in = host_nft(host, "list", "map", "inet", "vstools", "fw_in")
     assert re.search(r'198\.51\.100\.10 (comment "vst:[0-9a-f]+" )?: jump in_web\b', fw_in), fw_in
     serve(host, "web", "tcp", 80)
     serve(host, "web", "tcp", 8080)
