@@ -1,6 +1,8 @@
-"""A guest's root arriving by btrfs send/receive (vstools.guest.receive): the snapshot becomes
+"""A guest's root arriving (vstools.guest.receive). By btrfs send/receive: the snapshot becomes
 the guest's receiving root only once it arrived whole (its Received UUID the source's UUID), a
-cut stream is refused and leaves the place as it was, and the received snapshots are removed."""
+cut stream is refused and leaves the place as it was, and the received snapshots are removed.
+On lvm (device-mapper is the VM lab's: here at the run seam): a volume of the disk limit made,
+kept and mounted again, renamed to the guest's at the commit, removed by an abort."""
 
 from __future__ import annotations
 
@@ -10,11 +12,23 @@ from pathlib import Path
 import pytest
 
 from tests.guests import btrfs_fs  # noqa: F401 - the fixture
+from vstools.config.create import CreateConf
 from vstools.config.settings import Settings
-from vstools.errors import StateError
-from vstools.guest.receive import received_clear, received_dir, received_take, receiving
+from vstools.errors import CommandError, HostError, StateError
+from vstools.guest.receive import (
+    check_room,
+    receive_abort,
+    receive_begin,
+    receive_commit,
+    received_clear,
+    received_dir,
+    received_take,
+    receiving,
+)
 from vstools.host.hostconfig import HostConfig
+from vstools.host.run import Result
 from vstools.paths import Paths
+from vstools.storage import base, lvm
 from vstools.storage.btrfs import subvolume_uuids
 
 pytestmark = pytest.mark.privileged
@@ -30,7 +44,7 @@ def test_only_a_snapshot_received_whole_becomes_the_root(btrfs_fs: Path) -> None
     paths = Paths(
         btrfs_fs / "etc", btrfs_fs / "guests", roots, btrfs_fs / "state", btrfs_fs / "run"
     )
-    host = HostConfig.given(paths, Settings())
+    host = HostConfig.given(paths, Settings(), create=CreateConf.parse("c", "STORAGE=btrfs\n"))
     source = roots / "web"
     _btrfs("subvolume", "create", str(source))
     (source / "file").write_bytes(b"x" * 3_000_000)
@@ -62,3 +76,103 @@ def test_only_a_snapshot_received_whole_becomes_the_root(btrfs_fs: Path) -> None
     assert sorted(p.name.split("-")[0] for p in received.iterdir()) == ["replaced", "web.vspool0"]
     received_clear(host, "web")
     assert not received.exists() and (place / "file").is_file()
+
+
+CONF = (
+    "NAME={name}\nCONTEXT={context}\nIP=198.51.100.{ip}\nRSS_LIMIT=64\nDISK_LIMIT=32\n"
+    "TMPFS_LIMIT=8\nPROC_LIMIT=64\nCPU_LIMIT=1/2\n"
+)
+
+
+class FakeLvm:
+    """LVM at vstools.host.run's seam (this kernel has no device-mapper: the real volumes are
+    the VM lab's): volumes (with or without a file system) and mounts, and each command."""
+
+    def __init__(self) -> None:
+        self.volumes: dict[str, bool] = {}  # name -> has a file system
+        self.mounted: set[str] = set()
+        self.calls: list[str] = []
+
+    def run(self, argv: list[str], *, check: bool = True, **_: object) -> Result:
+        self.calls.append(" ".join(argv))
+        tool, last = argv[0], argv[-1]
+        lv = last.rsplit("/", 1)[-1]
+        ok, out = True, ""
+        if tool == "lvs":
+            ok = lv in self.volumes
+        elif tool == "vgs":
+            out = "  240.00\n"
+        elif tool == "blkid":
+            ok, out = self.volumes[lv], "ext4\n"
+        elif tool == "lvcreate":
+            self.volumes[argv[argv.index("-n") + 1]] = False
+        elif tool.startswith("mkfs."):
+            self.volumes[lv] = True
+        elif tool == "mount":
+            self.mounted.add(last)
+        elif tool == "umount":
+            self.mounted.discard(last)
+        elif tool == "lvrename":
+            self.volumes[argv[3]] = self.volumes.pop(argv[2])
+        elif tool == "lvremove":
+            del self.volumes[lv]
+        result = Result(tuple(argv), 0 if ok else 2, out if ok else "", "")
+        if check and not ok:
+            raise CommandError(" ".join(argv), 2, "")
+        return result
+
+
+def test_receiving_on_lvm_is_a_volume_made_kept_renamed_or_removed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake = FakeLvm()
+    for module in (base, lvm):
+        monkeypatch.setattr(module, "run", fake.run)
+    monkeypatch.setattr(base, "is_mount_point", lambda p: str(p) in fake.mounted)
+    monkeypatch.setattr(lvm, "is_mount_point", lambda p: str(p) in fake.mounted)
+    monkeypatch.setattr(lvm, "which", lambda tool: f"/usr/sbin/{tool}")
+    paths = Paths(tmp_path / "etc", tmp_path / "guests", tmp_path / "vservers",
+                  tmp_path / "state", tmp_path / "run")  # fmt: skip
+    create = CreateConf.parse("create.conf", "STORAGE=lvm\nLVM_VG=vg0\n")
+    host = HostConfig.given(paths, Settings(), create=create)
+    place, conf = receiving(host, "web")
+    places = receive_begin(host, "web", 32)
+    assert places == {"root": str(place), "conf": str(conf), "storage": "lvm", "fresh": True}
+    assert fake.calls[-3:] == [
+        "lvcreate --yes --wipesignatures y -L 32m -n web.receiving vg0",
+        "mkfs.ext4 -q -F /dev/vg0/web.receiving",
+        f"mount -t ext4 -o nodev /dev/vg0/web.receiving {place}",
+    ]
+    # Cut off (its mount gone): kept and mounted again; killed before mkfs: given one.
+    fake.mounted.clear()
+    fake.volumes["web.receiving"] = False
+    assert receive_begin(host, "web", 32)["fresh"] is False
+    assert fake.volumes == {"web.receiving": True} and str(place) in fake.mounted
+    (conf / "guest.conf").write_text(CONF.format(name="web", context=101, ip=10) + "STORAGE=dir\n")
+    assert check_room(host, 300) == {
+        "free_mb": 240,
+        "problems": ["volume group vg0 has 240 MB free, 300 MB needed"],
+    }
+    assert receive_commit(host, "web") == {"root": str(paths.guest_root("web")),
+                                           "conf": str(paths.guest_dir("web"))}  # fmt: skip
+    assert "lvrename vg0 web.receiving web" in fake.calls
+    assert fake.volumes == {"web": True} and not fake.mounted  # mounted only while it runs
+    assert paths.guest_root("web").is_dir() and not place.exists()
+    written = (paths.guest_dir("web") / "guest.conf").read_text()
+    assert "STORAGE=lvm" in written and "LVM_VG=vg0" in written
+    assert receive_commit(host, "web")["conf"] == str(paths.guest_dir("web"))  # done already
+    # No room in the group: refused before anything is made.
+    with pytest.raises(HostError, match="volume group vg0 has 240 MB free, 300 MB needed"):
+        receive_begin(host, "db", 300)
+    assert fake.volumes == {"web": True} and not receiving(host, "db")[1].exists()
+    # A second guest: a volume there already with the guest's name is never overwritten.
+    receive_begin(host, "db", 16)
+    (receiving(host, "db")[1] / "guest.conf").write_text(CONF.format(name="db", context=102, ip=11))
+    fake.volumes["db"] = True
+    with pytest.raises(StateError, match="vg0/db exists already"):
+        receive_commit(host, "db")
+    del fake.volumes["db"]
+    receive_abort(host, "db")
+    assert fake.volumes == {"web": True} and not any(receiving(host, "db")[0].parent.glob(".db*"))
+    with pytest.raises(StateError, match="STORAGE=lvm here: btrfs send/receive needs btrfs"):
+        received_take(host, "db", "db.vspool0", "uuid")

@@ -5,7 +5,8 @@ module is skipped, as its outer test covers it.
 A volume group on a loop device (both named with the run prefix, removed by the fixture also
 on failure); guests made by vs-create from the busybox template: the logical volume mounted
 while the guest runs and only then, its size the disk limit that bites, grown hot, shrunk when
-stopped, snapshots mounted read-only, clones, and a failed create that leaves no volume."""
+stopped, snapshots mounted read-only, clones, a failed create that leaves no volume, and a
+guest received as vs-put and vs-move send one (the slave's side, driven by vs-fonctions)."""
 
 from __future__ import annotations
 
@@ -242,3 +243,78 @@ def test_a_stopped_lvm_guest_is_read_from_a_snapshot(lvm_host: Host, vg: str) ->
         with pytest.raises(OSError, match="Read-only file system"):
             (view / "root" / "note").write_text("x")
     assert _lvs(vg) == ["web"] and not is_mount_point(host.rootfs("web"))
+
+
+def test_a_guest_received_on_lvm_by_put_or_move(lvm_host: Host, vg: str, tmp_path: Path) -> None:
+    """The slave's side of vs-put and vs-move on STORAGE=lvm: receive_begin makes a volume of
+    the disk limit under a name no guest has, mounted where rsync writes; a transfer cut off
+    (its mount gone, as after a reboot) resumes in the same volume; receive_start renames it
+    to the guest's, as a commit killed after the rename is finished, and starts the guest from
+    it with its size as the disk limit; a begin with no room in the group is refused; a begin
+    killed before mkfs, then aborted, leaves no volume."""
+    host = lvm_host
+
+    def fonction(*argv: str) -> dict[str, object]:
+        answer = host.run("vs-fonctions", "--json", *argv, timeout=180).stdout
+        result: dict[str, object] = json.loads(answer)["result"]
+        return result
+
+    # What a sender's rsync brings: a busybox root with a hard link, an xattr and a high uid.
+    tree = tmp_path / "sent"
+    _sh("cp", "-a", str(host.template), str(tree))
+    (tree / "root" / "marker").write_text("received\n")
+    os.link(tree / "root" / "marker", tree / "root" / "linked")
+    os.setxattr(tree / "root" / "marker", "trusted.vst", b"kept")
+    (tree / "root" / "high").write_text("x")
+    os.chown(tree / "root" / "high", 200_000, 200_000)
+    conf = tmp_path / "conf"
+    conf.mkdir()
+    (conf / "guest.conf").write_text(
+        "NAME=web\nCONTEXT=10001\nIP=198.51.100.10\nRSS_LIMIT=64\nDISK_LIMIT=32\nTMPFS_LIMIT=8\n"
+        "PROC_LIMIT=64\nCPU_LIMIT=1/2\nSTORAGE=dir\n"
+    )
+    rsync = ["rsync", "-aHAXS", "--numeric-ids"]
+    places = fonction("receive_begin", "web", "32")
+    place = Path(str(places["root"]))
+    assert places["fresh"] is True and places["storage"] == "lvm"
+    assert _lvs(vg) == ["web.receiving"] and _lv_mb(f"{vg}/web.receiving") == 32
+    assert is_mount_point(place) and place.name == ".web.receiving"
+    # Cut off after the first files: the volume is kept and mounted again, not fresh.
+    _sh(*rsync, f"{tree}/bin/", f"{place}/bin/")
+    _sh("umount", str(place))
+    again = fonction("receive_begin", "web", "32")
+    assert again == {**places, "fresh": False} and (place / "bin" / "busybox").is_file()
+    _sh(*rsync, "--delete", f"{tree}/", f"{place}/")
+    _sh(*rsync, f"{conf}/", f"{places['conf']}/")
+    # A commit killed right after its rename; receive_start finishes it and starts the guest.
+    _sh("umount", str(place))
+    _sh("lvrename", vg, "web.receiving", "web")
+    host.guests.append("web")
+    fonction("receive_start", "web")
+    root = host.rootfs("web")
+    assert _lvs(vg) == ["web"] and is_mount_point(root) and not place.exists()
+    written = (host.guests_dir / "web" / "guest.conf").read_text()
+    assert "STORAGE=lvm" in written and f"LVM_VG={vg}" in written and "DISK_LIMIT=32" in written
+    marker, linked, high = (os.stat(root / "root" / n) for n in ("marker", "linked", "high"))
+    assert marker.st_ino == linked.st_ino and high.st_uid == 200_000
+    assert os.getxattr(root / "root" / "marker", "trusted.vst") == b"kept"
+    # Started from its volume, whose size is the disk limit.
+    fill = host.run(
+        "vs-exec", "-T", "web", "--", "sh", "-c",
+        "cat /root/marker && dd if=/dev/zero of=/root/fill bs=1M count=48", check=False,
+    )  # fmt: skip
+    assert fill.stdout == "received\n" and "No space left on device" in fill.stderr, fill.stderr
+    host.run("vs-control", "--name", "web", "--stop")
+    assert not is_mount_point(root) and root.is_dir() and _lvs(vg) == ["web"]
+    # No room in the group for a volume of that limit: refused before anything is made.
+    full = host.run("vs-fonctions", "--json", "receive_begin", "db", "1024", check=False)
+    assert full.returncode == 5 and "MB free, 1024 MB needed" in full.stderr, full.stderr
+    assert _lvs(vg) == ["web"] and not (host.rootfs(".db.receiving")).exists()
+    # A begin killed between lvcreate and mkfs: the next one makes the file system; an abort
+    # then removes the volume and its mount point.
+    _sh("lvcreate", "-q", "--yes", "-L", "16m", "-n", "db.receiving", vg)
+    places = fonction("receive_begin", "db", "16")
+    assert places["fresh"] is False and is_mount_point(Path(str(places["root"])))
+    fonction("receive_abort", "db")
+    assert _lvs(vg) == ["web"] and not Path(str(places["root"])).exists()
+    assert not Path(str(places["conf"])).exists()

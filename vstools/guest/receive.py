@@ -19,24 +19,22 @@ from typing import Any, NoReturn
 from vstools.config.create import StorageKind
 from vstools.config.guest import GuestConf
 from vstools.config.lexer import read_config
-from vstools.errors import StateError, UsageError
+from vstools.errors import StateError
 from vstools.guest.lifecycle import HEADER
 from vstools.host.fsutil import atomic_write
 from vstools.host.hostconfig import HostConfig
 from vstools.host.run import run, which
 from vstools.names import check_guest_name
 from vstools.paths import MOVING_MARKER
-from vstools.storage.base import secure_root_dir
+from vstools.storage.base import RECEIVING, Storage, secure_root_dir
 from vstools.storage.btrfs import (
-    check_btrfs,
     delete_subvolume,
     is_subvolume,
     qgroup_limit_mb,
     subvolume_uuids,
 )
+from vstools.storage.select import storage_for
 
-MB = 1 << 20
-RECEIVING = "receiving"
 BTRFS_RECEIVE = "btrfs-receive"  # what a source asks of the copy key to send a snapshot
 
 
@@ -50,40 +48,52 @@ def receiving(host: HostConfig, name: str) -> tuple[Path, Path]:
     )
 
 
+def receiving_storage(host: HostConfig) -> Storage:
+    """The storage backend guests arriving here are received on: create.conf's, as vs-create
+    would make them."""
+    create = host.create()
+    return storage_for(
+        host.paths,
+        create.storage,
+        lvm_vg=create.lvm_vg,
+        lvm_fs=create.lvm_fs,
+        snapshot_size_mb=create.snapshot_size_mb,
+    )
+
+
 def receive_begin(host: HostConfig, name: str, disk_mb: int) -> dict[str, Any]:
     """Make (or keep, after an interrupted transfer: rsync then sends only the rest) the places
-    ``name`` is received in, its root as this host's storage wants it (a directory, or a btrfs
-    subvolume limited to ``disk_mb``); ``fresh``: both were made now (so everything in them
-    will have been sent). StateError when the guest already exists here."""
+    ``name`` is received in, its root as this host's storage wants it (a directory, a btrfs
+    subvolume limited to ``disk_mb``, or a logical volume of ``disk_mb`` mounted there);
+    ``fresh``: both were made now (so everything in them will have been sent). StateError
+    when the guest already exists here."""
     paths = host.paths
     if paths.guest_dir(name).exists() or paths.guest_root(name).exists():
         raise StateError(f"guest {name} already exists on this host")
     root, conf = receiving(host, name)
-    kind = host.create().storage
-    if kind is StorageKind.LVM:
-        raise UsageError("receiving a guest on STORAGE=lvm is not supported yet")
+    storage = receiving_storage(host)
     secure_root_dir(paths.root_dir)
-    fresh = not root.exists() and not conf.exists()
-    if not root.exists():
-        if kind is StorageKind.BTRFS:
-            check_btrfs(paths.root_dir)
-            run(["btrfs", "subvolume", "create", str(root)])
-            run(["btrfs", "qgroup", "limit", f"{disk_mb}M", str(root)])
-        else:
-            root.mkdir(mode=0o755)
+    had_conf = conf.exists()
+    made = storage.open_received(name, root, disk_mb)
     conf.mkdir(parents=True, exist_ok=True)
-    return {"root": str(root), "conf": str(conf), "storage": str(kind), "fresh": fresh}
+    return {
+        "root": str(root),
+        "conf": str(conf),
+        "storage": str(storage.kind),
+        "fresh": made and not had_conf,
+    }
 
 
 def receive_commit(host: HostConfig, name: str) -> dict[str, str]:
     """Put the received guest in place: its guest.conf told this host's storage, its root then
     its configuration directory renamed to their names (the directory last: the guest exists
-    from then on). Finishes a commit that was interrupted."""
+    from then on; on lvm the volume is unmounted and renamed, its mount point left empty, as
+    a stopped guest's is). Finishes a commit that was interrupted."""
     paths = host.paths
     root, conf = receiving(host, name)
-    final_root, final_conf = paths.guest_root(name), paths.guest_dir(name)
+    final_conf = paths.guest_dir(name)
     if final_conf.exists() and not conf.exists():
-        return {"root": str(final_root), "conf": str(final_conf)}  # committed already
+        return {"root": str(paths.guest_root(name)), "conf": str(final_conf)}  # committed already
     if not conf.exists():
         raise StateError(f"nothing of guest {name} is being received here")
     # A guest moved here was held at its source: that mark is the source's, never this host's.
@@ -92,22 +102,21 @@ def receive_commit(host: HostConfig, name: str) -> dict[str, str]:
     path, text = read_config(guest_conf)
     stored = GuestConf.parse(path, text)
     create = host.create()
+    lvm = create.storage is StorageKind.LVM
     local = replace(
         stored,
         storage=create.storage,
-        lvm_vg=create.lvm_vg if create.storage is StorageKind.LVM else None,
+        lvm_vg=create.lvm_vg if lvm else None,
+        lvm_fs=create.lvm_fs if lvm else stored.lvm_fs,
     )
     if local != stored:
         atomic_write(guest_conf, local.render(header=HEADER))
-    if root.exists():
-        if final_root.exists():
-            raise StateError(f"{final_root} exists already: guest {name} cannot be put here")
-        root.rename(final_root)
+    receiving_storage(host).close_received(name, root)
     if final_conf.exists():
         raise StateError(f"{final_conf} exists already: guest {name} cannot be put here")
     conf.rename(final_conf)
     host.forget(name)
-    return {"root": str(final_root), "conf": str(final_conf)}
+    return {"root": str(paths.guest_root(name)), "conf": str(final_conf)}
 
 
 def received_dir(host: HostConfig, name: str) -> Path:
@@ -120,9 +129,7 @@ def btrfs_receive(host: HostConfig, name: str) -> NoReturn:
     """Become ``btrfs receive`` of a snapshot stream of ``name`` on stdin, into
     ``received_dir`` (made here, root's only), chrooted there by btrfs itself: a stream's
     paths cannot leave it. Refused unless this host receives ``name`` on btrfs."""
-    root = receiving(host, name)[0]
-    if host.create().storage is not StorageKind.BTRFS or not root.is_dir():
-        raise StateError(f"guest {name} is not being received on btrfs here")
+    _check_received_on_btrfs(host, name)
     directory = received_dir(host, name)
     directory.mkdir(mode=0o700, exist_ok=True)
     program = which("btrfs")
@@ -131,8 +138,23 @@ def btrfs_receive(host: HostConfig, name: str) -> NoReturn:
     os.execv(program, ["btrfs", "receive", "--chroot", "-E", "1", str(directory)])  # noqa: S606
 
 
+def _check_received_on_btrfs(host: HostConfig, name: str) -> None:
+    """btrfs send/receive needs btrfs at both ends: StateError, saying this host's storage,
+    unless ``name`` is being received on btrfs here."""
+    kind = host.create().storage
+    if kind is not StorageKind.BTRFS:
+        raise StateError(
+            f"guest {name} is received on STORAGE={kind} here: btrfs send/receive needs btrfs"
+            " at both ends (rsync copies to this host)"
+        )
+    if not receiving(host, name)[0].is_dir():
+        raise StateError(f"guest {name} is not being received on btrfs here")
+
+
 def received_clear(host: HostConfig, name: str) -> str:
-    """Remove every snapshot received of ``name`` (a send starting anew, an abort)."""
+    """Remove every snapshot received of ``name`` (a send starting anew, an abort); nothing
+    where none was received, whatever this host's storage (a move's end asks every
+    destination)."""
     directory = received_dir(host, name)
     if directory.is_dir():
         for entry in sorted(directory.iterdir()):
@@ -148,6 +170,7 @@ def received_take(host: HostConfig, name: str, subvolume: str, uuid: str) -> dic
     and it must be ``uuid``, the source snapshot's. Quick, for the guest is stopped: what it
     replaces is put aside in the received directory, which received_clear removes once the
     guest runs at its destination."""
+    _check_received_on_btrfs(host, name)
     received = received_dir(host, name) / subvolume
     if subvolume.partition(".")[0] != name or not received.is_dir() or received.is_symlink():
         raise StateError(f"nothing named {subvolume} was received here for guest {name}")
@@ -171,11 +194,7 @@ def receive_abort(host: HostConfig, name: str) -> None:
     """Remove what was received of ``name`` and not committed."""
     received_clear(host, name)
     root, conf = receiving(host, name)
-    if root.exists():
-        if is_subvolume(root):
-            delete_subvolume(root)
-        else:
-            shutil.rmtree(root)
+    receiving_storage(host).drop_received(name, root)
     if conf.exists():
         shutil.rmtree(conf)
 
@@ -185,12 +204,16 @@ def check_room(host: HostConfig, size_mb: int) -> dict[str, Any]:
     roots live, and whether that file system keeps extended attributes and POSIX ACLs (which
     rsync -AX must reproduce)."""
     secure_root_dir(host.paths.root_dir)
+    storage = receiving_storage(host)
+    free_mb = storage.free_mb()
     where = host.paths.root_dir
-    stats = os.statvfs(where)
-    free_mb = stats.f_bavail * stats.f_frsize // MB
     problems = []
     if free_mb < size_mb:
-        problems.append(f"{where} has {free_mb} MB free, {size_mb} MB needed")
+        space = f"volume group {host.create().lvm_vg}" if storage.kind is StorageKind.LVM else where
+        problems.append(f"{space} has {free_mb} MB free, {size_mb} MB needed")
+    if storage.kind is StorageKind.LVM:
+        # Each volume gets its own file system from mkfs (ext4 or xfs): both keep them.
+        return {"free_mb": free_mb, "problems": problems}
     with tempfile.NamedTemporaryFile(dir=where, prefix=".vs-check-") as probe:
         for what, attribute, value in (
             ("extended attributes", "trusted.vstools", b"1"),

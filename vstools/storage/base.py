@@ -26,6 +26,7 @@ from vstools.plan import Step, apply_steps
 
 MB = 1 << 20
 SNAPSHOT_DIR = ".snapshots"
+RECEIVING = "receiving"  # a guest arriving by vs-put or vs-move: ROOT_DIR/.NAME.receiving
 DIR_DISK_WARNING = (
     "STORAGE=dir enforces no disk limit: DISK_LIMIT is measured and vs-monitor alerts past"
     " DISK_THRESHOLD (btrfs and lvm storage enforce it)"
@@ -117,16 +118,48 @@ class Storage:
     def remove_root(self, name: str) -> None:
         """Delete the guest's root for good (nothing if there is none): what an interrupted
         vs-create left, or a removed guest's. A root that is a symlink loses the link only."""
-        root = self.root(name)
-        if root.is_symlink():
-            root.unlink()
-        elif root.exists():
-            _rmtree(root)
+        self._delete_tree(self.root(name))
 
     def read_view(self, name: str, tag: str) -> tuple[list[Step], Path, list[Step]]:
         """Where the files of a stopped guest can be read from: steps to prepare it, the path,
         steps to drop it. A directory or subvolume is read in place."""
         return [], self.root(name), []
+
+    def free_mb(self) -> int:
+        """The room left for new roots, in MB: free space of ROOT_DIR's file system."""
+        stats = os.statvfs(self.paths.root_dir)
+        return stats.f_bavail * stats.f_frsize // MB
+
+    # -- receive (vs-put, vs-move) ---------------------------------------------------------
+
+    def open_received(self, name: str, place: Path, size_mb: int) -> bool:
+        """Make the root ``name`` is received in at ``place``, or keep the one an interrupted
+        transfer left (rsync then sends only the rest); True when it was made now, empty."""
+        if place.exists() or place.is_symlink():
+            return False
+        make_root_dir(place)
+        return True
+
+    def close_received(self, name: str, place: Path) -> None:
+        """Make the root received at ``place`` the guest's, as its root is when it is stopped;
+        nothing if that was done already (a commit interrupted, then finished)."""
+        if not place.exists():
+            return
+        root = self.root(name)
+        if root.exists() or root.is_symlink():
+            raise StateError(f"{root} exists already: guest {name} cannot be put here")
+        place.rename(root)
+
+    def drop_received(self, name: str, place: Path) -> None:
+        """Remove the root received at ``place`` (nothing if there is none)."""
+        self._delete_tree(place)
+
+    def _delete_tree(self, path: Path) -> None:
+        """Delete a root at ``path`` (a symlink loses the link only; nothing if missing)."""
+        if path.is_symlink():
+            path.unlink()
+        elif path.exists():
+            _rmtree(path)
 
     # -- run -------------------------------------------------------------------------------
 

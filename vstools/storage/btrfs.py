@@ -9,7 +9,7 @@ from pathlib import Path
 from vstools.config.create import StorageKind
 from vstools.errors import HostError, StateError
 from vstools.host.run import run
-from vstools.plan import Step
+from vstools.plan import Step, apply_steps
 from vstools.storage.base import (
     MB,
     SNAPSHOT_DIR,
@@ -60,13 +60,24 @@ class BtrfsStorage(Storage):
             self._limit_step(root, size_mb),
         ]
 
-    def remove_root(self, name: str) -> None:
-        """Delete the guest's subvolume, or the root as the dir backend does when it is not one."""
-        root = self.root(name)
-        if root.is_dir() and not root.is_symlink() and is_subvolume(root):
-            delete_subvolume(root)
+    def open_received(self, name: str, place: Path, size_mb: int) -> bool:
+        """The received root is a subvolume limited to ``size_mb`` (kept when it exists)."""
+        if place.exists() or place.is_symlink():
+            return False
+        check_btrfs(self.paths.root_dir)
+        apply_steps([
+            Step(f"create {place}", partial(self._create_subvolume, place),
+                 partial(delete_subvolume, place)),
+            self._limit_step(place, size_mb),
+        ])  # fmt: skip
+        return True
+
+    def _delete_tree(self, path: Path) -> None:
+        """A subvolume is deleted as one; anything else as the dir backend deletes it."""
+        if path.is_dir() and not path.is_symlink() and is_subvolume(path):
+            delete_subvolume(path)
         else:
-            super().remove_root(name)
+            super()._delete_tree(path)
 
     def _create_subvolume(self, root: Path) -> None:
         secure_root_dir(root.parent)

@@ -16,8 +16,9 @@ from vstools.config.create import StorageKind
 from vstools.errors import CommandError, HostError, NotFoundError, StateError, UsageError
 from vstools.host.run import run, which
 from vstools.paths import Paths
-from vstools.plan import Step
+from vstools.plan import Step, apply_steps
 from vstools.storage.base import (
+    RECEIVING,
     Snapshot,
     Storage,
     check_tag,
@@ -76,6 +77,17 @@ class LvmStorage(Storage):
         for tool in ("lvcreate", f"mkfs.{self.options.fs}"):
             if which(tool) is None:
                 raise HostError(f"STORAGE=lvm needs {tool}, which is not installed")
+        free_mb = self.free_mb()
+        if free_mb < size_mb:
+            raise HostError(
+                f"volume group {self.options.vg} has {free_mb} MB free, {size_mb} MB needed"
+            )
+        if self._exists(name):
+            raise StateError(f"logical volume {self.volume(name)} already exists")
+
+    def free_mb(self) -> int:
+        """The volume group's free space in MB (new roots are volumes taken from it);
+        NotFoundError when there is no such group."""
         vg = self.options.vg
         shown = run(
             ["vgs", "--noheadings", "--nosuffix", "--units", "m", "-o", "vg_free", vg],
@@ -83,11 +95,7 @@ class LvmStorage(Storage):
         )
         if shown.returncode != 0:
             raise NotFoundError(f"LVM_VG={vg}: no such volume group ({shown.stderr.strip()})")
-        free_mb = float(shown.stdout.strip() or 0)
-        if free_mb < size_mb:
-            raise HostError(f"volume group {vg} has {free_mb:.0f} MB free, {size_mb} MB needed")
-        if self._exists(name):
-            raise StateError(f"logical volume {self.volume(name)} already exists")
+        return int(float(shown.stdout.strip() or 0))
 
     def _exists(self, lv: str) -> bool:
         return run(["lvs", self.volume(lv)], check=False).returncode == 0
@@ -95,24 +103,82 @@ class LvmStorage(Storage):
     def make_steps(self, name: str, size_mb: int) -> list[Step]:
         """Steps that make the mount point, a volume of ``size_mb``, its file system, and mount it
         at ``root(name)``."""
-        root, volume, device = self.root(name), self.volume(name), self.device(name)
+        root = self.root(name)
         return [
             Step(f"create {root}", partial(make_root_dir, root), partial(remove_empty_dir, root)),
+            *self._volume_steps(name, size_mb, root),
+        ]
+
+    def _volume_steps(self, lv: str, size_mb: int, mount_point: Path) -> list[Step]:
+        """Steps that make the volume ``lv`` of ``size_mb``, its file system, and mount it at
+        ``mount_point`` (made if missing)."""
+        volume, device = self.volume(lv), self.device(lv)
+        return [
             Step(
                 f"create the logical volume {volume} of {size_mb} MB",
-                partial(self._lvcreate, name, size_mb),
-                partial(self._lvremove, name),
+                partial(self._lvcreate, lv, size_mb),
+                partial(self._lvremove, lv),
             ),
             Step(
                 f"make an {self.options.fs} file system on {device}",
-                partial(run_cmd, _mkfs_argv(self.options.fs, device), 600.0),
+                partial(self._mkfs, lv),
             ),
             Step(
-                f"mount {device} on {root}",
-                partial(self._mount_volume, name),
-                partial(self.unmount, name),
+                f"mount {device} on {mount_point}",
+                partial(self._mount, lv, mount_point),
+                partial(unmount_root, mount_point),
             ),
         ]
+
+    def _mkfs(self, lv: str) -> None:
+        run_cmd(_mkfs_argv(self.options.fs, self.device(lv)), 600.0)
+
+    # -- receive: the volume NAME.receiving (no guest name has a dot), mounted at the place
+    # the sender writes in, renamed to NAME once the sender has verified what it holds.
+
+    def open_received(self, name: str, place: Path, size_mb: int) -> bool:
+        """The received root is a volume of ``size_mb`` with its own file system, mounted at
+        ``place``; one an interrupted transfer left is kept and mounted again (and given its
+        file system if the transfer was killed before mkfs: nothing can be in it then)."""
+        lv = received_volume(name)
+        if not self._exists(lv):
+            self.check_create(lv, size_mb)  # the tools, and room in the group: said plainly
+            apply_steps(self._volume_steps(lv, size_mb, place))
+            return True
+        if not self._has_file_system(lv):
+            self._mkfs(lv)
+        if not is_mount_point(place):
+            self._mount(lv, place)
+        return False
+
+    def close_received(self, name: str, place: Path) -> None:
+        """Unmount the received volume and rename it to the guest's (an lvm guest's volume is
+        mounted only while it runs); its empty mount point becomes the guest's root."""
+        lv = received_volume(name)
+        unmount_root(place)
+        if self._exists(lv):
+            if self._exists(name):
+                raise StateError(
+                    f"logical volume {self.volume(name)} exists already: guest {name} cannot be"
+                    " put here"
+                )
+            run_cmd(build_rename_argv(self.options.vg, lv, name))
+        elif not self._exists(name):
+            raise StateError(
+                f"guest {name}: no volume {self.volume(lv)} was received here to put in place"
+            )
+        super().close_received(name, place)
+
+    def drop_received(self, name: str, place: Path) -> None:
+        """Unmount and remove the received volume, then its mount point."""
+        unmount_root(place)
+        self._lvremove(received_volume(name))
+        super().drop_received(name, place)
+
+    def _has_file_system(self, lv: str) -> bool:
+        # blkid -p reads the device itself (no cache, no udev); exit 2: no signature found.
+        found = run(["blkid", "-p", "-o", "value", "-s", "TYPE", self.device(lv)], check=False)
+        return found.returncode == 0 and bool(found.stdout.strip())
 
     def remove_root(self, name: str) -> None:
         """Unmount and delete the guest's volume, then its empty mount point (none if missing)."""
@@ -157,10 +223,12 @@ class LvmStorage(Storage):
             run_cmd(["lvremove", "--yes", self.volume(lv)])
 
     def _mount_volume(self, name: str) -> None:
-        root = self.root(name)
-        secure_root_dir(root.parent)
-        root.mkdir(mode=0o755, exist_ok=True)
-        run_cmd(["mount", "-t", self.options.fs, "-o", "nodev", self.device(name), str(root)])
+        self._mount(name, self.root(name))
+
+    def _mount(self, lv: str, mount_point: Path) -> None:
+        secure_root_dir(mount_point.parent)
+        mount_point.mkdir(mode=0o755, exist_ok=True)
+        run_cmd(["mount", "-t", self.options.fs, "-o", "nodev", self.device(lv), str(mount_point)])
 
     def is_present(self, name: str) -> bool:
         """True when the guest's logical volume exists, mounted or not."""
@@ -339,6 +407,17 @@ def parse_snapshot_tags(lvs_output: str, name: str) -> list[str]:
         if origin == name and lv.startswith(f"{name}."):
             tags.append(lv.split(".", 1)[1])
     return sorted(tags)
+
+
+def received_volume(name: str) -> str:
+    """The volume a guest arriving here is received in: NAME.receiving, which is no guest's
+    (guest names have no dot) and no snapshot's (a snapshot has an origin, this has none)."""
+    return f"{name}.{RECEIVING}"
+
+
+def build_rename_argv(vg: str, old: str, new: str) -> list[str]:
+    """lvrename of the volume VG/OLD to VG/NEW."""
+    return ["lvrename", vg, old, new]
 
 
 def build_merge_argv(vg: str, lv: str) -> list[str]:
