@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from vstools.errors import StateError
-from vstools.pool.placement import Need, rank, room_needed_mb, unfit
+from vstools.pool.placement import Need, rank, room_needed_mb, room_on, unfit
 
 NEED = Need("web", "198.51.100.10", 101, 512)
 
@@ -68,3 +68,13 @@ def test_no_network_for_the_address_and_memory_only_for_placement() -> None:
 def test_nothing_fits() -> None:
     with pytest.raises(StateError, match="no slave can take guest web: a has a guest web"):
         rank({"a": _report(4096, 10_000, [{"name": "web"}])}, set(), NEED, 10)
+
+
+def test_on_lvm_the_room_is_a_volume_of_the_disk_limit() -> None:
+    need = Need("web", "198.51.100.10", 101, 512, disk_limit_mb=2048)
+    lvm = _report(4096, 1500)
+    lvm["host"]["storage"] = "lvm"
+    assert room_on(lvm["host"], need, 100) == 2048  # whatever its files use
+    assert unfit(lvm, need, 100) == "has 1.5 GiB disk free, 2.0 GiB needed"
+    assert unfit(_report(4096, 1500), need, 100) is None  # dir: its files and a margin
+    assert room_on(lvm["host"], NEED, 100) == room_needed_mb(100)  # no limit known

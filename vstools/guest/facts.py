@@ -10,9 +10,11 @@ from pathlib import Path
 from typing import Any
 
 from vstools import __version__
+from vstools.config.create import StorageKind
 from vstools.errors import VSError
 from vstools.guest.lifecycle import guest_status
 from vstools.guest.limits import disk_used_bytes
+from vstools.guest.receive import receiving_storage
 from vstools.host.hostconfig import HostConfig
 
 MB = 1 << 20
@@ -73,13 +75,24 @@ def host_facts(host: HostConfig) -> dict[str, Any]:
         "cpus": len(os.sched_getaffinity(0)),
         "mem_total_mb": memory.get("MemTotal", 0) // 1024,
         "mem_available_mb": memory.get("MemAvailable", 0) // 1024,
-        "disk_free_mb": disk.f_bavail * disk.f_frsize // MB,
+        "disk_free_mb": _room_mb(host, disk),
         "disk_total_mb": disk.f_blocks * disk.f_frsize // MB,
         "storage": str(create.storage),
         "networks": [f"{n.vlan},{n.network}" for n in host.networks().networks],
         "root_dir": str(host.paths.root_dir),
         "guests": len(host.guest_names()),
     }
+
+
+def _room_mb(host: HostConfig, disk: os.statvfs_result) -> int:
+    """Room for guests arriving: free space where the roots live, or on lvm the volume
+    group's (each root a volume taken from it; 0 when the group cannot be read)."""
+    if host.create().storage is not StorageKind.LVM:
+        return disk.f_bavail * disk.f_frsize // MB
+    try:
+        return receiving_storage(host).free_mb()
+    except VSError:
+        return 0
 
 
 def _existing(path: Path) -> Path:

@@ -22,7 +22,7 @@ from vstools.host.journal import log
 from vstools.host.ssh import Remote
 from vstools.pool.inventory import Inventory
 from vstools.pool.locate import locate
-from vstools.pool.placement import Choice, Need, choose, room_needed_mb, unfit
+from vstools.pool.placement import Choice, Need, choose, room_on, unfit
 from vstools.pool.slaves import Pool
 from vstools.pool.store import Store
 from vstools.pool.transfer import ProgressCallback, copy, verified
@@ -273,10 +273,11 @@ def put_guest(
 def preflight(remote: Remote, conf: Need, size_mb: int) -> None:
     """Read-only checks on the destination before anything is sent: the name, address and
     context free there, the guest's network present, room, xattrs and ACLs."""
-    why = unfit(remote.call("scan_report"), conf, size_mb, memory=False)
+    report = remote.call("scan_report")
+    why = unfit(report, conf, size_mb, memory=False)
     if why is not None:
         raise StateError(f"{remote.host} {why}")
-    room = remote.call("check_room", str(room_needed_mb(size_mb)))
+    room = remote.call("check_room", str(room_on(report["host"], conf, size_mb)))
     if room["problems"]:
         raise StateError(f"{remote.host}: {'; '.join(room['problems'])}")
 

@@ -21,22 +21,24 @@ GIB = 1024  # MB
 @dataclass(frozen=True, slots=True)
 class Need:
     """What a guest needs of the slave it goes to: its name, address and context free there,
-    and memory for its limit."""
+    memory for its limit, and room for its disk (on lvm, a volume of its disk limit)."""
 
     name: str
     ip: str
     context: int
     rss_limit_mb: int
+    disk_limit_mb: int = 0
 
     @classmethod
     def of_conf(cls, conf: GuestConf) -> Need:
         """The needs of a guest.conf."""
-        return cls(conf.name, str(conf.ip), conf.context, conf.rss_limit_mb)
+        return cls(conf.name, str(conf.ip), conf.context, conf.rss_limit_mb, conf.disk_limit_mb)
 
     @classmethod
     def of_facts(cls, facts: dict[str, Any]) -> Need:
         """The needs of a guest as a slave describes it (guest_facts)."""
-        return cls(facts["name"], facts["ip"], int(facts["context"]), int(facts["rss_limit_mb"]))
+        return cls(facts["name"], facts["ip"], int(facts["context"]), int(facts["rss_limit_mb"]),
+                   int(facts.get("disk_limit_mb") or 0))  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +59,15 @@ def room_needed_mb(size_mb: int) -> int:
     return size_mb + size_mb // 10 + 16
 
 
+def room_on(facts: dict[str, Any], conf: Need, size_mb: int) -> int:
+    """The room a guest of ``size_mb`` takes on a slave (its host facts): on lvm a volume of
+    its disk limit, taken from the volume group whatever the files need; elsewhere what
+    room_needed_mb says."""
+    if facts.get("storage") == "lvm" and conf.disk_limit_mb:
+        return conf.disk_limit_mb
+    return room_needed_mb(size_mb)
+
+
 def unfit(report: dict[str, Any], conf: Need, size_mb: int, *, memory: bool = True) -> str | None:
     """Why a slave (its scan report) cannot take the guest, or None when it can (pure).
     ``memory``: also when its free memory is below the guest's limit (placement's test; a
@@ -73,8 +84,9 @@ def unfit(report: dict[str, Any], conf: Need, size_mb: int, *, memory: bool = Tr
     address = IPv4Address(str(conf.ip))
     if networks and not any(address in IPv4Network(n.split(",", 1)[1]) for n in networks):
         return f"has no network for {conf.ip}"
-    if facts["disk_free_mb"] < room_needed_mb(size_mb):
-        return f"has {_gib(facts['disk_free_mb'])} disk free, {_gib(size_mb)} needed"
+    needed = room_on(facts, conf, size_mb)
+    if facts["disk_free_mb"] < needed:
+        return f"has {_gib(facts['disk_free_mb'])} disk free, {_gib(needed)} needed"
     if memory and facts["mem_available_mb"] < conf.rss_limit_mb:
         return f"has {_gib(facts['mem_available_mb'])} memory free"
     return None
