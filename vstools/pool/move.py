@@ -286,7 +286,12 @@ def move_guest(
     if stage != COMMITTED:
         facts = src.call("guest_facts", name)
         if facts.get("storage") == "lvm":
-            raise UsageError("moving a guest on STORAGE=lvm is not supported yet")
+            raise UsageError(
+                f"moving a guest off STORAGE=lvm ({name} on {source}) is not supported yet: its"
+                " stopped volume is not mounted, so the final pass would need a snapshot of it,"
+                " and the source's volume kept aside; stop it, vs-get it, vs-put --host it, then"
+                f" vs-remove --host {source} it (moving onto an lvm slave works)"
+            )
         if target is None:
             choice = choose(pool, Need.of_facts(facts), _size_mb(facts), exclude={source})
             target = choice.host
