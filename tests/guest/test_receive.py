@@ -2,7 +2,8 @@
 the guest's receiving root only once it arrived whole (its Received UUID the source's UUID), a
 cut stream is refused and leaves the place as it was, and the received snapshots are removed.
 On lvm (device-mapper is the VM lab's: here at the run seam): a volume of the disk limit made,
-kept and mounted again, renamed to the guest's at the commit, removed by an abort."""
+kept and mounted again, renamed to the guest's at the commit, removed by an abort; and a guest
+moved off lvm, its volume kept aside as NAME.moved, then removed."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ from tests.guests import btrfs_fs  # noqa: F401 - the fixture
 from vstools.config.create import CreateConf
 from vstools.config.settings import Settings
 from vstools.errors import CommandError, HostError, StateError
+from vstools.guest import moving
+from vstools.guest.moving import drop_moved, hold, keep_moved, moved_paths
 from vstools.guest.receive import (
     check_room,
     receive_abort,
@@ -176,3 +179,39 @@ def test_receiving_on_lvm_is_a_volume_made_kept_renamed_or_removed(
     assert fake.volumes == {"web": True} and not any(receiving(host, "db")[0].parent.glob(".db*"))
     with pytest.raises(StateError, match="STORAGE=lvm here: btrfs send/receive needs btrfs"):
         received_take(host, "db", "db.vspool0", "uuid")
+
+
+def test_moved_off_lvm_the_volume_is_kept_aside_then_removed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """vs-move's source side on lvm: the volume renamed NAME.moved as its mount point is, then
+    removed (its snapshots with it, once their mounts are gone)."""
+    fake = FakeLvm()
+    for module in (base, lvm):
+        monkeypatch.setattr(module, "run", fake.run)
+    monkeypatch.setattr(base, "is_mount_point", lambda p: str(p) in fake.mounted)
+    monkeypatch.setattr(lvm, "is_mount_point", lambda p: str(p) in fake.mounted)
+    monkeypatch.setattr(moving, "is_mount_point", lambda p: str(p) in fake.mounted)
+    monkeypatch.setattr(moving, "unmount_root", lambda p: fake.mounted.discard(str(p)))
+    paths = Paths(tmp_path / "etc", tmp_path / "guests", tmp_path / "vservers",
+                  tmp_path / "state", tmp_path / "run")  # fmt: skip
+    host = HostConfig.given(paths, Settings())
+    directory = paths.guest_dir("web")
+    directory.mkdir(parents=True)
+    (directory / "guest.conf").write_text(
+        CONF.format(name="web", context=101, ip=10) + "STORAGE=lvm\nLVM_VG=vg0\n"
+    )
+    paths.guest_root("web").mkdir(parents=True)  # the empty mount point of a stopped guest
+    snapshot = paths.root_dir / ".snapshots" / "web.before"
+    snapshot.mkdir(parents=True)
+    fake.mounted.add(str(snapshot))
+    fake.volumes = {"web": True, "web.before": True}
+    hold(host, "web", "vsh-02")
+    kept_dir, kept_root = moved_paths(host, "web")
+    assert keep_moved(host, "web") == {"conf": str(kept_dir), "root": str(kept_root)}
+    assert "lvrename vg0 web web.moved" in fake.calls and kept_root.is_dir()
+    assert keep_moved(host, "web")["root"] == str(kept_root)  # again: nothing left to do
+    assert fake.calls.count("lvrename vg0 web web.moved") == 1
+    drop_moved(host, "web")
+    assert "lvremove --yes vg0/web.moved" in fake.calls and not fake.mounted
+    assert not kept_root.exists() and not kept_dir.exists() and not snapshot.exists()

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from dataclasses import replace
 from ipaddress import IPv4Address
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -250,14 +251,13 @@ def test_a_guest_received_on_lvm_by_put_or_move(lvm_host: Host, vg: str, tmp_pat
     the disk limit under a name no guest has, mounted where rsync writes; a transfer cut off
     (its mount gone, as after a reboot) resumes in the same volume; receive_start renames it
     to the guest's, as a commit killed after the rename is finished, and starts the guest from
-    it with its size as the disk limit; a begin with no room in the group is refused; a begin
-    killed before mkfs, then aborted, leaves no volume."""
+    it with its size as the disk limit. Moved away again, its volume is kept aside as
+    web.moved, then removed with its snapshot. A begin with no room in the group is refused; a
+    begin killed before mkfs, then aborted, leaves no volume."""
     host = lvm_host
 
-    def fonction(*argv: str) -> dict[str, object]:
-        answer = host.run("vs-fonctions", "--json", *argv, timeout=180).stdout
-        result: dict[str, object] = json.loads(answer)["result"]
-        return result
+    def fonction(*argv: str) -> Any:
+        return json.loads(host.run("vs-fonctions", "--json", *argv, timeout=180).stdout)["result"]
 
     # What a sender's rsync brings: a busybox root with a hard link, an xattr and a high uid.
     tree = tmp_path / "sent"
@@ -306,15 +306,27 @@ def test_a_guest_received_on_lvm_by_put_or_move(lvm_host: Host, vg: str, tmp_pat
     assert fill.stdout == "received\n" and "No space left on device" in fill.stderr, fill.stderr
     host.run("vs-control", "--name", "web", "--stop")
     assert not is_mount_point(root) and root.is_dir() and _lvs(vg) == ["web"]
+    # Moved away again (vs-move's source side), with a snapshot of its stopped volume: held,
+    # its volume renamed web.moved as its mount point is, then removed with its snapshot.
+    storage = storage_for(resolve_paths(host.env), StorageKind.LVM, lvm_vg=vg)
+    snapshot = storage.create_snapshot("web", "vspool")
+    assert (snapshot.path / "root" / "marker").read_text() == "received\n"
+    fonction("move_hold", "web", "vsh-02")
+    kept = fonction("move_keep", "web")
+    assert _lvs(vg) == ["web.moved", "web.vspool"] and not root.exists()
+    assert Path(kept["root"]).is_dir() and not is_mount_point(Path(kept["root"]))
+    fonction("move_drop", "web")
+    assert _lvs(vg) == [] and not snapshot.path.exists()
+    assert not Path(kept["root"]).exists() and not Path(kept["conf"]).exists()
     # No room in the group for a volume of that limit: refused before anything is made.
     full = host.run("vs-fonctions", "--json", "receive_begin", "db", "1024", check=False)
     assert full.returncode == 5 and "MB free, 1024 MB needed" in full.stderr, full.stderr
-    assert _lvs(vg) == ["web"] and not (host.rootfs(".db.receiving")).exists()
+    assert _lvs(vg) == [] and not (host.rootfs(".db.receiving")).exists()
     # A begin killed between lvcreate and mkfs: the next one makes the file system; an abort
     # then removes the volume and its mount point.
     _sh("lvcreate", "-q", "--yes", "-L", "16m", "-n", "db.receiving", vg)
     places = fonction("receive_begin", "db", "16")
     assert places["fresh"] is False and is_mount_point(Path(str(places["root"])))
     fonction("receive_abort", "db")
-    assert _lvs(vg) == ["web"] and not Path(str(places["root"])).exists()
+    assert _lvs(vg) == [] and not Path(str(places["root"])).exists()
     assert not Path(str(places["conf"])).exists()

@@ -162,5 +162,5 @@ def test_lvm_guest_storage_in_the_vm(lab_vm: LabVM) -> None:
         lab_vm,
         "tests/lab/test_inside_lvm.py",
         modules=["loop", "dm-snapshot", "ext4"],
-        timeout_s=360,  # about 150 s on an idle 2-core runner; TCG slows down with the load
+        timeout_s=540,  # about 230 s on an idle 2-core runner; TCG slows down with the load
     )

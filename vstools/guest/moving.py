@@ -8,15 +8,17 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from vstools.config.create import StorageKind
-from vstools.errors import StateError, UsageError
+from vstools.config.guest import GuestConf
+from vstools.config.lexer import read_config
+from vstools.errors import StateError
 from vstools.guest.lifecycle import is_active
 from vstools.host.fsutil import atomic_write
 from vstools.host.hostconfig import HostConfig
 from vstools.names import check_guest_name
 from vstools.paths import MOVED_SUFFIX, MOVING_MARKER
-from vstools.storage.base import SNAPSHOT_DIR
+from vstools.storage.base import SNAPSHOT_DIR, Storage, is_mount_point, unmount_root
 from vstools.storage.btrfs import delete_subvolume, is_subvolume
+from vstools.storage.select import guest_storage
 
 
 def moving_to(host: HostConfig, name: str) -> str | None:
@@ -66,11 +68,9 @@ def keep_moved(host: HostConfig, name: str) -> dict[str, str]:
     it leaves every listing at once, then its root). Refused while it runs or unless a move
     holds it."""
     paths = host.paths
-    directory, root = paths.guest_dir(check_guest_name(name)), paths.guest_root(name)
+    directory = paths.guest_dir(check_guest_name(name))
     kept_dir, kept_root = moved_paths(host, name)
     if directory.is_dir():
-        if host.guest_conf(name).storage is StorageKind.LVM:
-            raise UsageError("moving a guest off STORAGE=lvm is not supported yet")
         if moving_to(host, name) is None:
             raise StateError(f"guest {name} is not being moved: it is not put aside")
         if is_active(host, name):
@@ -78,8 +78,8 @@ def keep_moved(host: HostConfig, name: str) -> dict[str, str]:
         if kept_dir.exists():
             raise StateError(f"{kept_dir} exists already")
         directory.rename(kept_dir)
-    if root.exists() and kept_dir.exists():
-        root.rename(kept_root)
+    if kept_dir.exists():
+        _kept_storage(host, kept_dir).keep_aside(name, kept_root)
     host.forget(name)
     return {"conf": str(kept_dir), "root": str(kept_root)}
 
@@ -92,11 +92,18 @@ def drop_moved(host: HostConfig, name: str) -> dict[str, str]:
     for snapshot in sorted(snapshots.glob(f"{name}.*")) if snapshots.is_dir() else []:
         if is_subvolume(snapshot):
             delete_subvolume(snapshot)
-    if kept_root.exists():
-        if is_subvolume(kept_root):
-            delete_subvolume(kept_root)
-        else:
-            shutil.rmtree(kept_root)
+        elif is_mount_point(snapshot):  # an LVM snapshot: its volume goes with its origin's
+            unmount_root(snapshot)
+            snapshot.rmdir()
+    _kept_storage(host, kept_dir).remove_kept(name, kept_root)
     if kept_dir.exists():
         shutil.rmtree(kept_dir)
     return {"conf": str(kept_dir), "root": str(kept_root)}
+
+
+def _kept_storage(host: HostConfig, kept_dir: Path) -> Storage:
+    """The backend of the root a moved guest left here, as its kept guest.conf says (the dir
+    backend's when that is gone: then only its files can be left)."""
+    if not (kept_dir / GuestConf.FILE_NAME).is_file():
+        return Storage(host.paths)
+    return guest_storage(host, GuestConf.parse(*read_config(kept_dir / GuestConf.FILE_NAME)))

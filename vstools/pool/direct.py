@@ -74,11 +74,12 @@ class DirectPath:
         list of them); the bytes it moved."""
         return int(self._pass(what, live=live, checksum=checksum)["bytes"])
 
-    def final(self) -> tuple[int, int]:
-        """The pass made while the guest is stopped, root and configuration in one call, every
-        file compared by content: the copy is verified as it is made. The bytes moved and the
-        files found different though their size and time were the same (copied again)."""
-        answer = self._pass("root,conf", live=False, checksum=True)
+    def final(self, root: str = "root") -> tuple[int, int]:
+        """The pass made while the guest is stopped, root (``root`` or ``snapshot:TAG``) and
+        configuration in one call, every file compared by content: the copy is verified as it
+        is made. The bytes moved and the files found different though their size and time were
+        the same (copied again)."""
+        answer = self._pass(f"{root},conf", live=False, checksum=True)
         return int(answer["bytes"]), int(answer["repaired"])
 
     def send(self, tag: str, parent: str, *, final: bool) -> dict[str, Any]:

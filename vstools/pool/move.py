@@ -43,6 +43,7 @@ HOW = "relayed through the master"
 SENT = " with btrfs send/receive"
 STRAIGHT = "straight from {src} to {dst}"
 
+SNAPSHOTTING = ("btrfs", "lvm")  # a running guest is read from a snapshot on these
 EARLY, STOPPED, COMMITTED = "early", "stopped", "committed"
 _STAGE_OF = {
     "hold": STOPPED,
@@ -100,6 +101,7 @@ class _Move:
     taken: list[str] = field(default_factory=list)  # the source's snapshots of this run's sends
     sent: int = 0  # the sends of this run: the next snapshot's number
     received: tuple[str, str] | None = None  # the last snapshot sent: its name and UUID
+    viewed: bool = False  # the final pass reads a snapshot of the stopped root (lvm)
 
     def choose_send(self, storage: str) -> None:
         """btrfs send/receive when the root goes straight between two btrfs hosts; what a
@@ -173,7 +175,7 @@ class _Move:
         if self.sends:
             with contextlib.suppress(NoDirectPath):
                 return self.sent_root()
-        snapshot = storage == "btrfs"
+        snapshot = storage in SNAPSHOTTING
         source, what = root, "root"
         if snapshot:
             source = self.src.call("snapshot_take", self.name, SNAPSHOT_TAG)
@@ -207,7 +209,25 @@ class _Move:
         copy(f"{relay}/", remote_dir(self.dst, self.places["conf"]), slave=self.slave(self.dst),
              ssh=self.pool.options)  # fmt: skip
 
-    def final_pass(self, root: str, conf_dir: str) -> int:
+    def stopped_view(self, root: str, storage: str) -> tuple[str, str]:
+        """Where the final pass reads the stopped guest's root, and what a push names it: in
+        place, or on lvm, whose volume is mounted only while the guest runs, a read-only
+        snapshot of it (taken anew if a killed run left one), dropped after the verification."""
+        if storage != "lvm":
+            return root, "root"
+        self.viewed = True
+        return self.src.call("snapshot_take", self.name, SNAPSHOT_TAG), f"snapshot:{SNAPSHOT_TAG}"
+
+    def drop_view(self) -> None:
+        """Remove the snapshot stopped_view took (what fails is noted)."""
+        if self.viewed:
+            try:
+                self.src.call("snapshot_drop", self.name, SNAPSHOT_TAG)
+                self.viewed = False
+            except VSError as exc:
+                self.report.notes.append(f"snapshot {SNAPSHOT_TAG} of {self.name} stays: {exc}")
+
+    def final_pass(self, root: str, conf_dir: str, what: str = "root") -> int:
         """The pass made while the guest is stopped, root and configuration; the bytes moved.
         Straight: one call, every file compared by content, so the copy is verified as it is
         made (what differed though its size and time did not is counted); relayed: each hop,
@@ -223,7 +243,7 @@ class _Move:
                     return moved
         if self.direct is not None:
             try:
-                moved, repaired = self.direct.final()
+                moved, repaired = self.direct.final(what)
             except NoDirectPath as exc:
                 self.relay_instead(str(exc))
             else:
@@ -231,7 +251,7 @@ class _Move:
                     self.report.notes.append(f"{repaired} files found different and copied again")
                 self.verified = True
                 return moved
-        moved = self.root_pass("root", root, live=False)
+        moved = self.root_pass(what, root, live=False)
         self.conf_pass(conf_dir)
         return moved
 
@@ -285,13 +305,6 @@ def move_guest(
     choice = None
     if stage != COMMITTED:
         facts = src.call("guest_facts", name)
-        if facts.get("storage") == "lvm":
-            raise UsageError(
-                f"moving a guest off STORAGE=lvm ({name} on {source}) is not supported yet: its"
-                " stopped volume is not mounted, so the final pass would need a snapshot of it,"
-                " and the source's volume kept aside; stop it, vs-get it, vs-put --host it, then"
-                f" vs-remove --host {source} it (moving onto an lvm slave works)"
-            )
         if target is None:
             choice = choose(pool, Need.of_facts(facts), _size_mb(facts), exclude={source})
             target = choice.host
@@ -393,10 +406,13 @@ def _transfer(
             stopped_at = time.monotonic()
             report.shutdown_s = stopped_at - asked
         journal.at("final pass")
-        report.final_bytes = move.final_pass(root, conf_dir)
+        view, what = move.stopped_view(root, str(facts.get("storage")))
+        report.final_bytes = move.final_pass(view, conf_dir, what)
         journal.at("verify")
-        move.verify(root, conf_dir)
+        move.verify(view, conf_dir)
+        move.drop_view()
     except VSError as exc:
+        move.drop_view()
         move.drop_sent()
         move.close_direct()
         _roll_back(move, running, exc)

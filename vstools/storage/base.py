@@ -154,6 +154,19 @@ class Storage:
         """Remove the root received at ``place`` (nothing if there is none)."""
         self._delete_tree(place)
 
+    # -- moved away (vs-move's source) -------------------------------------------------------
+
+    def keep_aside(self, name: str, kept: Path) -> None:
+        """Rename the stopped guest's root to ``kept`` (the source copy of a moved guest, kept
+        until it runs at its destination); nothing if that was done already."""
+        root = self.root(name)
+        if root.exists() or root.is_symlink():
+            root.rename(kept)
+
+    def remove_kept(self, name: str, kept: Path) -> None:
+        """Delete the root keep_aside kept at ``kept`` (nothing if it is gone)."""
+        self._delete_tree(kept)
+
     def _delete_tree(self, path: Path) -> None:
         """Delete a root at ``path`` (a symlink loses the link only; nothing if missing)."""
         if path.is_symlink():

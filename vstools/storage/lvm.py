@@ -175,6 +175,22 @@ class LvmStorage(Storage):
         self._lvremove(received_volume(name))
         super().drop_received(name, place)
 
+    def keep_aside(self, name: str, kept: Path) -> None:
+        """The volume is renamed as its mount point is (NAME.moved, no guest's name)."""
+        self.unmount(name)
+        if self._exists(name):
+            if self._exists(kept.name):
+                raise StateError(f"logical volume {self.volume(kept.name)} exists already")
+            run_cmd(build_rename_argv(self.options.vg, name, kept.name))
+        super().keep_aside(name, kept)
+
+    def remove_kept(self, name: str, kept: Path) -> None:
+        """Remove the kept volume (and any snapshot of it: lvremove --yes takes them too),
+        then its mount point."""
+        unmount_root(kept)
+        self._lvremove(kept.name)
+        super().remove_kept(name, kept)
+
     def _has_file_system(self, lv: str) -> bool:
         # blkid -p reads the device itself (no cache, no udev); exit 2: no signature found.
         found = run(["blkid", "-p", "-o", "value", "-s", "TYPE", self.device(lv)], check=False)
