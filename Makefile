@@ -11,7 +11,7 @@ PY := $(VENV)/bin/python
 # tinyproxy: vs-pkg's per-run proxy; apt-utils (apt-ftparchive): its tests' mirror.
 DEB_PACKAGES := python3-venv python3-dev gcc iproute2 nftables libnftables1 iptables busybox-static debootstrap libc6-dev \
 	rsync openssh-server openssh-client systemd procps util-linux uidmap btrfs-progs \
-	zstd munin-node strace qemu-system-x86 seabios ipxe-qemu dmsetup iputils-arping lvm2 \
+	zstd munin-node strace qemu-system-x86 seabios ipxe-qemu dmsetup iputils-arping lvm2 xfsprogs \
 	borgbackup bubblewrap python3-aiosmtpd tinyproxy apt-utils
 # zsh: the zsh completion scripts are checked with it (tests/deb/test_manpages.py).
 DEB_PACKAGES += zsh

@@ -30,7 +30,7 @@ from vstools.host.hostconfig import HostConfig
 from vstools.paths import resolve_paths
 from vstools.plan import apply_steps
 from vstools.storage.base import is_mount_point
-from vstools.storage.select import storage_for
+from vstools.storage.select import guest_storage, storage_for
 
 if not os.environ.get("VS_LAB_INSIDE"):
     pytest.skip("runs inside the lab VM (tests/lab/test_lab.py boots it)", allow_module_level=True)
@@ -50,13 +50,13 @@ def _sh(*argv: str, check: bool = True) -> str:
 
 @pytest.fixture
 def vg(run_prefix: str, tmp_path: Path) -> Iterator[str]:
-    """A volume group of 256 MB on a loop device; the VM has no udev, so LVM makes its own
-    device nodes (DM_DISABLE_UDEV)."""
+    """A volume group of 640 MB (sparse: room for one xfs volume, whose minimum is 300 MB) on a
+    loop device; the VM has no udev, so LVM makes its own device nodes (DM_DISABLE_UDEV)."""
     os.environ["DM_DISABLE_UDEV"] = "1"
     name = f"{run_prefix}vg"
     image = tmp_path / f"{run_prefix}-pv.img"
     with open(image, "wb") as handle:
-        handle.truncate(256 * MB)
+        handle.truncate(640 * MB)
     device = _sh("losetup", "--find", "--show", str(image)).strip()
     try:
         _sh("pvcreate", "-q", device)
@@ -242,20 +242,24 @@ def _borg(base: Path, *argv: str, cwd: Path | None = None) -> str:
 def test_lvm_guests_are_backed_up_from_snapshots_running_or_stopped(
     lvm_host: Host, vg: str, tmp_path: Path
 ) -> None:
-    """vs-backup on LVM. Hot: what vs-backup has the slave run (``vs-fonctions backup_guest``,
-    the master's secrets on stdin; the master's SSH side is the same for every storage and
-    tested on the pool's hosts), into a real borg repository, while a writer runs in the guest:
-    it archives an ``lvcreate -s`` snapshot, removed afterwards, and the archive holds a still
-    image. Stopped (cold, offline, and vs-get): the volume is not mounted then (its mount point
-    is empty), so what reads the guest reads a read-only snapshot, removed afterwards."""
+    """vs-backup on LVM, with xfs on the volume (the other tests use ext4). Hot: what
+    vs-backup has the slave run (``vs-fonctions backup_guest``, the master's secrets on stdin;
+    the master's SSH side is the same for every storage and tested on the pool's hosts), into a
+    real borg repository, while a writer runs in the guest: it archives an ``lvcreate -s``
+    snapshot (xfs: mounted ``nouuid,norecovery``), removed afterwards, and the archive holds a
+    still image. Stopped (cold, offline, and vs-get): the volume is not mounted then (its mount
+    point is empty), so what reads the guest reads a read-only snapshot, removed afterwards."""
     host = lvm_host
     repo, base, key = tmp_path / "repo", tmp_path / "borg", tmp_path / "backup_key"
     _borg(base, "init", "--encryption", "repokey", str(repo))
     _sh("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key))  # BACKUP_SSH_KEY
     with open(Path(host.env["VS_ETC_DIR"]) / "vs-tools.conf", "a") as conf:
         conf.write(f"BACKUP_SSH_KEY={key}\n")
-    host.run("vs-create", "--name", "web", "--interface", "198.51.100.10", "--disk", "32")
+    with open(Path(host.env["VS_ETC_DIR"]) / "create.conf", "a") as create:
+        create.write("LVM_FS=xfs\n")  # xfs: its snapshot mounts only with nouuid,norecovery
+    host.run("vs-create", "--name", "web", "--interface", "198.51.100.10", "--disk", "300")
     host.guests.append("web")
+    assert "TYPE=xfs" in _sh("blkid", "-o", "export", f"/dev/{vg}/web")
     host.run("vs-control", "--name", "web", "--start")
     writer = host.popen(
         "vs-exec", "-T", "web", "--", "sh", "-c", "echo kept > /root/note; i=0; while :; do "
@@ -282,7 +286,8 @@ def test_lvm_guests_are_backed_up_from_snapshots_running_or_stopped(
     assert lines and lines == [str(i) for i in range(len(lines))]  # a still, whole image
 
     assert not is_mount_point(host.rootfs("web")) and not (host.rootfs("web") / "root").exists()
-    storage = storage_for(resolve_paths(host.env), StorageKind.LVM, lvm_vg=vg)
+    config = HostConfig.load(host.env)
+    storage = guest_storage(config, config.guest_conf("web"))  # as vs-backup and vs-get find it
     with stopped_view(storage, "web") as view:
         assert is_mount_point(view) and (view / "root" / "note").read_text() == "kept\n"
         with pytest.raises(OSError, match="Read-only file system"):

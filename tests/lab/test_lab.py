@@ -147,7 +147,7 @@ def test_the_inner_suites_in_one_vm(lab_vm: LabVM) -> None:
     run_inner_tests(
         lab_vm,
         INNER_TESTS,
-        modules=["loop", "ext4", "dm-snapshot", "8021q"],  # ext4: USERNS=yes guests map ids
+        modules=["loop", "ext4", "xfs", "dm-snapshot", "8021q"],  # ext4: USERNS=yes guests
         env={"VS_LAB_REPORT": "/run/vs-lab/report.json"},
         timeout_s=1200,  # about 420 s on an idle 2-core runner; TCG slows down with the load
     )
