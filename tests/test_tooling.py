@@ -282,6 +282,30 @@ def test_status_commands_do_not_load_the_guest_runtime(etc_tree: dict[str, str])
     assert result.stdout.strip() == ""
 
 
+def test_status_loads_only_what_showing_needs(etc_tree: dict[str, str]) -> None:
+    """`vs-control --all` (issue 17: within 3x of the interpreter's start) parses guest.conf
+    alone and journals nothing: the other files' parsers, syslog's handler (socket, pickle)
+    and json stay unloaded."""
+    code = (
+        "import sys, contextlib, io\n"
+        "from vstools.cli import vs_control\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n"
+        "    vs_control.main(['--all'])\n"
+        "print(','.join(m for m in ('vstools.config.files', 'vstools.config.firewall',"
+        " 'vstools.config.pool', 'logging.handlers', 'socket', 'json', 'difflib')"
+        " if m in sys.modules))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
+        env=etc_tree,
+    )
+    assert result.stdout.strip() == ""
+
+
 def test_every_module_and_public_function_says_what_it_is_for() -> None:
     """A docstring on every module and on every public function, method and class."""
     missing = []

@@ -5,7 +5,6 @@ and its renderer, so parsing, ``vs-check`` and rendering (model -> text -> model
 from __future__ import annotations
 
 import dataclasses
-import difflib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, Self
@@ -92,6 +91,8 @@ class KeyValueFile:
         for item in parse_assignments(path, text, out):
             spec = by_key.get(item.key)
             if spec is None:
+                import difflib  # a misspelt key only
+
                 close = difflib.get_close_matches(item.key.upper(), list(by_key), n=1)
                 hint = f" (did you mean {close[0]}?)" if close else ""
                 out.error(item.line, item.key_col, f"unknown key {item.key}{hint}")
