@@ -61,6 +61,12 @@ LAZY_IN_HOUSE = {
             "vstools.plan",
         )
     ),
+    # Every command loads the host's configuration; showing state (vs-control --all) reads
+    # guest.conf alone and does not pay for the other files' parsers (issue 17).
+    *(
+        ("vstools.host.hostconfig", f"vstools.config.{imported}")
+        for imported in ("create", "files", "firewall", "monitor", "networks")
+    ),
 }
 
 # One door each (STYLE.md "What that means here" §3): who may import these modules.

@@ -13,10 +13,9 @@ from dataclasses import dataclass, field
 from typing import Any, NoReturn, TextIO
 
 from vstools import __version__
-from vstools.config.create import mb, memory_mb, processes
 from vstools.config.lexer import ValueProblem
 from vstools.config.settings import Settings
-from vstools.config.values import parse_cpu_ratio, parse_guest_name
+from vstools.config.values import mb, memory_mb, parse_cpu_ratio, parse_guest_name, processes
 from vstools.errors import ConfigError, Declined, ExitCode, VSError
 from vstools.host.hostconfig import HostConfig
 from vstools.host.journal import log, setup_logging

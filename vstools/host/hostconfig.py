@@ -14,7 +14,6 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
-from vstools.config.create import CreateConf
 from vstools.config.guest import GuestConf
 from vstools.config.lexer import WHOLE_FILE, read_config
 from vstools.config.settings import Settings
@@ -31,8 +30,9 @@ from vstools.paths import (
 
 # The parsers of the other files are imported where they are used: every command loads this
 # module, and showing guests' state (vs-control --all) reads guest.conf alone (issue 17: about
-# 8 ms of imports, the firewall's, monitor's, networks' and the pool's parsers).
+# 10 ms of imports, create.conf's, the firewall's, monitor's, networks' and the pool's parsers).
 if TYPE_CHECKING:
+    from vstools.config.create import CreateConf
     from vstools.config.firewall import FirewallConf
     from vstools.config.monitor import MonitorConf
     from vstools.config.networks import NetworksConf
@@ -65,6 +65,8 @@ def load_networks(paths: Paths) -> NetworksConf:
 
 def load_create(paths: Paths) -> CreateConf:
     """create.conf (its defaults when absent); ConfigError when invalid."""
+    from vstools.config.create import CreateConf
+
     return load_optional(paths.etc_file("create.conf"), CreateConf.parse, CreateConf())
 
 
