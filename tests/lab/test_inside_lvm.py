@@ -22,8 +22,9 @@ import pytest
 
 from tests.guests import Host
 from vstools.backup.slave import stopped_view
-from vstools.config.create import CreateConf, StorageKind
+from vstools.config.create import CreateConf
 from vstools.config.networks import parse_networks
+from vstools.config.values import StorageKind
 from vstools.errors import HostError
 from vstools.guest.create import CreateRequest, plan_create
 from vstools.host.hostconfig import HostConfig

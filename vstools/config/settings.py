@@ -8,10 +8,11 @@ from enum import StrEnum
 from ipaddress import IPv4Address
 from typing import ClassVar
 
-from vstools.config.create import _enum, count
 from vstools.config.keyvalue import Field, KeyValueFile, meta_fields
 from vstools.config.lexer import ValueProblem
 from vstools.config.values import (
+    _enum,
+    count,
     parse_abs_path,
     parse_bool,
     parse_host,

@@ -5,7 +5,6 @@ master's inventory. Read-only: nothing here changes the host."""
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,7 @@ MB = 1 << 20
 
 def hostname(host: HostConfig) -> str:
     """The host's name as the toolkit prints it (HOSTNAME of vs-tools.conf, else the kernel's)."""
-    return host.settings.hostname or socket.gethostname().split(".")[0]
+    return host.hostname()
 
 
 def guest_facts(host: HostConfig, name: str) -> dict[str, Any]:

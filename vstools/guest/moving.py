@@ -8,7 +8,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from vstools.config.create import StorageKind
+from vstools.config.values import StorageKind
 from vstools.errors import StateError, UsageError
 from vstools.guest.lifecycle import is_active
 from vstools.host.fsutil import atomic_write
