@@ -172,13 +172,13 @@ class Mirror:
         build_deb(self.repo / "pool", name, version, postinst=postinst, payload_kb=payload_kb)
         index(self.repo)
 
-    def requests(self, path: str) -> int:
-        """How many requests for ``path`` (e.g. ``/pool/vsthello_1.0_all.deb``) it answered."""
+    def requests(self, path: str | None = None) -> int:
+        """How many requests for ``path`` (e.g. ``/pool/vsthello_1.0_all.deb``), or for
+        anything, it answered."""
         if not self.access_log.exists():
             return 0
-        return sum(
-            1 for line in self.access_log.read_text().splitlines() if line.split()[1:2] == [path]
-        )
+        lines = self.access_log.read_text().splitlines()
+        return sum(1 for line in lines if path is None or line.split()[1:2] == [path])
 
     def stop(self) -> None:
         """Stop the server by the PID the test started."""

@@ -136,43 +136,54 @@ def test_bench_all_over_ten_guests_with_and_without_the_cache(pkg_env: PkgEnv) -
     base_conf = conf.read_text()
     cache = Path(pkg_env.host.env["VS_STATE_DIR"]) / "pkg-cache" / "apt-cacher-ng"
 
-    def run(mode: tuple[str, str, str, bool]) -> tuple[float, int]:
-        """One --all run in ``mode`` after every guest removed the package: (s, .deb GETs)."""
+    def run(mode: tuple[str, str, str, bool]) -> tuple[float, int, int]:
+        """One --all run in ``mode`` after every guest removed the package: (s, .deb GETs,
+        requests) at the mirror."""
         _label, setting, jobs, empty = mode
         for name in names:
             _reset(pkg_env, name, BIG)
         conf.write_text(base_conf + f"PKG_CACHE={setting}\n")
         if empty:
             shutil.rmtree(cache, ignore_errors=True)
-        gets = pkg_env.mirror.requests(deb)
+        gets, requests = pkg_env.mirror.requests(deb), pkg_env.mirror.requests()
         seconds = _timed(
             lambda: pkg_env.pkg(
                 "--all", "--jobs", jobs, "--update_sources", "--install", BIG, timeout=1800
             )
         )
-        return seconds, pkg_env.mirror.requests(deb) - gets
+        return (
+            seconds,
+            pkg_env.mirror.requests(deb) - gets,
+            pkg_env.mirror.requests() - requests,
+        )
 
     run(ALL_MODES[3])  # fills the cache and warms the page cache (not counted)
     times: dict[str, list[float]] = {mode[0]: [] for mode in ALL_MODES}
     downloads: dict[str, list[int]] = {mode[0]: [] for mode in ALL_MODES}
+    requests: dict[str, list[int]] = {mode[0]: [] for mode in ALL_MODES}
     for round_index in range(ROUNDS):
         order = ALL_MODES if round_index % 2 == 0 else tuple(reversed(ALL_MODES))
         for mode in order:
-            seconds, gets = run(mode)
+            seconds, gets, asked = run(mode)
             times[mode[0]].append(seconds)
             downloads[mode[0]].append(gets)
+            requests[mode[0]].append(asked)
     conf.write_text(base_conf)
     link = f"{MIRROR_MBIT} Mbit/s" if MIRROR_MBIT else "unshaped"
     print(
         f"\nbench_pkg --all over {len(names)} guests, --update_sources --install {BIG}"
         f" ({PAYLOAD_KB} KiB), mirror link {link}, median of {ROUNDS} alternating rounds"
     )
-    print(f"{'proxy':<30}{'median s':>9}{'min s':>8}{'max s':>8}{'ratio':>7}{'.deb GETs':>11}")
+    print(
+        f"{'proxy':<30}{'median s':>9}{'min s':>8}{'max s':>8}{'ratio':>7}{'.deb GETs':>11}"
+        f"{'requests':>10}  (at the mirror, per run)"
+    )
     base = statistics.median(times[ALL_MODES[0][0]])
     for label, values in times.items():
         median = statistics.median(values)
         gets = "/".join(str(g) for g in sorted(set(downloads[label])))
+        asked = statistics.median(requests[label])
         print(
             f"{label:<30}{median:>9.2f}{min(values):>8.2f}{max(values):>8.2f}"
-            f"{median / base:>7.2f}{gets:>11}"
+            f"{median / base:>7.2f}{gets:>11}{asked:>10.0f}"
         )
