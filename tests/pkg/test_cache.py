@@ -66,6 +66,14 @@ def test_one_download_serves_every_run_and_guest_http_and_https(pkg_env: PkgEnv)
     assert f"https://{MIRROR_NAME}" in result.stdout
     assert pkg_env.installed("vstother") == "2.0"
     assert pkg_env.ruleset() == before
+    # A mirror that leads back to the host is refused before anything is opened, as ever.
+    write_sources(
+        pkg_env.rootfs(), "deb [trusted=yes] http://127.0.0.1/ vst main", pkg_env.mirror.ca
+    )
+    result = pkg_env.pkg("--name", GUEST, "--update_sources", check=False)
+    assert result.returncode == 2, result.stderr
+    assert "127.0.0.1 resolves to 127.0.0.1, an address of the host" in result.stderr
+    assert pkg_env.ruleset() == before
 
 
 def _ask(env: PkgEnv, port: int, request: str) -> str:
