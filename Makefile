@@ -8,11 +8,13 @@ PY := $(VENV)/bin/python
 # qemu-system-x86, seabios, ipxe-qemu (virtio-net ROM), dmsetup: the VM lab (tests/lab.py).
 # iputils-arping: vs-create probes a new address on its network.
 # libnftables1: the nftables backend loads rules through it in-process (vstools/host/nftlib.py).
-# tinyproxy: vs-pkg's per-run proxy; apt-utils (apt-ftparchive): its tests' mirror.
+# tinyproxy: vs-pkg's per-run proxy; apt-cacher-ng: the same with PKG_CACHE=apt-cacher-ng;
+# apt-utils (apt-ftparchive): its tests' mirror.
 DEB_PACKAGES := python3-venv python3-dev gcc iproute2 nftables libnftables1 iptables busybox-static debootstrap libc6-dev \
 	rsync openssh-server openssh-client systemd procps util-linux uidmap btrfs-progs \
-	zstd munin-node strace qemu-system-x86 seabios ipxe-qemu dmsetup iputils-arping lvm2 \
-	borgbackup bubblewrap python3-aiosmtpd tinyproxy apt-utils
+	zstd munin-node strace qemu-system-x86 seabios ipxe-qemu dmsetup iputils-arping lvm2 xfsprogs \
+	borgbackup bubblewrap python3-aiosmtpd tinyproxy apt-cacher-ng \
+	apt-utils
 # zsh: the zsh completion scripts are checked with it (tests/deb/test_manpages.py).
 DEB_PACKAGES += zsh
 

@@ -4,8 +4,9 @@ made with dpkg-deb, indexed with apt-ftparchive, unsigned: the guest's sources s
 namespace of the test, and a hosts file that names it (bind-mounted over /etc/hosts in a private
 mount namespace of the command under test, never the machine's own).
 
-Run as ``python -m harness.pkgmirror serve DIR ADDRESS HTTP_PORT HTTPS_PORT CERT KEY``: the
-server itself (it prints "listening" once both ports accept)."""
+Run as ``python -m harness.pkgmirror serve DIR ADDRESS HTTP_PORT HTTPS_PORT CERT KEY LOG``: the
+server itself (it prints "listening" once both ports accept; each request it answers is a line
+of LOG, so a test can count the downloads that reached the mirror)."""
 
 from __future__ import annotations
 
@@ -25,15 +26,24 @@ ARCH = subprocess.run(
 
 
 def build_deb(
-    pool: Path, name: str, version: str, *, depends: str = "", postinst: str = ""
+    pool: Path,
+    name: str,
+    version: str,
+    *,
+    depends: str = "",
+    postinst: str = "",
+    payload_kb: int = 0,
 ) -> Path:
     """A tiny arch-all package that installs /usr/share/vstpkg/NAME holding its version, with
-    ``postinst`` as its maintainer script when given."""
+    ``postinst`` as its maintainer script when given, and ``payload_kb`` KiB of random bytes
+    (which no compression shrinks) in /usr/share/vstpkg/NAME.payload."""
     work = pool.parent / "build" / f"{name}_{version}"
     (work / "DEBIAN").mkdir(parents=True, exist_ok=True)
     share = work / "usr" / "share" / "vstpkg"
     share.mkdir(parents=True, exist_ok=True)
     (share / name).write_text(f"{version}\n")
+    if payload_kb:
+        (share / f"{name}.payload").write_bytes(os.urandom(payload_kb * 1024))
     control = [
         f"Package: {name}",
         f"Version: {version}",
@@ -153,13 +163,22 @@ class Mirror:
     repo: Path
     ca: Path
     process: subprocess.Popen[str]
+    access_log: Path
     http_port: int = 80
     https_port: int = 443
 
-    def publish(self, name: str, version: str, *, postinst: str = "") -> None:
+    def publish(self, name: str, version: str, *, postinst: str = "", payload_kb: int = 0) -> None:
         """Add a package version and re-index (what a newer upload looks like to the guest)."""
-        build_deb(self.repo / "pool", name, version, postinst=postinst)
+        build_deb(self.repo / "pool", name, version, postinst=postinst, payload_kb=payload_kb)
         index(self.repo)
+
+    def requests(self, path: str | None = None) -> int:
+        """How many requests for ``path`` (e.g. ``/pool/vsthello_1.0_all.deb``), or for
+        anything, it answered."""
+        if not self.access_log.exists():
+            return 0
+        lines = self.access_log.read_text().splitlines()
+        return sum(1 for line in lines if path is None or line.split()[1:2] == [path])
 
     def stop(self) -> None:
         """Stop the server by the PID the test started."""
@@ -178,6 +197,7 @@ def start_mirror(
     index(repo)
     ca, cert, key = make_ca(workdir / "tls", name)
     root = Path(__file__).resolve().parents[1]
+    access_log = workdir / "access.log"
     process = subprocess.Popen(
         [
             *netns_prefix,
@@ -191,6 +211,7 @@ def start_mirror(
             "443",
             str(cert),
             str(key),
+            str(access_log),
         ],
         cwd=root,
         env={**os.environ, "PYTHONPATH": str(root)},
@@ -203,17 +224,29 @@ def start_mirror(
         process.kill()
         process.wait()
         raise RuntimeError("the test mirror did not start")
-    return Mirror(name, address, repo, ca, process)
+    return Mirror(name, address, repo, ca, process, access_log)
 
 
-class _Quiet(http.server.SimpleHTTPRequestHandler):
+class _Logged(http.server.SimpleHTTPRequestHandler):
+    """Each answered request as one line ``METHOD PATH STATUS`` of ``access_log``."""
+
+    access_log = ""
+    lock = threading.Lock()
+
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        with self.lock, open(self.access_log, "a") as log:
+            log.write(f"{self.command} {self.path} {code}\n")
+
     def log_message(self, format: str, *args: object) -> None:
         pass
 
 
-def serve(repo: str, address: str, ports: tuple[int, int], tls_files: tuple[str, str]) -> None:
-    """Serve ``repo`` over HTTP and HTTPS until killed."""
-    handler = partial(_Quiet, directory=repo)
+def serve(
+    repo: str, address: str, ports: tuple[int, int], tls_files: tuple[str, str], access_log: str
+) -> None:
+    """Serve ``repo`` over HTTP and HTTPS until killed, logging each request."""
+    _Logged.access_log = access_log
+    handler = partial(_Logged, directory=repo)
     plain = http.server.ThreadingHTTPServer((address, ports[0]), handler)
     tls = http.server.ThreadingHTTPServer((address, ports[1]), handler)
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -226,5 +259,5 @@ def serve(repo: str, address: str, ports: tuple[int, int], tls_files: tuple[str,
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["serve"]:
-        _, _, repo_dir, addr, p1, p2, cert_file, key_file = sys.argv
-        serve(repo_dir, addr, (int(p1), int(p2)), (cert_file, key_file))
+        _, _, repo_dir, addr, p1, p2, cert_file, key_file, log_file = sys.argv
+        serve(repo_dir, addr, (int(p1), int(p2)), (cert_file, key_file), log_file)

@@ -22,6 +22,7 @@ import pytest
 from harness.btrfs import btrfs_loop
 from harness.cgroups import remove_tree
 from vstools.guest.templates import build_busybox_rootfs
+from vstools.host.syscalls import CLONE_NEWNET, setns
 
 BIN = Path(sys.executable).parent
 PROBE_SOURCE = Path(__file__).parent / "probe" / "vstprobe.c"
@@ -190,6 +191,20 @@ def host_ip(host: Host, *argv: str) -> str:
     return subprocess.run(
         ["ip", "-n", host.netns, *argv], capture_output=True, text=True, check=False
     ).stdout
+
+
+@contextlib.contextmanager
+def in_netns(name: str) -> Iterator[None]:
+    """This thread (and what it forks) in a named network namespace, then back."""
+    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    target = os.open(f"/run/netns/{name}", os.O_RDONLY)
+    try:
+        setns(target, CLONE_NEWNET)
+        yield
+    finally:
+        setns(home, CLONE_NEWNET)
+        os.close(home)
+        os.close(target)
 
 
 @contextlib.contextmanager

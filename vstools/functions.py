@@ -17,10 +17,10 @@ from vstools.backup.slave import (
     read_secrets_from_stdin,
     taken_json,
 )
-from vstools.config.create import mb as _mb
 from vstools.config.files import check_files, parse_file
 from vstools.config.lexer import ValueProblem
 from vstools.config.pool import BackupMode
+from vstools.config.values import mb as _mb
 from vstools.config.values import parse_guest_name, parse_host, parse_ipv4
 from vstools.errors import ConfigError, NotFoundError, Problem, UsageError
 from vstools.guest.facts import guest_facts, guests_facts, host_facts

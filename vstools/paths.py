@@ -62,6 +62,12 @@ class Paths:
         Munin plugin: STATE_DIR/monitor/guests."""
         return self.state_dir / "monitor" / "guests"
 
+    @property
+    def pkg_cache_dir(self) -> Path:
+        """vs-pkg's package cache with PKG_CACHE=apt-cacher-ng, kept across runs and shared by
+        them: STATE_DIR/pkg-cache (root's, 0700), outside every guest's root."""
+        return self.state_dir / "pkg-cache"
+
     def guest_run_dir(self, name: str) -> Path:
         """The guest's runtime files, under RUN_DIR/guests; the name is validated first (D15)."""
         return self.run_dir / "guests" / check_guest_name(name)

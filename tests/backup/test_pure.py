@@ -216,7 +216,7 @@ class FakeStorage:
 
     def read_view(self, name: str, tag: str) -> tuple[list[Any], Path, list[Any]]:
         """dir: in place; lvm: a snapshot taken and removed (its volume is not mounted)."""
-        from vstools.config.create import StorageKind
+        from vstools.config.values import StorageKind
         from vstools.plan import Step
 
         if self.kind is StorageKind.DIR:
@@ -235,8 +235,8 @@ def test_the_guest_is_put_back_as_it_was_even_when_borg_fails(
     from types import SimpleNamespace
 
     from vstools.backup import slave
-    from vstools.config.create import StorageKind
     from vstools.config.pool import BackupMode
+    from vstools.config.values import StorageKind
 
     done: list[str] = []
     monkeypatch.setattr(slave, "is_active", lambda host, name: True)

@@ -286,6 +286,7 @@ KV_VALUES: dict[str, st.SearchStrategy[str]] = {
     "SSH_TIMEOUT": st.integers(1, 600).map(str),
     "PKG_TIMEOUT": st.integers(1, 86400).map(str),
     "PKG_PROXY_ADDRESS": st.sampled_from(["169.254.80.1", "169.254.0.9"]),
+    "PKG_CACHE": st.sampled_from(["none", "apt-cacher-ng"]),
     "LOADAVG_1_THRESHOLD": st.sampled_from(["2", "1.5", "0.25"]),
     "LOADAVG_5_THRESHOLD": st.sampled_from(["2", "1.5"]),
     "LOADAVG_15_THRESHOLD": st.sampled_from(["2", "10.75"]),

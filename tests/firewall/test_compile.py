@@ -217,6 +217,11 @@ def _dispatch_check_matches(rule: str, guest: GuestFirewall, packet: Packet) -> 
     ):
         return False
     src, dst = (packet.peer, guest.ip) if packet.way is Way.IN else (guest.ip, packet.peer)
+    # fw_guests holds the filtered guests' addresses (here the guest's, when it is filtered).
+    if "ip saddr @fw_guests" in rule and not (guest.enabled and src == guest.ip):
+        return False
+    if "ip daddr @fw_guests" in rule and not (guest.enabled and dst == guest.ip):
+        return False
     if "@guest_self" in rule and not src == dst == guest.ip:
         return False
     echo = packet.proto == "icmp" and packet.icmp_type == 8
@@ -320,12 +325,13 @@ def test_removing_a_guest_never_takes_another_guests_entry() -> None:
     text = render_nft_update(state, [], [impostor])
     assert "delete element inet vstools fw_in" not in text
     assert "delete element inet vstools fw_out" not in text
-    assert "guest_addrs" not in text and "guest_src" not in text
+    assert "guest_addrs" not in text and "guest_src" not in text and "fw_guests" not in text
     assert 'delete element inet vstools guest_ifs { "vs1099" }' in text
     owner = GuestFirewall("old", IPv4Address("198.51.100.12"), "vs1012", enabled=True)
     own = render_nft_update(state, [], [owner])
     assert "delete element inet vstools fw_in { 198.51.100.12 }" in own
     assert "delete element inet vstools guest_addrs { 198.51.100.12 }" in own
+    assert "delete element inet vstools fw_guests { 198.51.100.12 }" in own
 
 
 def _listed_maps(ruleset: Ruleset, other_table_chain: str) -> str:

@@ -209,6 +209,29 @@ def test_journal_writes_aborted_with_the_reason(syslog_socket: tuple[str, socket
     )
 
 
+def test_a_deferred_journal_connects_at_its_first_record_or_before_a_fork(
+    syslog_socket: tuple[str, socket.socket],
+) -> None:
+    """A command that only shows never reaches syslog; one that changes journals as before,
+    and a child forked before any record inherits the socket made before its fork."""
+    path, server = syslog_socket
+    assert journal.setup_logging(syslog_socket=path, deferred=True) is None
+    deferred = journal.log.handlers[-1]
+    assert isinstance(deferred, journal._DeferredSyslog) and deferred.made is None
+    child = os.fork()
+    if child == 0:
+        os._exit(0)
+    os.waitpid(child, 0)
+    assert deferred.made is not None
+    with journal.operation("vs-control --start web"):
+        pass
+    pid = os.getpid()
+    assert _received(server, 2) == [
+        f"<30>vs-tools[{pid}]: BEGIN vs-control --start web",
+        f"<30>vs-tools[{pid}]: SUCCESS vs-control --start web",
+    ]
+
+
 def test_journal_says_why_syslog_is_unavailable(tmp_path: Path) -> None:
     reason = journal.setup_logging(syslog_socket=str(tmp_path / "missing"))
     assert reason is not None and "unavailable" in reason

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 from ipaddress import IPv4Address
@@ -23,15 +24,16 @@ import pytest
 
 from tests.guests import Host
 from vstools.backup.slave import stopped_view
-from vstools.config.create import CreateConf, StorageKind
+from vstools.config.create import CreateConf
 from vstools.config.networks import parse_networks
+from vstools.config.values import StorageKind
 from vstools.errors import HostError
 from vstools.guest.create import CreateRequest, plan_create
 from vstools.host.hostconfig import HostConfig
 from vstools.paths import resolve_paths
 from vstools.plan import apply_steps
 from vstools.storage.base import is_mount_point
-from vstools.storage.select import storage_for
+from vstools.storage.select import guest_storage, storage_for
 
 if not os.environ.get("VS_LAB_INSIDE"):
     pytest.skip("runs inside the lab VM (tests/lab/test_lab.py boots it)", allow_module_level=True)
@@ -51,13 +53,13 @@ def _sh(*argv: str, check: bool = True) -> str:
 
 @pytest.fixture
 def vg(run_prefix: str, tmp_path: Path) -> Iterator[str]:
-    """A volume group of 256 MB on a loop device; the VM has no udev, so LVM makes its own
-    device nodes (DM_DISABLE_UDEV)."""
+    """A volume group of 640 MB (sparse: room for one xfs volume, whose minimum is 300 MB) on a
+    loop device; the VM has no udev, so LVM makes its own device nodes (DM_DISABLE_UDEV)."""
     os.environ["DM_DISABLE_UDEV"] = "1"
     name = f"{run_prefix}vg"
     image = tmp_path / f"{run_prefix}-pv.img"
     with open(image, "wb") as handle:
-        handle.truncate(256 * MB)
+        handle.truncate(640 * MB)
     device = _sh("losetup", "--find", "--show", str(image)).strip()
     try:
         _sh("pvcreate", "-q", device)
@@ -228,17 +230,67 @@ def test_vs_snapshot_on_lvm_create_list_revert_delete(lvm_host: Host, vg: str) -
     host.run("vs-control", "--name", "web", "--stop")
 
 
-def test_a_stopped_lvm_guest_is_read_from_a_snapshot(lvm_host: Host, vg: str) -> None:
-    """A stopped guest's volume is not mounted (its mount point is empty): what reads its files
-    (vs-backup's still image, vs-get) reads a read-only snapshot, removed afterwards."""
+BORG_PASSPHRASE = "vst-lab-passphrase"
+
+
+def _borg(base: Path, *argv: str, cwd: Path | None = None) -> str:
+    env = {**os.environ, "BORG_PASSPHRASE": BORG_PASSPHRASE, "BORG_BASE_DIR": str(base)}
+    result = subprocess.run(
+        ["borg", *argv], env=env, cwd=cwd, capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, f"borg {' '.join(argv)}: {result.stderr}"
+    return result.stdout
+
+
+def test_lvm_guests_are_backed_up_from_snapshots_running_or_stopped(
+    lvm_host: Host, vg: str, tmp_path: Path
+) -> None:
+    """vs-backup on LVM, with xfs on the volume (the other tests use ext4). Hot: what
+    vs-backup has the slave run (``vs-fonctions backup_guest``, the master's secrets on stdin;
+    the master's SSH side is the same for every storage and tested on the pool's hosts), into a
+    real borg repository, while a writer runs in the guest: it archives an ``lvcreate -s``
+    snapshot (xfs: mounted ``nouuid,norecovery``), removed afterwards, and the archive holds a
+    still image. Stopped (cold, offline, and vs-get): the volume is not mounted then (its mount
+    point is empty), so what reads the guest reads a read-only snapshot, removed afterwards."""
     host = lvm_host
-    host.run("vs-create", "--name", "web", "--interface", "198.51.100.10", "--disk", "32")
+    repo, base, key = tmp_path / "repo", tmp_path / "borg", tmp_path / "backup_key"
+    _borg(base, "init", "--encryption", "repokey", str(repo))
+    _sh("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key))  # BACKUP_SSH_KEY
+    with open(Path(host.env["VS_ETC_DIR"]) / "vs-tools.conf", "a") as conf:
+        conf.write(f"BACKUP_SSH_KEY={key}\n")
+    with open(Path(host.env["VS_ETC_DIR"]) / "create.conf", "a") as create:
+        create.write("LVM_FS=xfs\n")  # xfs: its snapshot mounts only with nouuid,norecovery
+    host.run("vs-create", "--name", "web", "--interface", "198.51.100.10", "--disk", "300")
     host.guests.append("web")
+    assert "TYPE=xfs" in _sh("blkid", "-o", "export", f"/dev/{vg}/web")
     host.run("vs-control", "--name", "web", "--start")
-    host.exec("web", "sh", "-c", "echo kept > /root/note")
-    host.run("vs-control", "--name", "web", "--stop")
+    writer = host.popen(
+        "vs-exec", "-T", "web", "--", "sh", "-c", "echo kept > /root/note; i=0; while :; do "
+        "echo $i >> /root/log; i=$((i+1)); usleep 999; done",
+    )  # fmt: skip
+    log = host.rootfs("web") / "root" / "log"  # the volume, mounted while the guest runs
+    try:
+        for _ in range(6000):
+            if log.exists() and log.stat().st_size > 0:
+                break
+            time.sleep(0.01)
+        secrets = {"repository": str(repo), "passphrase": BORG_PASSPHRASE, "known_hosts": "m x"}
+        answer = host.run("vs-fonctions", "--json", "backup_guest", "web", "hot",
+                          input=json.dumps(secrets), timeout=240).stdout  # fmt: skip
+        hot = json.loads(answer)["result"]
+        assert hot["how"] == "snapshot" and hot["held_s"] is None
+        assert _lvs(vg) == ["web"] and writer.poll() is None  # snapshot gone, the writer on
+    finally:
+        host.run("vs-control", "--name", "web", "--stop")  # the writer ends with its guest
+        writer.wait(timeout=60)
+    _borg(base, "extract", f"{repo}::{hot['archive']}", "root", cwd=tmp_path)
+    assert (tmp_path / "root" / "note").read_text() == "kept\n"
+    lines = (tmp_path / "root" / "log").read_text().splitlines()
+    assert lines and lines == [str(i) for i in range(len(lines))]  # a still, whole image
+
     assert not is_mount_point(host.rootfs("web")) and not (host.rootfs("web") / "root").exists()
-    storage = storage_for(resolve_paths(host.env), StorageKind.LVM, lvm_vg=vg)
+    config = HostConfig.load(host.env)
+    storage = guest_storage(config, config.guest_conf("web"))  # as vs-backup and vs-get find it
     with stopped_view(storage, "web") as view:
         assert is_mount_point(view) and (view / "root" / "note").read_text() == "kept\n"
         with pytest.raises(OSError, match="Read-only file system"):

@@ -1,7 +1,7 @@
-"""The VM lab (tests/lab.py): the harness itself, then cgroup v2 guest limits tested for real in
-the VM (tests/lab/test_inside_cgroup2.py, run there by pytest), then the kernel capabilities
-this machine lacks (802.1Q VLANs, device-mapper snapshots) that the network and storage code
-will need."""
+"""The VM lab (tests/lab/vm.py): the harness itself, the kernel capabilities this machine lacks
+(802.1Q VLANs, device-mapper snapshots), then, in one VM boot, the inner test files that use
+them for real (tests/lab/test_inside_*.py, run there by pytest): cgroup v2 guest limits, a guest
+on a VLAN, LVM storage and backups."""
 
 from __future__ import annotations
 
@@ -17,7 +17,11 @@ from tests.lab.vm import LabVM
 pytestmark = pytest.mark.lab
 
 REPO = Path(__file__).resolve().parents[2]
-INNER_TESTS = "tests/lab/test_inside_cgroup2.py"
+INNER_TESTS = (
+    "tests/lab/test_inside_cgroup2.py",
+    "tests/lab/test_inside_vlan.py",
+    "tests/lab/test_inside_lvm.py",
+)
 
 
 def test_the_harness_returns_output_and_exit_status(lab_vm: LabVM) -> None:
@@ -56,16 +60,16 @@ def test_a_vm_that_does_not_finish_is_killed(lab_vm: LabVM) -> None:
 
 def run_inner_tests(
     lab_vm: LabVM,
-    tests: str,
+    tests: tuple[str, ...],
     *,
     modules: list[str] | None = None,
     env: dict[str, str] | None = None,
     timeout_s: float = 240,
 ) -> None:
-    """Run a test file inside the VM; every one of its tests must have run and passed (none
-    lost to a collection problem, none skipped)."""
+    """Run test files inside the VM in one pytest session; every one of their tests must have
+    run and passed (none lost to a collection problem, none skipped)."""
     result = lab_vm(
-        f"cd {REPO} && exec .venv/bin/python -m pytest {tests} -q -p no:cacheprovider "
+        f"cd {REPO} && exec .venv/bin/python -m pytest {' '.join(tests)} -q -p no:cacheprovider "
         "--junitxml=/run/vs-lab/junit.xml\n",
         modules=modules or [],
         env={"CI": "true", **(env or {})},
@@ -77,23 +81,8 @@ def run_inner_tests(
     suite = junit.getroot().find("testsuite")
     assert suite is not None
     counts = {key: int(suite.get(key, "0")) for key in ("tests", "failures", "errors", "skipped")}
-    expected = (REPO / tests).read_text().count("\ndef test_")
+    expected = sum((REPO / test).read_text().count("\ndef test_") for test in tests)
     assert counts == {"tests": expected, "failures": 0, "errors": 0, "skipped": 0}
-
-
-def test_cgroup_v2_guest_limits_in_the_vm(lab_vm: LabVM) -> None:
-    """The inner run must pass every test, skip none, and prove it ran on cgroup v2."""
-    run_inner_tests(
-        lab_vm,
-        INNER_TESTS,
-        modules=["loop", "ext4"],  # USERNS=yes guests need a file system that maps ids
-        env={"VS_LAB_REPORT": "/run/vs-lab/report.json"},
-        timeout_s=420,
-    )
-    report = json.loads((lab_vm.io() / "report.json").read_text())
-    assert report["version"] == "v2" and report["root"] == "/sys/fs/cgroup"
-    assert {"memory", "pids", "cpu"} <= set(report["subtree_control"])
-    assert report["kernel"] == lab.fetch_kernel().release
 
 
 # 802.1Q on the VM's virtio NIC (user-mode: it exists only inside qemu) and a device-mapper
@@ -148,19 +137,21 @@ def test_the_vm_kernel_has_vlans_and_device_mapper_snapshots(
     ]
 
 
-def test_a_guest_routed_on_an_802_1q_vlan_in_the_vm(lab_vm: LabVM) -> None:
-    """vs-control creates the guest's VLAN uplink (802.1Q, with create.conf's MTU) and routes
-    the guest through it behind its firewall; the inner run must pass and skip nothing."""
-    run_inner_tests(lab_vm, "tests/lab/test_inside_vlan.py", modules=["8021q"])
-
-
-def test_lvm_guest_storage_in_the_vm(lab_vm: LabVM) -> None:
-    """STORAGE=lvm (a volume group on a loop device in the VM): the volume mounted while the
-    guest runs, its size the disk limit, grown hot, snapshots, clones and rollback; the inner
-    run must pass and skip nothing."""
+def test_the_inner_suites_in_one_vm(lab_vm: LabVM) -> None:
+    """What this machine's kernel cannot run, run for real in one VM boot (one inner pytest
+    session shares the template and probes): cgroup v2 guest limits (and the run must prove it
+    ran on cgroup v2), a guest routed on an 802.1Q VLAN, and STORAGE=lvm (a volume group on a
+    loop device: the volume mounted while the guest runs, its size the disk limit, grown hot,
+    snapshots, clones, rollback, backups from snapshots). Every inner test must run and pass,
+    none skipped."""
     run_inner_tests(
         lab_vm,
-        "tests/lab/test_inside_lvm.py",
-        modules=["loop", "dm-snapshot", "ext4"],
-        timeout_s=540,  # about 230 s on an idle 2-core runner; TCG slows down with the load
+        INNER_TESTS,
+        modules=["loop", "ext4", "xfs", "dm-snapshot", "8021q"],  # ext4: USERNS=yes guests
+        env={"VS_LAB_REPORT": "/run/vs-lab/report.json"},
+        timeout_s=1200,  # about 420 s on an idle 2-core runner; TCG slows down with the load
     )
+    report = json.loads((lab_vm.io() / "report.json").read_text())
+    assert report["version"] == "v2" and report["root"] == "/sys/fs/cgroup"
+    assert {"memory", "pids", "cpu"} <= set(report["subtree_control"])
+    assert report["kernel"] == lab.fetch_kernel().release

@@ -6,19 +6,24 @@ The machine's own namespace is never touched (TESTING.md rule 1)."""
 
 from __future__ import annotations
 
-import contextlib
-import os
 import socket
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.guests import HOST_LAN_IP, PEERS, Host, Lan, listening, netns_prefix, serve
-from vstools.host.syscalls import CLONE_NEWNET, setns
+from tests.guests import (
+    HOST_LAN_IP,
+    PEERS,
+    Host,
+    Lan,
+    in_netns,
+    listening,
+    netns_prefix,
+    serve,
+)
 
 pytestmark = [pytest.mark.privileged, pytest.mark.e2e]
 
@@ -32,20 +37,6 @@ allow from 203.0.113.0/24,{PEERS["admin"]} to tcp/22     # sshd
 allow from 0/0 to tcp/80                        # httpd
 ## DENY is implicit
 """
-
-
-@contextlib.contextmanager
-def in_netns(name: str) -> Iterator[None]:
-    """This thread (and what it forks) in a named network namespace, then back."""
-    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-    target = os.open(f"/run/netns/{name}", os.O_RDONLY)
-    try:
-        setns(target, CLONE_NEWNET)
-        yield
-    finally:
-        setns(home, CLONE_NEWNET)
-        os.close(home)
-        os.close(target)
 
 
 def start(

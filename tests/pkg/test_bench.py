@@ -2,17 +2,19 @@
 
 - ``vs-pkg --install`` of a small package against ``vs-exec N -- apt-get install`` with the
   guest's firewall opened to the mirror by hand: the overhead of the proxy and firewall steps;
-- ``vs-pkg --all --update_sources --install`` over 10 Debian guests, one at a time and four at
-  once.
+- ``vs-pkg --all --update_sources --install`` over 10 Debian guests: tinyproxy (one at a time
+  and four at once) beside PKG_CACHE=apt-cacher-ng, whose cache the guests share.
 
 Run with ``bench/bench_pkg.py`` (or ``pytest tests/pkg/test_bench.py -m bench -s``)."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import statistics
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -29,9 +31,9 @@ def _timed(run: object) -> float:
     return time.perf_counter() - start
 
 
-def _reset(env: PkgEnv, name: str = GUEST) -> None:
+def _reset(env: PkgEnv, name: str = GUEST, package: str = "vsthello") -> None:
     """Remove the package and empty apt's cache, so every install downloads (not timed)."""
-    env.host.exec(name, "sh", "-c", "apt-get -qq -y remove vsthello >/dev/null; apt-get clean")
+    env.host.exec(name, "sh", "-c", f"apt-get -qq -y remove {package} >/dev/null; apt-get clean")
 
 
 def test_bench_install_through_vs_pkg_and_by_hand(pkg_env: PkgEnv) -> None:
@@ -98,22 +100,90 @@ def test_bench_install_through_vs_pkg_and_by_hand(pkg_env: PkgEnv) -> None:
     )
 
 
-def test_bench_all_over_ten_guests(pkg_env: PkgEnv) -> None:
+MIRROR_MBIT = int(os.environ.get("VS_BENCH_MIRROR_MBIT", "100"))
+PAYLOAD_KB = int(os.environ.get("VS_BENCH_PAYLOAD_KB", "4096"))
+BIG = "vstbig"
+# (label, PKG_CACHE, --jobs, cache emptied before the run)
+ALL_MODES = (
+    ("tinyproxy (PKG_CACHE=none)", "none", "1", False),
+    ("tinyproxy, --jobs 4", "none", "4", False),
+    ("apt-cacher-ng, cache empty", "apt-cacher-ng", "1", True),
+    ("apt-cacher-ng, cache warm", "apt-cacher-ng", "1", False),
+)
+
+
+def test_bench_all_over_ten_guests_with_and_without_the_cache(pkg_env: PkgEnv) -> None:
+    """``vs-pkg --all --update_sources --install`` of one package over 10 guests: tinyproxy
+    (no cache; also with --jobs 4) beside PKG_CACHE=apt-cacher-ng with its cache emptied first
+    (one guest downloads, nine are served from the cache) and already holding the package.
+    The mirror's link is shaped to VS_BENCH_MIRROR_MBIT (0: as fast as the machine), the
+    package has VS_BENCH_PAYLOAD_KB of incompressible bytes; the mirror's own log counts the
+    downloads of the package each run."""
     names = [GUEST]
     for index in range(9):
         name = f"deb{index}"
         pkg_env.add_debian(name, f"198.51.100.{40 + index}")
         names.append(name)
-    figures = {}
-    for jobs in ("1", "4"):
+    pkg_env.mirror.publish(BIG, "1.0", payload_kb=PAYLOAD_KB)
+    deb = f"/pool/{BIG}_1.0_all.deb"
+    if MIRROR_MBIT:
+        subprocess.run(
+            [*netns_prefix(pkg_env.lan.netns), "tc", "qdisc", "add", "dev", "lan0", "root",
+             "tbf", "rate", f"{MIRROR_MBIT}mbit", "burst", "64kb", "latency", "100ms"],
+            check=True,
+        )  # fmt: skip
+    conf = Path(pkg_env.host.env["VS_ETC_DIR"]) / "vs-tools.conf"
+    base_conf = conf.read_text()
+    cache = Path(pkg_env.host.env["VS_STATE_DIR"]) / "pkg-cache" / "apt-cacher-ng"
+
+    def run(mode: tuple[str, str, str, bool]) -> tuple[float, int, int]:
+        """One --all run in ``mode`` after every guest removed the package: (s, .deb GETs,
+        requests) at the mirror."""
+        _label, setting, jobs, empty = mode
         for name in names:
-            _reset(pkg_env, name)
-        figures[jobs] = _timed(
-            lambda jobs=jobs: pkg_env.pkg(
-                "--all", "--jobs", jobs, "--update_sources", "--install", "vsthello", timeout=900
+            _reset(pkg_env, name, BIG)
+        conf.write_text(base_conf + f"PKG_CACHE={setting}\n")
+        if empty:
+            shutil.rmtree(cache, ignore_errors=True)
+        gets, requests = pkg_env.mirror.requests(deb), pkg_env.mirror.requests()
+        seconds = _timed(
+            lambda: pkg_env.pkg(
+                "--all", "--jobs", jobs, "--update_sources", "--install", BIG, timeout=1800
             )
         )
+        return (
+            seconds,
+            pkg_env.mirror.requests(deb) - gets,
+            pkg_env.mirror.requests() - requests,
+        )
+
+    run(ALL_MODES[3])  # fills the cache and warms the page cache (not counted)
+    times: dict[str, list[float]] = {mode[0]: [] for mode in ALL_MODES}
+    downloads: dict[str, list[int]] = {mode[0]: [] for mode in ALL_MODES}
+    requests: dict[str, list[int]] = {mode[0]: [] for mode in ALL_MODES}
+    for round_index in range(ROUNDS):
+        order = ALL_MODES if round_index % 2 == 0 else tuple(reversed(ALL_MODES))
+        for mode in order:
+            seconds, gets, asked = run(mode)
+            times[mode[0]].append(seconds)
+            downloads[mode[0]].append(gets)
+            requests[mode[0]].append(asked)
+    conf.write_text(base_conf)
+    link = f"{MIRROR_MBIT} Mbit/s" if MIRROR_MBIT else "unshaped"
     print(
-        f"\nbench_pkg --all over {len(names)} guests (update + install, each through its own"
-        f" proxy): --jobs 1 {figures['1']:.2f} s, --jobs 4 {figures['4']:.2f} s"
+        f"\nbench_pkg --all over {len(names)} guests, --update_sources --install {BIG}"
+        f" ({PAYLOAD_KB} KiB), mirror link {link}, median of {ROUNDS} alternating rounds"
     )
+    print(
+        f"{'proxy':<30}{'median s':>9}{'min s':>8}{'max s':>8}{'ratio':>7}{'.deb GETs':>11}"
+        f"{'requests':>10}  (at the mirror, per run)"
+    )
+    base = statistics.median(times[ALL_MODES[0][0]])
+    for label, values in times.items():
+        median = statistics.median(values)
+        gets = "/".join(str(g) for g in sorted(set(downloads[label])))
+        asked = statistics.median(requests[label])
+        print(
+            f"{label:<30}{median:>9.2f}{min(values):>8.2f}{max(values):>8.2f}"
+            f"{median / base:>7.2f}{gets:>11}{asked:>10.0f}"
+        )

@@ -12,9 +12,11 @@ from pathlib import Path
 import pytest
 
 from tests.cli_helpers import invoke
-from vstools.config.settings import Settings
-from vstools.errors import ConfigError, ExitCode, UsageError
+from vstools.config.settings import PkgCache, Settings
+from vstools.errors import ConfigError, ExitCode, HostError, UsageError
+from vstools.firewall.render import PKG_PROXY_UID
 from vstools.host.rootfs import GuestRoot
+from vstools.pkg import cache as acng
 from vstools.pkg.apk import Apk
 from vstools.pkg.apt import Apt
 from vstools.pkg.detect import Mirror, detect_tool, mirror_of, read_mirrors
@@ -357,3 +359,84 @@ def test_mirrors_that_lead_back_to_the_host_are_refused() -> None:
     assert [r.split()[0] for r in refused] == [
         "127.0.0.1", "localhost", "198.51.100.2", "169.254.169.254"
     ]  # fmt: skip
+
+
+def test_settings_pkg_cache() -> None:
+    assert Settings.parse("vs-tools.conf", "").pkg_cache is PkgCache.NONE
+    cached = Settings.parse("vs-tools.conf", "PKG_CACHE=apt-cacher-ng\n")
+    assert cached.pkg_cache is PkgCache.APT_CACHER_NG
+    with pytest.raises(ConfigError) as err:
+        Settings.parse("vs-tools.conf", "# cache\nPKG_CACHE=squid\n")
+    lines = str(err.value.lines())
+    assert "vs-tools.conf:2:11:" in lines and "apt-cacher-ng" in lines, lines
+
+
+def test_apt_cacher_ng_configuration_admits_the_mirrors_only() -> None:
+    mirrors = [
+        Mirror("deb.example.org", 80, "http"),
+        Mirror("deb.example.org", 80, "http"),
+        Mirror("security.example.org", 8080, "http"),
+        Mirror("secure.example.org", 443, "https"),
+        Mirror("other.example.org", 8443, "https"),
+    ]
+    text = acng.render_config(IPv4Address("169.254.80.1"), 3142, mirrors)
+    lines = text.splitlines()
+    assert "BindAddress: 169.254.80.1" in lines and "Port: 3142" in lines
+    # Everything that would open something more is set: URLs of the remaps only, libwrap, no
+    # report page, logs, socket.
+    for line in ("ForceManaged: 1", "UseWrap: 1", "ReportPage:", "LogDir:", "SocketPath:"):
+        assert line in lines
+    remaps = [line for line in lines if line.startswith("Remap-")]
+    assert sorted(remaps) == sorted(
+        [
+            f"Remap-{acng.remap_name(mirrors[0])}: deb.example.org/ deb.example.org:80/ ;"
+            " http://deb.example.org/",
+            f"Remap-{acng.remap_name(mirrors[2])}: security.example.org:8080/ ;"
+            " http://security.example.org:8080/",
+        ]
+    )
+    pattern = r"^(other\.example\.org:8443|secure\.example\.org:443)$"
+    assert f"PassThroughPattern: {pattern}" in lines
+    # The remap name is a function of the mirror alone: every guest and run shares its files.
+    assert acng.remap_name(Mirror("deb.example.org", 80, "http")) == acng.remap_name(mirrors[0])
+    assert acng.remap_name(mirrors[0]) != acng.remap_name(mirrors[2])
+    assert (
+        acng.render_hosts_allow([IPv4Address("198.51.100.30")]) == "apt-cacher-ng: 198.51.100.30\n"
+    )
+
+
+def test_apt_cacher_ng_without_https_mirror_tunnels_nothing() -> None:
+    text = acng.render_config(IPv4Address("169.254.80.1"), 3142, [Mirror("a.example", 80, "http")])
+    assert "PassThroughPattern: ^$" in text.splitlines()  # its default admits two hosts
+
+
+@pytest.mark.parametrize(
+    "host", ["evil|.*", "a;b", "a b", "a.example.org\nUseWrap: 0", "x*", "a..b", "-a.example"]
+)
+def test_apt_cacher_ng_refuses_names_that_would_change_its_configuration(host: str) -> None:
+    refused = acng.check_mirror_names([Mirror(host, 80, "http")])
+    assert len(refused) == 1 and "not a DNS name" in refused[0]
+    with pytest.raises(UsageError, match="nothing opened"):
+        acng.start_cache_proxy(
+            Path("/nonexistent"),
+            IPv4Address("169.254.80.1"),
+            IPv4Address("198.51.100.30"),
+            [Mirror(host, 80, "http")],
+            Path("/nonexistent"),
+            lock_timeout_s=0,
+        )
+    assert acng.check_mirror_names([Mirror("deb.debian.org", 80, "http")]) == []
+
+
+def test_the_cache_directory_is_roots_and_its_data_the_proxy_uids(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("chown to the proxy uid needs root")
+    data = acng.prepare_cache_dir(tmp_path / "pkg-cache")
+    assert data == tmp_path / "pkg-cache" / "apt-cacher-ng"
+    assert (os.stat(data.parent).st_uid, os.stat(data.parent).st_mode & 0o777) == (0, 0o700)
+    assert (os.stat(data).st_uid, os.stat(data).st_mode & 0o777) == (PKG_PROXY_UID, 0o700)
+    (tmp_path / "elsewhere").mkdir()
+    data.rmdir()
+    data.symlink_to(tmp_path / "elsewhere")  # never followed
+    with pytest.raises(HostError, match="must be a directory"):
+        acng.prepare_cache_dir(tmp_path / "pkg-cache")

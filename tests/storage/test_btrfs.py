@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.guests import Host
-from vstools.config.create import StorageKind
+from vstools.config.values import StorageKind
 from vstools.errors import HostError
 from vstools.paths import resolve_paths
 from vstools.storage.btrfs import BtrfsStorage, check_btrfs, qgroup_referenced

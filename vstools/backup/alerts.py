@@ -6,7 +6,6 @@ guest is mailed once, until it has a successful backup again."""
 
 from __future__ import annotations
 
-import socket
 import time
 from collections.abc import Callable
 
@@ -31,7 +30,7 @@ def mail_alert(
     host: HostConfig, spool: Spool, where: str, guest: str, *, reason: str, body: str
 ) -> str:
     """Spool one alert mail; its subject."""
-    me = host.settings.hostname or socket.gethostname().split(".")[0]
+    me = host.hostname()
     subject = f"{where}:{guest}:backup {reason}"
     name = spool.new_name()
     msg = compose(

@@ -31,8 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from vstools.backup.borg import Created, archive_name, borg_env, parse_created, run_borg
-from vstools.config.create import StorageKind
 from vstools.config.pool import BackupMode
+from vstools.config.values import StorageKind
 from vstools.errors import StateError, UsageError, VSError
 from vstools.guest.facts import hostname
 from vstools.guest.lifecycle import freeze_guest, guest_status, is_active

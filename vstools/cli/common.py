@@ -5,20 +5,17 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import logging
 import os
-import socket
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NoReturn, TextIO
 
 from vstools import __version__
-from vstools.config.create import mb, memory_mb, processes
 from vstools.config.lexer import ValueProblem
 from vstools.config.settings import Settings
-from vstools.config.values import parse_cpu_ratio, parse_guest_name
+from vstools.config.values import mb, memory_mb, parse_cpu_ratio, parse_guest_name, processes
 from vstools.errors import ConfigError, Declined, ExitCode, VSError
 from vstools.host.hostconfig import HostConfig
 from vstools.host.journal import log, setup_logging
@@ -84,7 +81,7 @@ class Context:
     @property
     def hostname(self) -> str:
         """This host's name in outputs: HOSTNAME of vs-tools.conf, else the system's short name."""
-        return self.settings.hostname or socket.gethostname().split(".")[0]
+        return self.host.hostname()
 
     def emit_lines(self, lines: Iterable[str]) -> None:
         """Print each line on the command's stdout."""
@@ -93,6 +90,8 @@ class Context:
 
     def emit_json(self, value: Any) -> None:
         """Print ``value`` on stdout as indented JSON (dataclasses, enums, addresses converted)."""
+        import json  # --json only: the colon format is the common case
+
         json.dump(to_jsonable(value), self.stdout, indent=2, sort_keys=False)
         self.stdout.write("\n")
 
@@ -291,9 +290,10 @@ def run_command(
             # Commands that need the settings will fail on them with every problem listed;
             # vs-check reports them itself. Journal to the default socket meanwhile.
             syslog_socket = Settings().syslog_socket
-        problem = setup_logging(
-            verbose=bool(getattr(args, "verbose", False)), syslog_socket=syslog_socket
-        )
+        verbose = bool(getattr(args, "verbose", False))
+        # Only -v shows why changes would not be journalled (below): otherwise syslog is
+        # reached at the first change journalled, and never by a command that only shows.
+        problem = setup_logging(verbose=verbose, syslog_socket=syslog_socket, deferred=not verbose)
         if problem and hasattr(args, "dry_run") and not args.dry_run:
             log.debug("%s: changes are not journalled (%s)", parser.prog, problem)
         return handler(ctx)

@@ -33,11 +33,13 @@ DESCRIPTION = """\
 Run the guest's own package manager (apt/dpkg; dnf and apk where present) inside the guest, as
 vs-exec does, never the host's tools on the guest's files. For the steps that download, the
 guest reaches only the mirrors its own configuration names, through a proxy the host starts for
-this run on PKG_PROXY_ADDRESS and one firewall element that expires after PKG_TIMEOUT; the exact
-previous ruleset is in force afterwards, also after a failure or Ctrl-C. The steps run in the
-order --update_sources, --list_upgrades, --upgrade_all, --upgrade, --install, --remove, --search,
---show; with none, the installed packages are listed. Before changes on btrfs or lvm a snapshot
-is taken and kept until the next successful run (--no-snapshot skips it).
+this run on PKG_PROXY_ADDRESS (tinyproxy; for apt guests with PKG_CACHE=apt-cacher-ng, an
+apt-cacher-ng whose cache all runs share) and one firewall element that expires after
+PKG_TIMEOUT; the exact previous ruleset is in force afterwards, also after a failure or Ctrl-C.
+The steps run in the order --update_sources, --list_upgrades, --upgrade_all, --upgrade,
+--install, --remove, --search, --show; with none, the installed packages are listed. Before
+changes on btrfs or lvm a snapshot is taken and kept until the next successful run
+(--no-snapshot skips it).
 Output: the package tool's output (a progress bar instead on a terminal) and a summary line per
 step on stderr; lists as 'vserver:package:version[:candidate]' lines, or --json. --all with a
 step that changes packages asks for confirmation first when stdin is a terminal (not with

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from enum import StrEnum
-from functools import partial
 from ipaddress import IPv4Address
 from typing import ClassVar
 
 from vstools.config.keyvalue import Field, KeyValueFile, meta_fields
-from vstools.config.lexer import Collector, ValueProblem
+from vstools.config.lexer import Collector
 from vstools.config.values import (
     CpuRatio,
+    StorageKind,
+    _enum,
+    _fs,
+    _vg_name,
+    mb,
+    memory_mb,
     parse_abs_path,
     parse_bool,
     parse_command,
@@ -23,6 +27,7 @@ from vstools.config.values import (
     parse_uint,
     parse_url,
     parse_word,
+    processes,
 )
 from vstools.errors import Problem
 
@@ -43,55 +48,6 @@ class CreateMethod(StrEnum):
     CLONE = "clone"
 
 
-class StorageKind(StrEnum):
-    """What holds a guest's root filesystem: a directory, a btrfs subvolume or a logical volume."""
-
-    DIR = "dir"
-    BTRFS = "btrfs"
-    LVM = "lvm"
-
-
-def _enum(kind: type[StrEnum]) -> partial[StrEnum]:
-    return partial(_parse_enum, kind)
-
-
-def _parse_enum(kind: type[StrEnum], text: str) -> StrEnum:
-    try:
-        return kind(text)
-    except ValueError:
-        choices = ", ".join(m.value for m in kind)
-        raise ValueProblem(f"{text!r} is not one of {choices}") from None
-
-
-# Bounds that keep every value inside what the kernel takes as given (catalogue A8): a memory
-# limit in bytes must stay below the v1 page counter's 2**63 (a larger one wrapped), and no
-# host has 16 TiB for one guest's memory or /tmp; disks to 1 PiB; the kernel's pids.max
-# stops at PID_MAX_LIMIT (2**22).
-MAX_MEMORY_MB = 1 << 24
-MAX_DISK_MB = 1 << 30
-MAX_PROCESSES = 1 << 22
-
-
-def mb(text: str) -> int:
-    """A disk size in MB."""
-    return parse_uint(text, minimum=1, maximum=MAX_DISK_MB, what="size in MB")
-
-
-def memory_mb(text: str) -> int:
-    """A memory (or tmpfs) size in MB."""
-    return parse_uint(text, minimum=1, maximum=MAX_MEMORY_MB, what="size in MB")
-
-
-def processes(text: str) -> int:
-    """A process limit: 1 to 2**22 (the kernel's PID_MAX_LIMIT)."""
-    return parse_uint(text, minimum=1, maximum=MAX_PROCESSES, what="process count")
-
-
-def count(text: str) -> int:
-    """A count of at least 1, with no upper bound."""
-    return parse_uint(text, minimum=1, what="count")
-
-
 def _context_start(text: str) -> int:
     return parse_uint(text, minimum=1, maximum=2**31 - 1, what="context number")
 
@@ -106,22 +62,6 @@ def _prefix(text: str) -> int:
 
 def _vlan(text: str) -> int:
     return parse_uint(text, maximum=4094, what="VLAN id")
-
-
-def _fs(text: str) -> str:
-    if text not in ("ext4", "xfs"):
-        raise ValueProblem(f"{text!r} is not ext4 or xfs")
-    return text
-
-
-def _vg_name(text: str) -> str:
-    # lvm(8): VG and LV names are letters, digits and "+_.-", not starting with "-", at most
-    # 127 characters; "." and ".." are refused by the first character.
-    if not re.fullmatch(r"[A-Za-z0-9+_][A-Za-z0-9+_.-]{0,126}", text, re.ASCII):
-        raise ValueProblem(
-            f"{text!r} is not a volume group name (letters, digits, '+_.-', at most 127)"
-        )
-    return text
 
 
 _PATH, _LINES, _PROBLEMS = meta_fields()

@@ -6,11 +6,16 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address
 from typing import ClassVar
 
-from vstools.config.create import StorageKind, _enum, _fs, _vg_name, mb, memory_mb, processes
 from vstools.config.keyvalue import Field, KeyValueFile, meta_fields
 from vstools.config.lexer import Collector
 from vstools.config.values import (
     CpuRatio,
+    StorageKind,
+    _enum,
+    _fs,
+    _vg_name,
+    mb,
+    memory_mb,
     parse_bool,
     parse_command,
     parse_cpu_ratio,
@@ -19,6 +24,7 @@ from vstools.config.values import (
     parse_ipv4,
     parse_ipv4_list,
     parse_uint,
+    processes,
 )
 from vstools.errors import Problem
 

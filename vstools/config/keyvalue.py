@@ -5,7 +5,6 @@ and its renderer, so parsing, ``vs-check`` and rendering (model -> text -> model
 from __future__ import annotations
 
 import dataclasses
-import difflib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, Self
@@ -85,13 +84,15 @@ class KeyValueFile:
     def parse(cls, path: str, text: str) -> Self:
         """Parse KEY=VALUE text into the model, or raise ConfigError listing every problem."""
         out = Collector(path)
-        by_key = {f.key: f for f in cls.SCHEMA}
+        by_key, required = _schema_of(cls)
         values: dict[str, Any] = {}
         lines: dict[str, int] = {}
         places: list[tuple[str, int, int]] = []
         for item in parse_assignments(path, text, out):
             spec = by_key.get(item.key)
             if spec is None:
+                import difflib  # a misspelt key only
+
                 close = difflib.get_close_matches(item.key.upper(), list(by_key), n=1)
                 hint = f" (did you mean {close[0]}?)" if close else ""
                 out.error(item.line, item.key_col, f"unknown key {item.key}{hint}")
@@ -113,7 +114,7 @@ class KeyValueFile:
         missing = [
             f.key
             for f in cls.SCHEMA
-            if f.attr not in values and f.key not in lines and _is_required(cls, f.attr)
+            if f.attr not in values and f.key not in lines and f.attr in required
         ]
         for key in missing:
             out.error(WHOLE_FILE, WHOLE_FILE, f"missing required key {key}")
@@ -136,10 +137,18 @@ class KeyValueFile:
         return "\n".join(lines) + "\n"
 
 
-def _is_required(cls: type, attr: str) -> bool:
-    for item in dataclasses.fields(cls):
-        if item.name == attr:
-            return (
-                item.default is dataclasses.MISSING and item.default_factory is dataclasses.MISSING
-            )
-    return False
+# A model's fields by key, and the attributes without a default (required), worked out once
+# per class: status parses 100 guest.conf files in one command (issue 17).
+_SCHEMAS: dict[type, tuple[dict[str, Field], frozenset[str]]] = {}
+
+
+def _schema_of(cls: type[KeyValueFile]) -> tuple[dict[str, Field], frozenset[str]]:
+    found = _SCHEMAS.get(cls)
+    if found is None:
+        required = frozenset(
+            item.name
+            for item in dataclasses.fields(cls)  # type: ignore[arg-type]
+            if item.default is dataclasses.MISSING and item.default_factory is dataclasses.MISSING
+        )
+        found = _SCHEMAS[cls] = ({f.key: f for f in cls.SCHEMA}, required)
+    return found

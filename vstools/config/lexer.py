@@ -153,12 +153,17 @@ def split_on(token: Token, separator: str) -> list[Token]:
     return pieces
 
 
+# Control characters but tab (one search per line, not a loop over its characters: status
+# reads every guest.conf, issue 17).
+_CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f]")
+
+
 def check_ascii_printable(line: str, number: int, out: Collector) -> bool:
     """Control characters (other than tab) are rejected: they hide what a line says."""
-    for index, char in enumerate(line):
-        if (ord(char) < 32 and char != "\t") or ord(char) == 127:
-            out.error(number, index + 1, f"control character U+{ord(char):04X}")
-            return False
+    found = _CONTROL.search(line)
+    if found is not None:
+        out.error(number, found.start() + 1, f"control character U+{ord(found.group()):04X}")
+        return False
     return True
 
 
@@ -170,6 +175,7 @@ def check_ascii_printable(line: str, number: int, out: Collector) -> bool:
 # `$(touch /tmp/x)` is text (catalogue P6).
 
 _KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*", re.ASCII)
+_BARE = re.compile(r"[^ \t'\"\\]*")
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,6 +192,9 @@ class Assignment:
 def _scan_value(line: str, start: int, number: int, out: Collector) -> tuple[str, int] | None:
     """Read a shell-like value at ``line[start:]``: bare, 'single' or "double" quoted pieces
     concatenated. Returns the value and the offset just after it, or None after an error."""
+    bare = _BARE.match(line, start)  # always matches (the empty string at worst)
+    if bare is not None and (bare.end() == len(line) or line[bare.end()] in " \t"):
+        return bare.group(), bare.end()  # no quote, no backslash: the common case, at once
     value: list[str] = []
     i = start
     while i < len(line) and line[i] not in " \t":

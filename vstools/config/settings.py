@@ -8,10 +8,11 @@ from enum import StrEnum
 from ipaddress import IPv4Address
 from typing import ClassVar
 
-from vstools.config.create import _enum, count
 from vstools.config.keyvalue import Field, KeyValueFile, meta_fields
 from vstools.config.lexer import ValueProblem
 from vstools.config.values import (
+    _enum,
+    count,
     parse_abs_path,
     parse_bool,
     parse_host,
@@ -36,6 +37,13 @@ class FirewallBackend(StrEnum):
     NFTABLES = "nftables"
     IPTABLES_RESTORE = "iptables-restore"
     IPTC = "iptc"  # python-iptables, legacy iptables hosts only
+
+
+class PkgCache(StrEnum):
+    """PKG_CACHE: which proxy vs-pkg starts for apt guests (dnf and apk guests: tinyproxy)."""
+
+    NONE = "none"  # tinyproxy: nothing kept between runs
+    APT_CACHER_NG = "apt-cacher-ng"  # Debian's caching proxy: one cache all runs share
 
 
 def _port(text: str) -> int:
@@ -129,6 +137,7 @@ class Settings(KeyValueFile):
     prometheus_textfile_dir: str | None = DEFAULT_TEXTFILE_DIR
     pkg_proxy_address: IPv4Address = DEFAULT_PKG_PROXY
     pkg_timeout_s: int = 1800
+    pkg_cache: PkgCache = PkgCache.NONE
     path: str = _PATH
     key_lines: tuple[tuple[str, int, int], ...] = _LINES
     warnings: tuple[Problem, ...] = _PROBLEMS
@@ -214,5 +223,11 @@ class Settings(KeyValueFile):
             "pkg_timeout_s",
             _seconds,
             doc="longest vs-pkg run; its firewall element expires after it",
+        ),
+        Field(
+            "PKG_CACHE",
+            "pkg_cache",
+            _enum(PkgCache),
+            doc="none: tinyproxy, no cache; apt-cacher-ng: apt guests share one package cache",
         ),
     )

@@ -10,7 +10,9 @@ from __future__ import annotations
 import ipaddress
 import re
 from dataclasses import dataclass
+from enum import StrEnum
 from fractions import Fraction
+from functools import partial
 
 from vstools.config.lexer import ValueProblem
 from vstools.names import guest_name_problem, hostname_problem
@@ -240,3 +242,73 @@ def parse_mail_list(text: str) -> tuple[str, ...]:
     if not found:
         raise ValueProblem("expected at least one mail address")
     return tuple(found)
+
+
+# -- sizes, counts and kinds several files share (guest.conf, create.conf, vs-tools.conf) -----
+# Here rather than in vstools.config.create: reading guest.conf (vs-control --all) then does
+# not build create.conf's model (issue 17).
+
+
+class StorageKind(StrEnum):
+    """What holds a guest's root filesystem: a directory, a btrfs subvolume or a logical volume."""
+
+    DIR = "dir"
+    BTRFS = "btrfs"
+    LVM = "lvm"
+
+
+def _enum(kind: type[StrEnum]) -> partial[StrEnum]:
+    return partial(_parse_enum, kind)
+
+
+def _parse_enum(kind: type[StrEnum], text: str) -> StrEnum:
+    try:
+        return kind(text)
+    except ValueError:
+        choices = ", ".join(m.value for m in kind)
+        raise ValueProblem(f"{text!r} is not one of {choices}") from None
+
+
+# Bounds that keep every value inside what the kernel takes as given (catalogue A8): a memory
+# limit in bytes must stay below the v1 page counter's 2**63 (a larger one wrapped), and no
+# host has 16 TiB for one guest's memory or /tmp; disks to 1 PiB; the kernel's pids.max
+# stops at PID_MAX_LIMIT (2**22).
+MAX_MEMORY_MB = 1 << 24
+MAX_DISK_MB = 1 << 30
+MAX_PROCESSES = 1 << 22
+
+
+def mb(text: str) -> int:
+    """A disk size in MB."""
+    return parse_uint(text, minimum=1, maximum=MAX_DISK_MB, what="size in MB")
+
+
+def memory_mb(text: str) -> int:
+    """A memory (or tmpfs) size in MB."""
+    return parse_uint(text, minimum=1, maximum=MAX_MEMORY_MB, what="size in MB")
+
+
+def processes(text: str) -> int:
+    """A process limit: 1 to 2**22 (the kernel's PID_MAX_LIMIT)."""
+    return parse_uint(text, minimum=1, maximum=MAX_PROCESSES, what="process count")
+
+
+def count(text: str) -> int:
+    """A count of at least 1, with no upper bound."""
+    return parse_uint(text, minimum=1, what="count")
+
+
+def _fs(text: str) -> str:
+    if text not in ("ext4", "xfs"):
+        raise ValueProblem(f"{text!r} is not ext4 or xfs")
+    return text
+
+
+def _vg_name(text: str) -> str:
+    # lvm(8): VG and LV names are letters, digits and "+_.-", not starting with "-", at most
+    # 127 characters; "." and ".." are refused by the first character.
+    if not re.fullmatch(r"[A-Za-z0-9+_][A-Za-z0-9+_.-]{0,126}", text, re.ASCII):
+        raise ValueProblem(
+            f"{text!r} is not a volume group name (letters, digits, '+_.-', at most 127)"
+        )
+    return text

@@ -13,7 +13,8 @@ nftables layout (table ``inet vstools``, owned by the toolkit):
   the output chain also refuses new connections from the proxy's own uid (PKG_PROXY_UID) to
   the host's own addresses (but DNS) and to link-local ones;
 - maps ``fw_in`` / ``fw_out``: guest address -> ``jump in_NAME`` / ``jump out_NAME`` for the
-  guests whose firewall.conf says ``enable``;
+  guests whose firewall.conf says ``enable``, and set ``fw_guests``, their keys (the addresses
+  whose invalid packets the forward chain drops), written with them in every transaction;
 - base chains ``forward``, ``input``, ``output`` (policy accept: the rest of the host's
   traffic is not ours), per-guest chains ``in_NAME`` / ``out_NAME`` that ``return`` what they
   allow and reject the rest. The ``in_``/``out_`` prefix keeps guest names that are nft
@@ -95,18 +96,21 @@ def _nft_rule(guest: GuestFirewall, way: Way, rule: CompiledRule) -> str:
 # them only if a verdict map would send it to a guest chain, or where their verdict is the one
 # the end of the forward chain gives anyway (policy accept). ESTABLISHED/RELATED, a guest to
 # itself and echo requests passed every guest chain they met (``return``) and then the end of
-# the forward chain: ``accept`` here is the same verdict. Done once instead of in 2000 chains,
-# they cut the rules of a 1000-guest table (issue 17: the kernel's and nft's time grow with the
-# number of rules). INVALID stays the first rule of each guest chain: dropping it here would
-# need a lookup of the verdict maps as sets, which Debian 12's kernel (6.1, the VM lab's) refuses
-# (EINVAL; 6.18 accepts it), or a set of filtered guests' addresses kept beside the maps; the
-# checks after it leave invalid packets to that first rule, as the guest chain did.
+# the forward chain: ``accept`` here is the same verdict. INVALID was dropped by the first guest
+# chain a packet met: here it is dropped when its source or destination is a filtered guest's,
+# the set ``fw_guests``, which holds exactly the keys of the verdict maps (written with them, in
+# the same transactions). Not a lookup of the maps themselves: Debian 12's kernel (6.1, the VM
+# lab's) refuses a verdict map looked up as a set (EINVAL; 6.18 accepts it). Done once instead
+# of in 2000 chains, they cut the rules of a 1000-guest table from 18000 to 8000 (issue 17: the
+# kernel's and nft's time grow with the number of rules).
+FW_GUESTS = "fw_guests"
 DISPATCH_CHECKS = (
     "ct state established,related accept",
-    "ct state != invalid ip saddr . ip daddr @guest_self accept",
-    "ct state != invalid icmp type echo-request accept",
+    f"ct state invalid ip saddr @{FW_GUESTS} drop",
+    f"ct state invalid ip daddr @{FW_GUESTS} drop",
+    "ip saddr . ip daddr @guest_self accept",
+    "icmp type echo-request accept",
 )
-GUEST_CHAIN_FIRST = "ct state invalid drop"
 # What every guest chain ends with (step 4), shared: guest chains ``goto`` it.
 REJECT_REST = "reject_rest"
 REJECT_REST_RULES = ("meta l4proto tcp reject with tcp reset", "reject")
@@ -114,9 +118,9 @@ REJECT_REST_RULES = ("meta l4proto tcp reject with tcp reset", "reject")
 
 def guest_chain_rules(guest: GuestFirewall, way: Way) -> list[str]:
     """The rules of ``in_NAME`` or ``out_NAME``, in order (see vstools.firewall.model for
-    meaning): invalid packets dropped, the guest's own rules, its log, then the shared reject
-    (the other checks common to all guests are made before the dispatch, ``DISPATCH_CHECKS``)."""
-    rules = [GUEST_CHAIN_FIRST, *(_nft_rule(guest, way, rule) for rule in guest.chain(way))]
+    meaning): the guest's own rules, its log, then the shared reject (the checks common to all
+    guests are made before the dispatch, ``DISPATCH_CHECKS``)."""
+    rules = [_nft_rule(guest, way, rule) for rule in guest.chain(way)]
     if guest.log:
         rules.append(f'{LOG_RATE} log prefix "vs-fw {guest.name} {way}: " level info')
     rules.append(f"goto {REJECT_REST}")
@@ -190,6 +194,7 @@ def _collections(
         ("set", "guest_src", "ifname . ipv4_addr", [_src_key(g) for g in ruleset.guests]),
         ("set", "guest_self", "ipv4_addr . ipv4_addr", [_self_key(g) for g in ruleset.guests]),
         ("set", PKG_PROXY_SET, PKG_PROXY_TYPE, []),
+        ("set", FW_GUESTS, "ipv4_addr", [str(g.ip) for g in enabled]),
         *(
             (
                 "map",
@@ -329,8 +334,9 @@ class NftState:
     fw_in: dict[str, str] = field(default_factory=dict)
     fw_out: dict[str, str] = field(default_factory=dict)
     digests: dict[str, str] = field(default_factory=dict)  # guest chain -> digest of its rules
-    # The forward chain makes the checks common to every guest (DISPATCH_CHECKS): a table loaded
-    # by an earlier version has them in each guest chain instead, and needs a refresh.
+    # The forward chain makes the checks common to every guest (DISPATCH_CHECKS, the invalid
+    # drop through ``fw_guests``): a table loaded by an earlier version has some of them in each
+    # guest chain instead, and no ``fw_guests``, and needs a refresh.
     dispatch_checks: bool = False
 
     BASE: ClassVar[frozenset[str]] = frozenset({"forward", "input", "output"})
@@ -361,7 +367,7 @@ def parse_nft_state(text: str) -> NftState:
         if "chain" in entry:
             chains.add(entry["chain"]["name"])
         if "rule" in entry and body.get("chain") == "forward":
-            dispatch_checks |= '"@guest_self"' in json.dumps(body.get("expr", []))
+            dispatch_checks |= f'"@{FW_GUESTS}"' in json.dumps(body.get("expr", []))
         for kind in ("set", "map"):
             if kind in entry:
                 sets[entry[kind]["name"]] = [_element_value(e) for e in entry[kind].get("elem", [])]
@@ -435,6 +441,7 @@ def render_nft_update(
             if state is None or str(guest.ip) in (state.fw_in if way is Way.IN else state.fw_out):
                 lines.append(f"delete element {TABLE} {key} {{ {guest.ip} }}")
             lines.append(f"add element {TABLE} {key} {{ {_dispatch_element(guest, way)} }}")
+        lines.append(f"add element {TABLE} {FW_GUESTS} {{ {guest.ip} }}")
     return "\n".join(lines) + "\n"
 
 
@@ -464,6 +471,11 @@ def _nft_remove(
             lines.append(f"delete element {TABLE} fw_{way} {{ {guest.ip} }}")
         elif ip in current:
             others = True
+    if not others:  # the address leaves the maps (or was not in them): it leaves fw_guests
+        lines += [
+            f"add element {TABLE} {FW_GUESTS} {{ {ip} }}",
+            f"delete element {TABLE} {FW_GUESTS} {{ {ip} }}",
+        ]
     for way in (Way.IN, Way.OUT):
         chain = chain_name(guest.name, way)
         lines += [

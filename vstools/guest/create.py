@@ -12,10 +12,10 @@ from ipaddress import IPv4Address
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from vstools.config.create import ContextMethod, CreateConf, CreateMethod, StorageKind
+from vstools.config.create import ContextMethod, CreateConf, CreateMethod
 from vstools.config.guest import MAX_CONTEXT, GuestConf, userns_base
 from vstools.config.networks import Network
-from vstools.config.values import CpuRatio
+from vstools.config.values import CpuRatio, StorageKind
 from vstools.errors import NotFoundError, StateError, UsageError
 from vstools.guest.lifecycle import HEADER
 from vstools.guest.remove import plan_remove

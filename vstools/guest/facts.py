@@ -5,12 +5,11 @@ master's inventory. Read-only: nothing here changes the host."""
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 from typing import Any
 
 from vstools import __version__
-from vstools.config.create import StorageKind
+from vstools.config.values import StorageKind
 from vstools.errors import VSError
 from vstools.guest.lifecycle import guest_status
 from vstools.guest.limits import disk_used_bytes
@@ -22,7 +21,7 @@ MB = 1 << 20
 
 def hostname(host: HostConfig) -> str:
     """The host's name as the toolkit prints it (HOSTNAME of vs-tools.conf, else the kernel's)."""
-    return host.settings.hostname or socket.gethostname().split(".")[0]
+    return host.hostname()
 
 
 def guest_facts(host: HostConfig, name: str) -> dict[str, Any]:

@@ -16,9 +16,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, NoReturn
 
-from vstools.config.create import StorageKind
 from vstools.config.guest import GuestConf
 from vstools.config.lexer import read_config
+from vstools.config.values import StorageKind
 from vstools.errors import StateError
 from vstools.guest.lifecycle import HEADER
 from vstools.host.fsutil import atomic_write

@@ -13,9 +13,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from vstools.config.create import StorageKind
 from vstools.config.guest import GuestConf, userns_base
 from vstools.config.settings import NetworkMode
+from vstools.config.values import StorageKind
 from vstools.errors import HostError, NotFoundError, StateError, VSError
 from vstools.guest.lifecycle import guest_cgroup, processes
 from vstools.guest.moving import check_not_moving

@@ -12,15 +12,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
-from vstools.config.create import CreateConf
-from vstools.config.files import FILE_KINDS
-from vstools.config.firewall import FirewallConf, parse_firewall
 from vstools.config.guest import GuestConf
 from vstools.config.lexer import WHOLE_FILE, read_config
-from vstools.config.monitor import MonitorConf
-from vstools.config.networks import NetworksConf, parse_networks
 from vstools.config.settings import Settings
 from vstools.errors import ConfigError, NotFoundError, Problem, Severity
 from vstools.host.cgrouplayout import CgroupLayout, probe_layout
@@ -32,6 +27,15 @@ from vstools.paths import (
     etc_dir_from,
     resolve_paths,
 )
+
+# The parsers of the other files are imported where they are used: every command loads this
+# module, and showing guests' state (vs-control --all) reads guest.conf alone (issue 17: about
+# 10 ms of imports, create.conf's, the firewall's, monitor's, networks' and the pool's parsers).
+if TYPE_CHECKING:
+    from vstools.config.create import CreateConf
+    from vstools.config.firewall import FirewallConf
+    from vstools.config.monitor import MonitorConf
+    from vstools.config.networks import NetworksConf
 
 T = TypeVar("T")
 
@@ -54,11 +58,15 @@ def load_optional(path: Path, parse: Callable[[str, str], T], default: T) -> T:
 
 def load_networks(paths: Paths) -> NetworksConf:
     """networks.conf (no network when absent); ConfigError when invalid."""
+    from vstools.config.networks import NetworksConf, parse_networks
+
     return load_optional(paths.etc_file("networks.conf"), parse_networks, NetworksConf(()))
 
 
 def load_create(paths: Paths) -> CreateConf:
     """create.conf (its defaults when absent); ConfigError when invalid."""
+    from vstools.config.create import CreateConf
+
     return load_optional(paths.etc_file("create.conf"), CreateConf.parse, CreateConf())
 
 
@@ -123,6 +131,9 @@ def read_guest_files(
 ) -> tuple[GuestConf | None, FirewallConf | None, MonitorConf | None, list[Problem]]:
     """Each of the guest's three files parsed on its own, so one broken file does not hide the
     others' problems; plus every problem (errors and warnings) found."""
+    from vstools.config.firewall import FirewallConf, parse_firewall
+    from vstools.config.monitor import MonitorConf
+
     problems: list[Problem] = []
     conf = _collect(
         partial(load_optional, directory / GuestConf.FILE_NAME, GuestConf.parse, None), problems
@@ -177,6 +188,12 @@ class HostConfig:
         """A host whose create.conf and networks.conf are given rather than read (tests and
         benchmarks; the master describing a slave)."""
         return cls(paths, settings or Settings(), _create=create, _networks=networks)
+
+    def hostname(self) -> str:
+        """This host's name as the toolkit prints it: HOSTNAME of vs-tools.conf, else the
+        kernel's short name (``os.uname``: what ``socket.gethostname`` returns, without
+        importing ``socket`` into every command)."""
+        return self.settings.hostname or os.uname().nodename.split(".")[0]
 
     def create(self) -> CreateConf:
         """create.conf (its defaults when absent)."""
@@ -236,6 +253,9 @@ def check_tree(env: Mapping[str, str] | None = None) -> list[Problem]:
     """Every problem (errors and warnings) in the host's configuration, like ``sshd -t``:
     vs-tools.conf, each file of the configuration directory, each guest, and the checks across
     files (a guest's address is in a network, addresses and context numbers are unique)."""
+    from vstools.config.files import FILE_KINDS
+    from vstools.config.networks import NetworksConf
+
     problems: list[Problem] = []
     environ = os.environ if env is None else env
     settings_file = etc_dir_from(environ) / Settings.FILE_NAME

@@ -17,7 +17,16 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from vstools.errors import CommandError, HostError
-from vstools.host.syscalls import PR_SET_PDEATHSIG, prctl
+from vstools.host.syscalls import (
+    CLONE_NEWNS,
+    MS_BIND,
+    MS_PRIVATE,
+    MS_REC,
+    PR_SET_PDEATHSIG,
+    mount,
+    prctl,
+    unshare,
+)
 
 log = logging.getLogger("vstools.run")
 
@@ -137,15 +146,24 @@ def spawn(
     die_with_parent: bool = False,
     stderr: int | None = subprocess.DEVNULL,
     pass_fds: Sequence[int] = (),
+    binds: Sequence[tuple[str, str]] = (),
 ) -> Process:
     """Start ``argv`` in the background (a server the caller stops by the returned PID),
     stdin and stdout on /dev/null. ``user`` (uid, gid): it runs as that user from the start,
     never as root; ``die_with_parent``: the kernel sends it SIGTERM when this process dies, even
     by ``kill -9`` (set after the user change, which would clear it); ``pass_fds`` stay open
-    in it (files it reads as /proc/self/fd/N, whatever the permissions of their directory)."""
+    in it (files it reads as /proc/self/fd/N, whatever the permissions of their directory);
+    ``binds`` (source, target): bind mounts in a private mount namespace of its own, made as
+    root before the user change (for a program whose files are at fixed paths), which the host
+    never sees."""
 
     def preexec() -> None:
-        """In the child, before exec: the user change, then the parent-death signal."""
+        """In the child, before exec: its mounts, the user change, the parent-death signal."""
+        if binds:
+            unshare(CLONE_NEWNS)
+            mount(None, "/", None, MS_REC | MS_PRIVATE)  # nothing propagates back to the host
+            for source, target in binds:
+                mount(source, target, None, MS_BIND)
         if user is not None:
             os.setgroups([])
             os.setgid(user[1])
@@ -166,10 +184,12 @@ def spawn(
             env=dict(env) if env is not None else None,
             close_fds=True,
             pass_fds=tuple(pass_fds),
-            preexec_fn=preexec if user or die_with_parent else None,  # noqa: PLW1509
+            preexec_fn=preexec if user or die_with_parent or binds else None,  # noqa: PLW1509
         )
     except FileNotFoundError:
         raise HostError(f"command not found: {argv[0]} (in {line})") from None
+    except subprocess.SubprocessError as exc:  # the mounts or the user change, before the exec
+        raise HostError(f"{argv[0]} could not be started: {exc} (in {line})") from None
 
 
 def which(name: str, path: str | None = None) -> str | None:

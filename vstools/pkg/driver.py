@@ -19,6 +19,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TextIO
 
+from vstools.config.settings import PkgCache
 from vstools.errors import ExitCode, HostError, StateError, UsageError
 from vstools.host.hostconfig import HostConfig
 from vstools.host.rootfs import GuestRoot
@@ -137,6 +138,8 @@ def run_guest(host: HostConfig, name: str, request: Request, output: Output) -> 
         tool = detect_tool(root, name)
         mirrors = read_mirrors(root, tool) if any(s.action in NEEDS_MIRRORS for s in steps) else []
     result.tool = tool.name
+    # apt-cacher-ng is apt's: dnf and apk guests keep tinyproxy whatever PKG_CACHE says.
+    cache = host.settings.pkg_cache is PkgCache.APT_CACHER_NG and tool.name == "apt"
     plan = None
     if mirrors or any(s.action in NEEDS_MIRRORS for s in steps):
         plan = plan_network(files.conf, host.networks(), host.create())
@@ -150,7 +153,7 @@ def run_guest(host: HostConfig, name: str, request: Request, output: Output) -> 
             inv = tool.invocation(step, "http://PROXY/" if plan else None, request.conffiles)
             print(f"would: {name}: run in the guest: {' '.join(inv.argv)}", file=output.stderr)
         if plan is not None:
-            with opened(host, plan, mirrors, dry_run=True):
+            with opened(host, plan, mirrors, cache=cache, dry_run=True):
                 pass
         return result
     with _started(host, name, started=not running) as started:
@@ -160,7 +163,7 @@ def run_guest(host: HostConfig, name: str, request: Request, output: Output) -> 
             result.snapshot = _take_snapshot(host, name)
         with deadline(host.settings.pkg_timeout_s):
             if plan is not None:
-                with opened(host, plan, mirrors) as opening:
+                with opened(host, plan, mirrors, cache=cache) as opening:
                     url = opening.proxy.url if opening.proxy else None
                     _run_steps(
                         host,

@@ -13,10 +13,11 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import random
 import re
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 from pathlib import Path
@@ -90,20 +91,31 @@ def check_mirror_addresses(
     return refused
 
 
-def free_port(address: IPv4Address) -> int:
-    """A TCP port free on ``address`` now (the kernel picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind((str(address), 0))
-        return int(probe.getsockname()[1])
+def free_port(address: IPv4Address, *, below: int = 0) -> int:
+    """A TCP port free on ``address`` now: the kernel's pick, or with ``below`` a random one
+    from 10000 up to it (for a program that cannot take the kernel's ephemeral ports)."""
+    candidates = random.sample(range(10000, below), 200) if below else [0]
+    for port in candidates:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            try:
+                probe.bind((str(address), port))
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE and below:
+                    continue
+                raise
+            return int(probe.getsockname()[1])
+    raise HostError(f"no free TCP port below {below} on {address}")
 
 
 @dataclass
 class Proxy:
-    """A running tinyproxy: its process, address and port."""
+    """A running proxy (tinyproxy, or apt-cacher-ng with PKG_CACHE): its process, address and
+    port, and what to do once it has stopped (apt-cacher-ng: release the cache's lock)."""
 
     process: Process
     address: IPv4Address
     port: int
+    after_stop: Callable[[], None] | None = None
 
     @property
     def url(self) -> str:
@@ -111,14 +123,19 @@ class Proxy:
         return f"http://{self.address}:{self.port}/"
 
     def stop(self) -> None:
-        """Stop it by its PID and reap it."""
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=5)
-            except Exception:
-                self.process.kill()
-                self.process.wait()
+        """Stop it by its PID and reap it, then run ``after_stop`` (once)."""
+        try:
+            if self.process.poll() is None:
+                self.process.terminate()
+                try:
+                    self.process.wait(timeout=5)
+                except Exception:
+                    self.process.kill()
+                    self.process.wait()
+        finally:
+            after, self.after_stop = self.after_stop, None
+            if after is not None:
+                after()
 
 
 def start_proxy(
@@ -151,28 +168,33 @@ def start_proxy(
     finally:
         os.close(filter_fd)
         os.close(conf_fd)
-    proxy = Proxy(process, address, port)
+    return ready(Proxy(process, address, port), PROGRAM, stderr_path)
+
+
+def ready(proxy: Proxy, program: str, stderr_path: Path) -> Proxy:
+    """``proxy`` once it accepts connections; stopped, and HostError with what it said on
+    ``stderr_path``, when it exits or does not answer within READY_TIMEOUT_S."""
     try:
-        _wait_ready(proxy, stderr_path)
+        _wait_ready(proxy, program, stderr_path)
     except BaseException:
         proxy.stop()
         raise
     return proxy
 
 
-def _wait_ready(proxy: Proxy, stderr_path: Path) -> None:
+def _wait_ready(proxy: Proxy, program: str, stderr_path: Path) -> None:
     deadline = time.monotonic() + READY_TIMEOUT_S
     while True:
         if proxy.process.poll() is not None:
             said = stderr_path.read_text(errors="replace").strip()[-500:]
-            raise HostError(f"{PROGRAM} exited at start ({proxy.process.returncode}): {said}")
+            raise HostError(f"{program} exited at start ({proxy.process.returncode}): {said}")
         with (
             contextlib.suppress(OSError),
             socket.create_connection((str(proxy.address), proxy.port), timeout=0.5),
         ):
             return
         if time.monotonic() > deadline:
-            raise HostError(f"{PROGRAM} does not accept connections on {proxy.url}")
+            raise HostError(f"{program} does not accept connections on {proxy.url}")
         time.sleep(0.005)
 
 

@@ -6,7 +6,9 @@
    by concurrent runs and removed by the last one. Not on the guest's veth: removing the last
    IPv4 address of an interface makes the kernel flush every route through it (fib_disable_ip),
    the guest's own /32 route included;
-3. a tinyproxy bound to that address alone, admitting the guest and its mirrors' names only;
+3. a tinyproxy bound to that address alone, admitting the guest and its mirrors' names only
+   (with PKG_CACHE=apt-cacher-ng and an apt guest, an apt-cacher-ng with the same fences and
+   the cache all runs share: vstools.pkg.cache);
 4. one element ``veth . guest address . proxy address . proxy port`` in the firewall's
    ``pkg_proxy`` set, with a timeout of PKG_TIMEOUT plus a minute.
 
@@ -34,6 +36,7 @@ from vstools.host.fsutil import locked, try_lock
 from vstools.host.hostconfig import HostConfig
 from vstools.host.netlink import Netns
 from vstools.net.plan import NetPlan
+from vstools.pkg.cache import check_mirror_names, start_cache_proxy
 from vstools.pkg.detect import Mirror
 from vstools.pkg.proxy import (
     Proxy,
@@ -145,16 +148,24 @@ def _release_address(host: HostConfig, name: str, address: IPv4Address) -> None:
 
 @contextlib.contextmanager
 def opened(
-    host: HostConfig, plan: NetPlan, mirrors: Sequence[Mirror], *, dry_run: bool = False
+    host: HostConfig,
+    plan: NetPlan,
+    mirrors: Sequence[Mirror],
+    *,
+    cache: bool = False,
+    dry_run: bool = False,
 ) -> Iterator[Opening]:
     """Open the run's access for ``plan``'s guest, yield it, close it whatever happens (the
-    block's own error is re-raised; a close that fails raises RollbackError)."""
+    block's own error is re-raised; a close that fails raises RollbackError). ``cache``: the
+    proxy is apt-cacher-ng with the shared cache rather than tinyproxy."""
     if not mirrors:
         raise UsageError(f"guest {plan.name}: its configuration names no http(s) mirror")
     nft = _nftables(host)
     with Netns() as netns:
         host_addresses = [a.ip for _, a in netns.addresses()]
     refused = check_mirror_addresses(mirrors, host_addresses)
+    if cache:
+        refused += check_mirror_names(mirrors)
     if refused:
         raise UsageError(
             f"guest {plan.name}: mirrors refused, nothing opened: " + "; ".join(refused)
@@ -173,7 +184,17 @@ def opened(
 
     def start() -> None:
         """Start the proxy and record its PID."""
-        opening.proxy = start_proxy(opening.workdir, opening.address, opening.guest_ip, mirrors)
+        if cache:
+            opening.proxy = start_cache_proxy(
+                opening.workdir,
+                opening.address,
+                opening.guest_ip,
+                mirrors,
+                host.paths.pkg_cache_dir,
+                lock_timeout_s=run_s,
+            )
+        else:
+            opening.proxy = start_proxy(opening.workdir, opening.address, opening.guest_ip, mirrors)
         _record(opening)
 
     def stop() -> None:
@@ -196,13 +217,14 @@ def opened(
         opening.workdir.mkdir(mode=0o755, parents=True, exist_ok=True)
         _record(opening)
 
+    proxy_kind = f"apt-cacher-ng (cache {host.paths.pkg_cache_dir})" if cache else "tinyproxy"
     steps = [
         Step(f"record the opening in {opening.workdir}", write_record,
              lambda: shutil.rmtree(opening.workdir, ignore_errors=True)),
         Step(f"address {opening.address}/32 on {PROXY_LINK}",
              lambda: _add_address(host, opening.address),
              lambda: _release_address(host, opening.name, opening.address)),
-        Step(f"proxy on {opening.address} for {opening.guest_ip}, mirrors "
+        Step(f"{proxy_kind} on {opening.address} for {opening.guest_ip}, mirrors "
              + ", ".join(sorted({m.host for m in mirrors})), start, stop),
         Step(f"firewall element {PKG_PROXY_SET} {{ {opening.veth} . {opening.guest_ip} ->"
              f" {opening.address} }} timeout {timeout_s}s", add_element, delete_element),

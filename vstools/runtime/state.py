@@ -4,7 +4,6 @@ loading the runtime (sandbox, seccomp) that starting a guest needs."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 from dataclasses import asdict, dataclass, field, replace
@@ -81,6 +80,8 @@ class GuestState:
     @classmethod
     def from_json(cls, text: str, path: Path) -> GuestState:
         """Parse state.json; CorruptState names the file and what is wrong with it."""
+        import json  # only where a state.json exists: status of stopped guests reads none
+
         try:
             data = json.loads(text)
             if not isinstance(data, dict):
@@ -99,6 +100,8 @@ class GuestState:
 
     def to_json(self) -> str:
         """The state as state.json holds it: one line of JSON."""
+        import json
+
         return json.dumps(asdict(self)) + "\n"
 
 

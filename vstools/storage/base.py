@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-from vstools.config.create import StorageKind
+from vstools.config.values import StorageKind
 from vstools.errors import CommandError, HostError, StateError, UsageError
 from vstools.host.run import run
 from vstools.names import guest_name_problem

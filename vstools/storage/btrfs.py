@@ -6,7 +6,7 @@ from __future__ import annotations
 from functools import partial
 from pathlib import Path
 
-from vstools.config.create import StorageKind
+from vstools.config.values import StorageKind
 from vstools.errors import HostError, StateError
 from vstools.host.run import run
 from vstools.plan import Step, apply_steps

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-from vstools.config.create import StorageKind
+from vstools.config.values import StorageKind
 from vstools.errors import CommandError, HostError, NotFoundError, StateError, UsageError
 from vstools.host.run import run, which
 from vstools.paths import Paths

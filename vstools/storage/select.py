@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from vstools.config.create import StorageKind
 from vstools.config.guest import GuestConf
+from vstools.config.values import StorageKind
 from vstools.errors import UsageError
 from vstools.host.hostconfig import HostConfig
 from vstools.paths import Paths
