@@ -7,7 +7,9 @@ moved off lvm, its volume kept aside as NAME.moved, then removed."""
 
 from __future__ import annotations
 
+import os
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -19,6 +21,7 @@ from vstools.errors import CommandError, HostError, StateError
 from vstools.guest import moving
 from vstools.guest.moving import drop_moved, hold, keep_moved, moved_paths
 from vstools.guest.receive import (
+    btrfs_receive,
     check_room,
     receive_abort,
     receive_begin,
@@ -215,3 +218,110 @@ def test_moved_off_lvm_the_volume_is_kept_aside_then_removed(
     drop_moved(host, "web")
     assert "lvremove --yes vg0/web.moved" in fake.calls and not fake.mounted
     assert not kept_root.exists() and not kept_dir.exists() and not snapshot.exists()
+
+
+def _receive_through_the_door(host: HostConfig, name: str, stream: bytes) -> tuple[int, str]:
+    """What ``push_receive`` does for ``btrfs-receive`` (vstools.guest.receive.btrfs_receive),
+    in a child process fed ``stream`` on stdin: its exit status and what it said."""
+    with tempfile.TemporaryFile() as data, tempfile.TemporaryFile() as said:
+        data.write(stream)
+        data.seek(0)
+        pid = os.fork()
+        if pid == 0:  # the child: it never returns into pytest
+            code = 70
+            try:
+                os.dup2(data.fileno(), 0)
+                os.dup2(said.fileno(), 1)
+                os.dup2(said.fileno(), 2)
+                btrfs_receive(host, name)
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else 70
+            except BaseException as exc:  # reported to the parent, as vs-fonctions does
+                os.write(2, f"refused: {exc}\n".encode())
+                code = 4
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        said.seek(0)
+        return os.waitstatus_to_exitcode(status), said.read().decode(errors="replace")
+
+
+def _holds(tree: Path, data: bytes) -> list[Path]:
+    return [p for p in tree.rglob("*") if p.is_file() and data in p.read_bytes()]
+
+
+def test_a_hostile_stream_cannot_snapshot_or_clone_another_guests_subvolume(
+    btrfs_fs: Path,  # noqa: F811
+) -> None:
+    """btrfs receive --chroot confines a stream's paths, not its UUIDs: a snapshot's parent and
+    a clone's source are looked up in the whole file system. While another guest is being
+    received here (its snapshot read-only, its sender's UUID as Received UUID), a sender that
+    knows that UUID sends web as a snapshot of it, or with a clone of its extents. Bare
+    ``btrfs receive --chroot`` takes both (the other guest's data lands in web); the slave's
+    door refuses both, and takes the honest incremental stream."""
+    roots = btrfs_fs / "vservers"
+    roots.mkdir(mode=0o700)
+    paths = Paths(
+        btrfs_fs / "etc", btrfs_fs / "guests", roots, btrfs_fs / "state", btrfs_fs / "run"
+    )
+    host = HostConfig.given(paths, Settings(), create=CreateConf.parse("c", "STORAGE=btrfs\n"))
+    secret = b"the other guest's secret\n" * 40000  # 1 MB: whole extents to clone
+    sender = btrfs_fs / "sender"
+    sender.mkdir()
+    _btrfs("subvolume", "create", str(sender / "other"))
+    (sender / "other" / "secret").write_bytes(secret)
+    _btrfs("subvolume", "snapshot", "-r", str(sender / "other"), str(sender / "other.vspool0"))
+    _btrfs("subvolume", "create", str(sender / "web"))
+    (sender / "web" / "hello").write_text("hello\n")
+    _btrfs("subvolume", "snapshot", "-r", str(sender / "web"), str(sender / "web.vspool0"))
+    subprocess.run(["cp", "--reflink=always", str(sender / "other.vspool0" / "secret"),
+                    str(sender / "web" / "stolen")], check=True)  # fmt: skip
+    _btrfs("subvolume", "snapshot", "-r", str(sender / "web"), str(sender / "web.vspool1"))
+    sends = {
+        "other": ["other.vspool0"],
+        "web": ["web.vspool0"],
+        "honest": ["-p", "web.vspool0", "web.vspool1"],
+        "clone": ["-p", "web.vspool0", "-c", "other.vspool0", "web.vspool1"],
+        "snapshot": ["-p", "other.vspool0", "web.vspool1"],
+    }
+    streams = {
+        name: _btrfs("send", "-q", *(a if a.startswith("-") else str(sender / a) for a in argv))
+        for name, argv in sends.items()
+    }
+    for made in ("web.vspool1", "web.vspool0", "web", "other.vspool0", "other"):
+        _btrfs("subvolume", "delete", str(sender / made))
+    # The other guest, being received here (its received snapshot read-only).
+    (roots / ".other.receiving").mkdir()
+    received_dir(host, "other").mkdir(mode=0o700)
+    _btrfs("receive", str(received_dir(host, "other")), stream=streams["other"])
+    assert _holds(received_dir(host, "other"), secret)
+    # The control: the bare tool, chrooted, takes both attacks.
+    for attack, first in (("clone", "web"), ("snapshot", None)):
+        bare = btrfs_fs / f"bare-{attack}"
+        bare.mkdir()
+        for stream in filter(None, (streams.get(first or ""), streams[attack])):
+            _btrfs("receive", "--chroot", str(bare), stream=stream)
+        assert _holds(bare, secret), f"the {attack} stream is no attack"
+        for made in ("web.vspool1", "web.vspool0"):
+            if (bare / made).exists():
+                _btrfs("subvolume", "delete", str(bare / made))
+    # Through the door: web is being received, its first pass taken.
+    place = receiving(host, "web")[0]
+    _btrfs("subvolume", "create", str(place))
+    assert _receive_through_the_door(host, "web", streams["web"])[0] == 0
+    code, said = _receive_through_the_door(host, "web", streams["clone"])
+    assert code != 0 and "clone from the subvolume" in said, said
+    assert not _holds(received_dir(host, "web"), secret)
+    started = received_dir(host, "web") / "web.vspool1"  # refused before or after it was made
+    if started.exists():
+        assert subvolume_uuids(started)[1] == "-"  # never whole: never taken
+        _btrfs("subvolume", "delete", str(started))
+    code, said = _receive_through_the_door(host, "web", streams["snapshot"])
+    assert code != 0 and "snapshot of the subvolume" in said, said
+    assert sorted(p.name for p in received_dir(host, "web").iterdir()) == ["web.vspool0"]
+    # The honest incremental stream passes (its data carries the file: the sender has it).
+    code, said = _receive_through_the_door(host, "web", streams["honest"])
+    assert code == 0, said
+    assert (received_dir(host, "web") / "web.vspool1" / "stolen").read_bytes() == secret
+    for name in ("web", "other"):
+        received_clear(host, name)

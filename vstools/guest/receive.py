@@ -7,11 +7,13 @@ ACLs where the roots live."""
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import struct
 import tempfile
 import time
+import uuid
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, NoReturn
@@ -23,7 +25,7 @@ from vstools.errors import StateError
 from vstools.guest.lifecycle import HEADER
 from vstools.host.fsutil import atomic_write
 from vstools.host.hostconfig import HostConfig
-from vstools.host.run import run, which
+from vstools.host.run import run, run_fed, which
 from vstools.names import check_guest_name
 from vstools.paths import MOVING_MARKER
 from vstools.storage.base import RECEIVING, Storage, secure_root_dir
@@ -32,7 +34,9 @@ from vstools.storage.btrfs import (
     is_subvolume,
     qgroup_limit_mb,
     subvolume_uuids,
+    uuid_counts,
 )
+from vstools.storage.btrfs_stream import guard
 from vstools.storage.select import storage_for
 
 BTRFS_RECEIVE = "btrfs-receive"  # what a source asks of the copy key to send a snapshot
@@ -126,16 +130,33 @@ def received_dir(host: HostConfig, name: str) -> Path:
 
 
 def btrfs_receive(host: HostConfig, name: str) -> NoReturn:
-    """Become ``btrfs receive`` of a snapshot stream of ``name`` on stdin, into
-    ``received_dir`` (made here, root's only), chrooted there by btrfs itself: a stream's
-    paths cannot leave it. Refused unless this host receives ``name`` on btrfs."""
+    """Be ``btrfs receive`` of a snapshot stream of ``name`` on stdin, into ``received_dir``
+    (made here, root's only), chrooted there by btrfs itself: a stream's paths cannot leave
+    it. Its UUIDs could (btrfs looks them up in the whole file system): the stream passes
+    through a guard (vstools.storage.btrfs_stream) that refuses a snapshot or a clone of any
+    subvolume but the one it makes and those received for ``name`` before. Exits with
+    btrfs receive's status; refused unless this host receives ``name`` on btrfs."""
     _check_received_on_btrfs(host, name)
     directory = received_dir(host, name)
     directory.mkdir(mode=0o700, exist_ok=True)
     program = which("btrfs")
     if program is None:
         raise StateError("btrfs-progs is not installed")
-    os.execv(program, ["btrfs", "receive", "--chroot", "-E", "1", str(directory)])  # noqa: S606
+    stream = guard(functools.partial(os.read, 0), _received_before(directory))
+    raise SystemExit(run_fed([program, "receive", "--chroot", "-E", "1", str(directory)], stream))
+
+
+def _received_before(directory: Path) -> set[uuid.UUID]:
+    """The Received UUIDs of the snapshots received whole in ``directory``, each carried by no
+    other subvolume of the file system (btrfs would take the first it finds)."""
+    counts = uuid_counts(directory)
+    allowed = set()
+    for entry in directory.iterdir():
+        if entry.is_dir() and not entry.is_symlink() and is_subvolume(entry):
+            received = subvolume_uuids(entry)[1]
+            if received != "-" and counts[received] == 1:
+                allowed.add(uuid.UUID(received))
+    return allowed
 
 
 def _check_received_on_btrfs(host: HostConfig, name: str) -> None:

@@ -13,7 +13,7 @@ import signal
 import subprocess
 import tempfile
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from vstools.errors import CommandError, HostError
@@ -136,6 +136,35 @@ def run_pipeline(
         Result(tuple(second), second_code, texts[1], texts[2]),
         passed,
     )
+
+
+def run_fed(argv: Sequence[str], blocks: Iterable[bytes]) -> int:
+    """Run ``argv`` with ``blocks`` on its stdin (its stdout and stderr are this process's):
+    its exit status. When ``blocks`` raises (a stream refused as it is read), the command is
+    killed by its PID before the exception goes on: it never gets the rest."""
+    line = cmdline(argv)
+    log.debug("+ %s < (fed)", line)
+    try:
+        proc = subprocess.Popen(list(argv), stdin=subprocess.PIPE, close_fds=True)
+    except FileNotFoundError:
+        raise HostError(f"command not found: {argv[0]} (in {line})") from None
+    sink = proc.stdin
+    if sink is None:
+        raise HostError(f"no pipe to {line}")
+    try:
+        for block in blocks:
+            sink.write(block)
+        sink.close()
+    except BrokenPipeError:
+        pass  # it stopped reading: its exit status says why
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    finally:
+        with contextlib.suppress(BrokenPipeError):
+            sink.close()
+    return proc.wait()
 
 
 def spawn(

@@ -3,6 +3,7 @@ writable snapshots, read-only snapshots for backups and moves."""
 
 from __future__ import annotations
 
+from collections import Counter
 from functools import partial
 from pathlib import Path
 
@@ -220,6 +221,19 @@ def subvolume_uuids(path: Path) -> tuple[str, str]:
         if key in ("UUID", "Received UUID"):
             found[key] = value.strip()
     return found.get("UUID", "-"), found.get("Received UUID", "-")
+
+
+def uuid_counts(path: Path) -> Counter[str]:
+    """How many subvolumes of the file system holding ``path`` carry each UUID, as their own
+    or as their Received UUID (btrfs receive looks a stream's UUIDs up among both)."""
+    counts: Counter[str] = Counter()
+    listing = cmd_output(["btrfs", "subvolume", "list", "-u", "-R", str(path)])
+    for line in listing.splitlines():
+        fields = line.split()  # ... received_uuid R uuid U path P: the keys come before the path
+        for key in ("received_uuid", "uuid"):
+            if key in fields and (value := fields[fields.index(key) + 1]) != "-":
+                counts[value] += 1
+    return counts
 
 
 def check_btrfs(root_dir: Path) -> None:
