@@ -8,11 +8,12 @@ from __future__ import annotations
 import json
 import xml.etree.ElementTree as ET
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.lab import vm as lab
-from tests.lab.vm import LabVM
+from tests.lab.vm import LabRun, LabVM
 
 pytestmark = pytest.mark.lab
 
@@ -58,31 +59,43 @@ def test_a_vm_that_does_not_finish_is_killed(lab_vm: LabVM) -> None:
         lab_vm("sleep 600", timeout_s=8)
 
 
-def run_inner_tests(
+def check_inner_tests(run: LabRun, tests: tuple[str, ...]) -> None:
+    """Wait for a VM run of ``tests`` (``start_inner_tests``): every one of their tests must
+    have run and passed (none lost to a collection problem, none skipped)."""
+    result = run.wait()
+    print(result.output)
+    result.check()
+    junit = ET.parse(run.io_dir / "junit.xml")  # noqa: S314 - our own pytest wrote it
+    suite = junit.getroot().find("testsuite")
+    assert suite is not None
+    counts = {key: int(suite.get(key, "0")) for key in ("tests", "failures", "errors", "skipped")}
+    expected = sum((REPO / test).read_text().count("\ndef test_") for test in tests)
+    assert counts == {"tests": expected, "failures": 0, "errors": 0, "skipped": 0}
+
+
+def start_inner_tests(
     lab_vm: LabVM,
     tests: tuple[str, ...],
     *,
     modules: list[str] | None = None,
     env: dict[str, str] | None = None,
     timeout_s: float = 240,
-) -> None:
-    """Run test files inside the VM in one pytest session; every one of their tests must have
-    run and passed (none lost to a collection problem, none skipped)."""
-    result = lab_vm(
+    nice: int = 0,
+) -> LabRun:
+    """Boot a VM that runs test files in one pytest session (``check_inner_tests``)."""
+    return lab_vm.start(
         f"cd {REPO} && exec .venv/bin/python -m pytest {' '.join(tests)} -q -p no:cacheprovider "
         "--junitxml=/run/vs-lab/junit.xml\n",
         modules=modules or [],
         env={"CI": "true", **(env or {})},
         timeout_s=timeout_s,
+        nice=nice,
     )
-    print(result.output)
-    result.check()
-    junit = ET.parse(lab_vm.io() / "junit.xml")  # noqa: S314 - our own pytest wrote it
-    suite = junit.getroot().find("testsuite")
-    assert suite is not None
-    counts = {key: int(suite.get(key, "0")) for key in ("tests", "failures", "errors", "skipped")}
-    expected = sum((REPO / test).read_text().count("\ndef test_") for test in tests)
-    assert counts == {"tests": expected, "failures": 0, "errors": 0, "skipped": 0}
+
+
+def run_inner_tests(lab_vm: LabVM, tests: tuple[str, ...], **options: Any) -> None:
+    """Run test files inside the VM and check them (a run of one's own, while developing)."""
+    check_inner_tests(start_inner_tests(lab_vm, tests, **options), tests)
 
 
 # 802.1Q on the VM's virtio NIC (user-mode: it exists only inside qemu) and a device-mapper
@@ -137,21 +150,31 @@ def test_the_vm_kernel_has_vlans_and_device_mapper_snapshots(
     ]
 
 
-def test_the_inner_suites_in_one_vm(lab_vm: LabVM) -> None:
+def start_inner_suites(lab: LabVM) -> LabRun:
+    # In the background of the rest of the suite (niced), so its timeout allows for sharing
+    # the CPUs: about 470 s alone on an idle 2-core runner.
+    return start_inner_tests(
+        lab,
+        INNER_TESTS,
+        modules=["loop", "ext4", "xfs", "dm-snapshot", "8021q"],  # ext4: USERNS=yes guests
+        env={"VS_LAB_REPORT": "/run/vs-lab/report.json"},
+        timeout_s=3000,
+        nice=19,
+    )
+
+
+@lab.early(start_inner_suites)
+def test_the_inner_suites_in_one_vm(request: pytest.FixtureRequest, lab_vm: LabVM) -> None:
     """What this machine's kernel cannot run, run for real in one VM boot (one inner pytest
     session shares the template and probes): cgroup v2 guest limits (and the run must prove it
     ran on cgroup v2), a guest routed on an 802.1Q VLAN, and STORAGE=lvm (a volume group on a
     loop device: the volume mounted while the guest runs, its size the disk limit, grown hot,
     snapshots, clones, rollback, backups from snapshots). Every inner test must run and pass,
-    none skipped."""
-    run_inner_tests(
-        lab_vm,
-        INNER_TESTS,
-        modules=["loop", "ext4", "xfs", "dm-snapshot", "8021q"],  # ext4: USERNS=yes guests
-        env={"VS_LAB_REPORT": "/run/vs-lab/report.json"},
-        timeout_s=1200,  # about 420 s on an idle 2-core runner; TCG slows down with the load
-    )
-    report = json.loads((lab_vm.io() / "report.json").read_text())
+    none skipped. The VM boots when the session starts and this test runs last
+    (``lab.early``): it waits for what the VM reports."""
+    run = lab.early_run(request.node, lab_vm)
+    check_inner_tests(run, INNER_TESTS)
+    report = json.loads((run.io_dir / "report.json").read_text())
     assert report["version"] == "v2" and report["root"] == "/sys/fs/cgroup"
     assert {"memory", "pids", "cpu"} <= set(report["subtree_control"])
     assert report["kernel"] == lab.fetch_kernel().release

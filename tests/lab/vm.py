@@ -35,12 +35,14 @@ import stat
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
+
+TestFunction = TypeVar("TestFunction", bound=Callable[..., None])
 
 CACHE_DIR = Path(os.environ.get("VS_LAB_CACHE", "/var/cache/vs-tools-lab"))
 QEMU = "qemu-system-x86_64"
@@ -343,7 +345,13 @@ def build_qemu_argv(
     return argv
 
 
-def run_in_vm(
+def run_in_vm(script: str, *, work_dir: Path, **options: Any) -> LabResult:
+    """Boot the lab, run ``script`` with /bin/sh as root in the VM, return what it reported
+    (``start_in_vm``'s options; the run is waited for)."""
+    return start_in_vm(script, work_dir=work_dir, **options).wait()
+
+
+def start_in_vm(
     script: str,
     *,
     work_dir: Path,
@@ -352,13 +360,14 @@ def run_in_vm(
     nic: bool = False,
     timeout_s: float = BOOT_TIMEOUT_S,
     files: Mapping[str, bytes] | None = None,
-) -> LabResult:
-    """Boot the lab, run ``script`` with /bin/sh as root in the VM, return what it reported.
+    nice: int = 0,
+) -> LabRun:
+    """Boot the lab to run ``script`` with /bin/sh as root in the VM; ``wait()`` for it.
 
     ``work_dir`` (the caller's, removed by the caller) holds the run's io directory; ``files``
     are written into it and appear in the VM under /run/vs-lab. ``modules`` are loaded with
-    modprobe before the script (a failure is exit status 125). LabError when the VM did not
-    report an exit status within ``timeout_s`` (it is then killed by its PID)."""
+    modprobe before the script (a failure is exit status 125). ``timeout_s`` counts from the
+    boot. ``nice`` lowers qemu's priority (a run in the background of other tests)."""
     kernel = fetch_kernel()
     initramfs = build_initramfs(kernel)
     io_dir = work_dir / "io"
@@ -384,6 +393,8 @@ def run_in_vm(
         )
     )
     argv = build_qemu_argv(kernel, initramfs, io_dir, nic=nic)
+    if nice:
+        argv = ["nice", "-n", str(nice), *argv]  # nice execs qemu: the PID stays the one we kill
     started = time.monotonic()
     qemu = subprocess.Popen(
         argv,
@@ -392,29 +403,49 @@ def run_in_vm(
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
-    try:
-        qemu_said, _ = qemu.communicate(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        _stop(qemu)
-        raise LabError(
-            f"the VM did not finish within {timeout_s:.0f} s (killed qemu, pid {qemu.pid})"
-            + _tails(io_dir)
-        ) from None
-    finally:
-        _stop(qemu)
-    seconds = time.monotonic() - started
-    status_file = io_dir / "status"
-    if not status_file.exists():
-        raise LabError(
-            f"the VM reported no exit status (qemu exited {qemu.returncode} after "
-            f"{seconds:.1f} s): {qemu_said.decode(errors='replace').strip()}" + _tails(io_dir)
+    return LabRun(qemu, io_dir, started, timeout_s)
+
+
+@dataclass
+class LabRun:
+    """A VM booted by ``start_in_vm``: ``wait()`` for its result, ``stop()`` to kill it."""
+
+    qemu: subprocess.Popen[bytes]
+    io_dir: Path
+    started: float
+    timeout_s: float
+
+    def wait(self) -> LabResult:
+        """The run's result. LabError when the VM did not report an exit status within its
+        timeout (counted from the boot; it is then killed by its PID)."""
+        left = max(0.0, self.started + self.timeout_s - time.monotonic())
+        try:
+            qemu_said, _ = self.qemu.communicate(timeout=left)
+        except subprocess.TimeoutExpired:
+            self.stop()
+            raise LabError(
+                f"the VM did not finish within {self.timeout_s:.0f} s "
+                f"(killed qemu, pid {self.qemu.pid})" + _tails(self.io_dir)
+            ) from None
+        finally:
+            self.stop()
+        seconds = time.monotonic() - self.started
+        status_file = self.io_dir / "status"
+        if not status_file.exists():
+            raise LabError(
+                f"the VM reported no exit status (qemu exited {self.qemu.returncode} after "
+                f"{seconds:.1f} s): {qemu_said.decode(errors='replace').strip()}"
+                + _tails(self.io_dir)
+            )
+        return LabResult(
+            int(status_file.read_text()),
+            _text(self.io_dir / "output"),
+            _text(self.io_dir / "console"),
+            seconds,
         )
-    return LabResult(
-        int(status_file.read_text()),
-        _text(io_dir / "output"),
-        _text(io_dir / "console"),
-        seconds,
-    )
+
+    def stop(self) -> None:
+        _stop(self.qemu)
 
 
 def _stop(qemu: subprocess.Popen[bytes]) -> None:
@@ -451,21 +482,96 @@ class LabVM:
         self.runs = 0
 
     def __call__(self, script: str, **options: Any) -> LabResult:
+        return self.start(script, **options).wait()
+
+    def start(self, script: str, **options: Any) -> LabRun:
         self.runs += 1
         run_dir = self.work_dir / f"run{self.runs}"
         run_dir.mkdir()
-        return run_in_vm(script, work_dir=run_dir, **options)
+        return start_in_vm(script, work_dir=run_dir, **options)
 
     def io(self, run: int | None = None) -> Path:
         """The io directory of a run (default: the last), with what the VM wrote into it."""
         return self.work_dir / f"run{run or self.runs}" / "io"
 
 
+def _new_lab(run_prefix: str) -> LabVM:
+    return LabVM(Path(tempfile.mkdtemp(prefix=f"{run_prefix}-lab-")))
+
+
 @pytest.fixture
 def lab_vm(run_prefix: str) -> Iterator[LabVM]:
     """Boot the lab from a test: ``lab_vm("ip link ...", modules=["8021q"], nic=True)``."""
-    directory = Path(tempfile.mkdtemp(prefix=f"{run_prefix}-lab-"))
+    lab = _new_lab(run_prefix)
     try:
-        yield LabVM(directory)
+        yield lab
     finally:
-        shutil.rmtree(directory, ignore_errors=True)
+        shutil.rmtree(lab.work_dir, ignore_errors=True)
+
+
+# -- runs started with the session ---------------------------------------------------------
+# A long VM run (the inner suites take minutes under TCG) need not hold the suite up. A test
+# registered with ``early`` has its VM booted, niced, as soon as collection has selected it,
+# and it runs last, to pick the result up with ``early_run``: the other tests run meanwhile,
+# ahead of qemu on the CPUs. Every early VM is killed by its PID when the session ends, before
+# the leak check.
+
+Starter = Callable[[LabVM], LabRun]
+_STARTERS: dict[str, Starter] = {}
+_started: dict[str, tuple[LabVM, LabRun]] = {}
+
+
+def early(start: Starter) -> Callable[[TestFunction], TestFunction]:
+    """Register a test whose VM run ``start(lab)`` boots when the session starts."""
+
+    def register(test: TestFunction) -> TestFunction:
+        _STARTERS[f"{test.__module__}.{test.__name__}"] = start
+        return test
+
+    return register
+
+
+def early_run(item: pytest.Item, lab: LabVM) -> LabRun:
+    """The run started with the session for this test, or, when none was (the test alone,
+    --collect-only before), one started now in ``lab``."""
+    key = _key(item)
+    assert key is not None and key in _STARTERS, f"{item.nodeid} is not registered with early"
+    if key in _started:
+        return _started[key][1]
+    return _STARTERS[key](lab)
+
+
+def _key(item: pytest.Item) -> str | None:
+    function = getattr(item, "function", None)
+    return None if function is None else f"{function.__module__}.{function.__name__}"
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    items.sort(key=lambda item: _key(item) in _STARTERS)  # stable: early tests last
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    if session.config.option.collectonly:
+        return
+    from tests.conftest import RUN_PREFIX  # the session's prefix, set by then
+
+    for item in session.items:
+        key = _key(item)
+        if key not in _STARTERS or key in _started:
+            continue
+        if item.get_closest_marker("skip") or dict(item.user_properties).get("capability"):
+            continue  # the tier is off here: the test reports why itself
+        lab = _new_lab(RUN_PREFIX)
+        try:
+            _started[key] = (lab, _STARTERS[key](lab))
+        except Exception:  # the test starts it again and reports the failure
+            shutil.rmtree(lab.work_dir, ignore_errors=True)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionfinish() -> None:
+    while _started:
+        _, (lab, run) = _started.popitem()
+        run.stop()
+        shutil.rmtree(lab.work_dir, ignore_errors=True)
