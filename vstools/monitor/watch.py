@@ -8,8 +8,8 @@ to the pure alert logic (``vstools.alerts``) and spools the mails that come out 
 figures from there, without root). A guest is watched by one daemon at a time: each holds an
 flock on ``RUN_DIR/monitor/NAME.lock`` for the guests it watches.
 
-The daemon (``serve``) runs one APScheduler interval job per guest at its MONITOR_POOLING. Each
-check runs in a thread of its own and is waited for at most ``check_timeout_s``: a check stuck
+The daemon (``serve``) starts each guest's check every MONITOR_POOLING seconds. Checks run on
+a few kept threads (``vstools.monitor.workers``), each within ``check_timeout_s``: a check stuck
 on a hung file stops only its own guest (logged, retried once the stuck thread returns), never
 the others (TESTING M8). The main thread rescans the configuration (every RESCAN_S, and on
 SIGHUP) and, only while it runs and checks make progress, pings the systemd watchdog (M1)."""
@@ -60,6 +60,7 @@ from vstools.monitor.sample import (
     read_runnable,
     socket_changes,
 )
+from vstools.monitor.workers import CheckWorkers
 from vstools.paths import Paths
 from vstools.runtime.state import read_state
 
@@ -160,7 +161,7 @@ class Monitor:
         self.on_mail = on_mail
         self.watches: dict[str, Watch] = {}
         self.skipped: dict[str, str] = {}  # guest -> why it is not watched (logged once)
-        self.hung: dict[str, threading.Thread] = {}
+        self.workers = CheckWorkers(self._guarded, self._progress)
         self.last_progress = clock()
         self.sender = settings.mail_from or f"root@{hostname}"
         self.dry_notices: list[tuple[str, Notice]] = []
@@ -465,27 +466,25 @@ class Monitor:
 
     # -- checks with a time limit --------------------------------------------------------------
 
-    def run_check(self, name: str) -> None:
-        """Check ``name`` in a thread of its own and wait at most its time limit; a check
-        still stuck from before is not started again."""
-        stuck = self.hung.get(name)
-        if stuck is not None:
-            if stuck.is_alive():
-                log.warning("guest %s: previous check still hung; skipped", name)
-                return
-            del self.hung[name]
+    @property
+    def hung(self) -> dict[str, threading.Thread]:
+        """Guests whose check is stuck past its time limit, with the thread stuck in it."""
+        return self.workers.hung
+
+    def start_check(self, name: str) -> bool:
+        """Queue a check of ``name`` on the check threads (``vstools.monitor.workers``); False
+        while its previous check is still queued, running or hung."""
         watch = self.watches.get(name)
         if watch is None:
-            return
-        worker = threading.Thread(
-            target=self._guarded, args=(name,), name=f"check-{name}", daemon=True
-        )
-        worker.start()
-        timeout = check_timeout_s(watch.policy.pooling_s)
-        worker.join(timeout)
-        if worker.is_alive():
-            self.hung[name] = worker
-            log.error("guest %s: check hung for more than %g s; other guests go on", name, timeout)
+            return False
+        return self.workers.start(name, check_timeout_s(watch.policy.pooling_s))
+
+    def run_check(self, name: str) -> None:
+        """Check ``name`` now and wait until it ends or counts as hung (--once)."""
+        if self.start_check(name):
+            self.workers.wait(name)
+
+    def _progress(self) -> None:
         self.last_progress = self.clock()
 
     def _guarded(self, name: str) -> None:
