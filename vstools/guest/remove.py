@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from vstools.errors import NotFoundError, StateError, VSError
 from vstools.guest.lifecycle import is_active
 from vstools.guest.stop import clean_leftovers, has_leftovers, stop_guest
-from vstools.host.fsutil import atomic_write
+from vstools.host.fsutil import atomic_write, swap_file_of
 from vstools.host.hostconfig import HostConfig
 from vstools.names import check_guest_name
 from vstools.paths import REMOVING_MARKER
@@ -92,6 +92,7 @@ def _remove_state(host: HostConfig, name: str) -> None:
         shutil.rmtree(run_dir)
     figures = host.paths.monitor_figures_dir() / f"{name}.json"
     figures.unlink(missing_ok=True)
+    swap_file_of(figures).unlink(missing_ok=True)
 
 
 def _remove_dir(host: HostConfig, name: str) -> None:
