@@ -210,11 +210,12 @@ class Monitor:
             log.info("guest %s: watched every %d s", name, files.monitor.pooling_s)
 
     def _stamp(self, name: str) -> tuple[float, ...]:
-        directory = self.paths.guest_dir(name)
+        # guest_dir without pathlib (the names are valid: list_guests or --name checked them)
+        directory = f"{self.paths.guests_conf_dir}/{name}"
         stamps = []
         for file in ("guest.conf", "monitor.conf"):
             try:
-                stamps.append((directory / file).stat().st_mtime)
+                stamps.append(os.stat(f"{directory}/{file}").st_mtime)
             except OSError:
                 stamps.append(0.0)
         return tuple(stamps)
