@@ -99,6 +99,7 @@ def test_rounds_start_each_guest_every_interval_from_its_offset() -> None:
     policy = {"web": SimpleNamespace(pooling_s=10), "db": SimpleNamespace(pooling_s=30)}
     monitor = SimpleNamespace(
         watches={name: SimpleNamespace(policy=p) for name, p in policy.items()},
+        generation=1,
         workers=SimpleNamespace(reap=lambda: None),
         job_offset_s=lambda name: {"web": 1.0, "db": 2.0}[name],
         start_check=lambda name: started.append((clock.now, name)) or True,
@@ -113,6 +114,7 @@ def test_rounds_start_each_guest_every_interval_from_its_offset() -> None:
     assert db == [2.0, 32.0, 62.0]
     policy["web"].pooling_s = 5  # a new MONITOR_POOLING starts from a new offset
     del monitor.watches["db"]
+    monitor.generation += 1
     started.clear()
     for _ in range(24):
         rounds.tick()

@@ -164,6 +164,7 @@ class Monitor:
         )
         self.on_mail = on_mail
         self.watches: dict[str, Watch] = {}
+        self.generation = 0  # counts the changes of ``watches`` (the daemon's Rounds follow it)
         self.skipped: dict[str, str] = {}  # guest -> why it is not watched (logged once)
         self.workers = CheckWorkers(self._guarded, self._progress)
         self.last_progress = clock()
@@ -194,6 +195,7 @@ class Monitor:
                 continue
             if watch is not None:
                 watch.conf, watch.policy, watch.stamp = files.conf, files.monitor, stamp
+                self.generation += 1
                 log.info("guest %s: configuration re-read", name)
                 continue
             lock_fd = self._lock(name)
@@ -206,6 +208,7 @@ class Monitor:
                 log.info("guest %s: spooling %d mail(s) of the last run", name, len(watch.outbox))
                 self._spool_outbox(watch)
             self.watches[name] = watch
+            self.generation += 1
             self.skipped.pop(name, None)
             log.info("guest %s: watched every %d s", name, files.monitor.pooling_s)
 
@@ -230,6 +233,7 @@ class Monitor:
 
     def _drop(self, name: str) -> None:
         watch = self.watches.pop(name)
+        self.generation += 1
         os.close(watch.lock_fd)
         watch.diag.close()
         log.info("guest %s: no longer watched", name)
