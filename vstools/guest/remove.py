@@ -10,6 +10,8 @@ again (or any vs-create) finishes it."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
 from dataclasses import dataclass
 
@@ -91,8 +93,9 @@ def _remove_state(host: HostConfig, name: str) -> None:
     if run_dir.is_dir():
         shutil.rmtree(run_dir)
     figures = host.paths.monitor_figures_dir() / f"{name}.json"
-    figures.unlink(missing_ok=True)
-    swap_file_of(figures).unlink(missing_ok=True)
+    for path in (str(figures), swap_file_of(figures)):  # the monitor's state and its swap file
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
 
 
 def _remove_dir(host: HostConfig, name: str) -> None:

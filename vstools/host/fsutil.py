@@ -74,9 +74,19 @@ def atomic_write(
         os.close(dir_fd)
 
 
-def swap_file_of(path: Path) -> Path:
+def swap_file_of(path: str | os.PathLike[str]) -> str:
     """The file ``swap_write`` keeps beside ``path``: remove it with the file."""
-    return path.with_name(f".{path.name}.swap")
+    head, tail = os.path.split(os.fspath(path))
+    return os.path.join(head, f".{tail}.swap")
+
+
+def _open_swap(swap: str, mode: int) -> int:
+    try:
+        return os.open(swap, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        fd = os.open(swap, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC)
+        os.fchmod(fd, mode)  # the mode once, when it is made (not under the umask)
+        return fd
 
 
 def swap_write(path: str | os.PathLike[str], data: bytes | str, *, mode: int = 0o644) -> None:
@@ -85,15 +95,16 @@ def swap_write(path: str | os.PathLike[str], data: bytes | str, *, mode: int = 0
     step (renameat2 RENAME_EXCHANGE), so the swap file keeps the previous content and its inode
     for the next call. For a file rewritten all the time by one writer (the monitor's figures,
     under the guest's monitor lock): making a file costs 0.3 to 0.7 ms of CPU on this
-    development machine's ext4, the rest of a replacement 0.05 ms.
+    development machine's ext4, the rest of a replacement 0.05 ms. The two files are made at
+    the first call (``mode`` is theirs).
 
     The price: a reader that opened the file and then waited a whole rewrite before reading
     could read the swap file being rewritten (the monitor's readers skip a file they cannot
     parse). Where the exchange is refused (EINVAL), an ordinary rename."""
-    target = Path(path)
+    target = os.fspath(path)
     swap = swap_file_of(target)
     payload = data.encode() if isinstance(data, str) else data
-    fd = os.open(swap, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    fd = _open_swap(swap, mode)
     try:
         # Written over from the start, then cut to its length: no O_TRUNC, which frees the
         # file's blocks (with the discard mount option, a discard request each time) only
@@ -102,7 +113,6 @@ def swap_write(path: str | os.PathLike[str], data: bytes | str, *, mode: int = 0
         while written < len(payload):
             written += os.pwrite(fd, payload[written:], written)
         os.ftruncate(fd, len(payload))
-        os.fchmod(fd, mode)
     finally:
         os.close(fd)
     from vstools.host.syscalls import rename_exchange  # ctypes: only the monitor gets here
@@ -113,6 +123,8 @@ def swap_write(path: str | os.PathLike[str], data: bytes | str, *, mode: int = 0
         if exc.errno not in (errno.ENOENT, errno.EINVAL, errno.ENOSYS):
             raise
         os.replace(swap, target)  # no target yet (or no exchange here): the swap file goes
+        if exc.errno == errno.ENOENT:  # the first call: the swap file for the next one
+            os.close(_open_swap(swap, mode))
 
 
 @contextmanager

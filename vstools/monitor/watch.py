@@ -171,6 +171,7 @@ class Monitor:
         self.sender = settings.mail_from or f"root@{hostname}"
         self.dry_notices: list[tuple[str, Notice]] = []
         paths.monitor_figures_dir().mkdir(parents=True, exist_ok=True)
+        self._figures_dir = str(paths.monitor_figures_dir())
         (paths.run_dir / "monitor").mkdir(parents=True, exist_ok=True)
 
     # -- which guests --------------------------------------------------------------------------
@@ -243,13 +244,13 @@ class Monitor:
         for name in list(self.watches):
             self._drop(name)
 
-    def _state_file(self, name: str) -> Path:
-        return self.paths.monitor_figures_dir() / f"{name}.json"
+    def _state_file(self, name: str) -> str:
+        return f"{self._figures_dir}/{name}.json"  # a string: pathlib cost more than the write
 
     def _restore(self, watch: Watch) -> None:
         path = self._state_file(watch.name)
         try:
-            watch.restore(json.loads(path.read_text()))
+            watch.restore(json.loads(Path(path).read_text()))
         except FileNotFoundError:
             pass
         except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
