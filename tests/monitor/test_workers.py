@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from vstools.monitor.daemon import Rounds
+from vstools.monitor.daemon import Rounds, round_tick_s
 from vstools.monitor.workers import CheckWorkers
 
 
@@ -121,3 +121,16 @@ def test_rounds_start_each_guest_every_interval_from_its_offset() -> None:
         clock.now += 0.5
     assert [t - 165 for t, n in started] == [1.0, 6.0, 11.0]
     assert list(rounds.due) == ["web"]
+
+
+@pytest.mark.parametrize(
+    ("poolings", "tick"), [((), 2.0), ((60, 300), 2.0), ((4, 60), 1.0), ((1,), 0.25)]
+)
+def test_the_tick_is_a_quarter_of_the_shortest_interval(
+    poolings: tuple[int, ...], tick: float
+) -> None:
+    watches = {
+        f"g{i}": SimpleNamespace(policy=SimpleNamespace(pooling_s=p))
+        for i, p in enumerate(poolings)
+    }
+    assert round_tick_s(SimpleNamespace(watches=watches)) == tick  # type: ignore[arg-type]

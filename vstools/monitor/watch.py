@@ -268,7 +268,7 @@ class Monitor:
             "memory": watch.memory_json(),
         }
         # Compact: json's C encoder serves only this form (indented, its Python encoder took
-        # a tenth of a check's CPU).
+        # a fifth of a check under cProfile).
         text = json.dumps(data, separators=(",", ":"))
         if durable:
             atomic_write(self._state_file(watch.name), text, mode=0o644)
@@ -508,6 +508,8 @@ class Monitor:
         self.last_progress = self.clock()
 
     def _guarded(self, name: str) -> None:
+        if name not in self.watches:
+            return  # dropped by a rescan while its check waited in the queue
         try:
             self.check(name)
         except (VSError, OSError) as exc:

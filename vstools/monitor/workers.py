@@ -2,12 +2,13 @@
 
 A check may hang (a cgroup or /proc file that blocks, a dead NFS server under a guest's root):
 it must stop only its own guest (TESTING M8). The first design started a thread per check and
-waited for it; with 1000 guests that was 1000 thread starts a minute, and 8 scheduler workers
-waiting in ``join`` contended for the GIL during each round (about a fifth of the daemon's CPU).
-Here checks go to a queue served by kept threads, at most ``max_workers`` at once; a check past
-its limit is declared hung (logged, its guest skipped until it returns) and its thread stops
-counting, so the next check gets a new thread: a hung guest costs one thread, never the
-others' checks. When the hung check returns, its thread ends."""
+waited for it: with 1000 guests, 1000 thread starts a minute (0.13 ms of CPU each here), and 8
+scheduler workers waiting in ``join`` contending for the GIL during each round (strace counted
+217 000 futex calls in a minute). Here checks go to a queue served by kept threads, at most
+``max_workers`` at once; a check past its limit is declared hung (logged, its guest skipped
+until it returns) and its thread stops counting, so the next check gets a new thread: a hung
+guest costs one thread, never the others' checks. When the hung check returns, its thread
+ends."""
 
 from __future__ import annotations
 
@@ -82,7 +83,7 @@ class CheckWorkers:
     def reap(self) -> None:
         """Declare hung every check running past its limit (its thread no longer counts), and
         add a thread when checks wait while every thread is in a check slower than ``slow_s``:
-        normally one thread runs every check, one after the other (checks take about a
+        normally one thread runs every check, one after the other (a check takes well under a
         millisecond, and with the GIL more threads would only contend)."""
         now = self._clock()
         found = []
