@@ -49,6 +49,8 @@ LAZY_IN_HOUSE = {
     ("vstools.pkg.driver", "vstools.guest.stop"),
     ("vstools.functions", "vstools.guest.start"),  # receive_start only: every call would pay
     ("vstools.cli.vs_net", "vstools.pkg.session"),  # --fw up only: a killed vs-pkg's leftovers
+    # Every command writes with fsutil; only the monitor's swap_write needs ctypes (renameat2).
+    ("vstools.host.fsutil", "vstools.host.syscalls"),
     # A start or stop without a network does not pay for the network and firewall stacks.
     *(
         (module, imported)

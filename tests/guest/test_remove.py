@@ -3,6 +3,8 @@ a running one refused unless --force stops it, a removal killed halfway finished
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from tests.guests import Host
@@ -15,12 +17,17 @@ def test_remove_takes_everything_of_a_stopped_guest(host: Host) -> None:
     host.define("db", "198.51.100.11")
     host.run("vs-control", "--name", "web", "--start")
     host.run("vs-control", "--name", "web", "--stop")
+    monitor = Path(host.env["VS_STATE_DIR"]) / "monitor" / "guests"
+    monitor.mkdir(parents=True, exist_ok=True)
+    for file in ("web.json", ".web.json.swap", "db.json"):  # as vs-monitor leaves them
+        (monitor / file).write_text("{}")
     dry = host.run("vs-remove", "--name", "web", "--dry-run")
     assert "would: remove the root filesystem" in dry.stderr
     assert host.rootfs("web").is_dir()
     removed = host.run("vs-remove", "--name", "web")
     assert "web removed" in removed.stderr
     assert not host.rootfs("web").exists() and not (host.guests_dir / "web").exists()
+    assert sorted(p.name for p in monitor.iterdir()) == ["db.json"]
     assert host.run("vs-control", "--all").stdout == "vsh-test:db:disabled:stopped\n"
     again = host.run("vs-remove", "--name", "web", check=False)
     assert again.returncode == 3 and "no guest named web" in again.stderr

@@ -109,6 +109,31 @@ def test_atomic_write_failure_keeps_old_file_and_no_temp(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["guest.conf"]
 
 
+def test_swap_write_replaces_the_file_and_keeps_the_previous_inode_for_next_time(
+    tmp_path: Path,
+) -> None:
+    target = tmp_path / "web.json"
+    fsutil.swap_write(target, "first\n", mode=0o640)  # no file yet: renamed into place
+    assert target.read_text() == "first\n"
+    swap = Path(fsutil.swap_file_of(target))
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".web.json.swap", "web.json"]
+    assert swap.read_text() == ""  # made for the next call
+    first_inode = target.stat().st_ino
+    fsutil.swap_write(target, "second, longer\n")
+    assert (target.read_text(), swap.read_text()) == ("second, longer\n", "first\n")
+    assert stat.S_IMODE(target.stat().st_mode) == stat.S_IMODE(swap.stat().st_mode) == 0o640
+    assert swap.stat().st_ino == first_inode
+    fsutil.swap_write(target, "3\n")  # written into the first inode, then swapped back
+    assert (target.read_text(), target.stat().st_ino) == ("3\n", first_inode)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".web.json.swap", "web.json"]
+
+
+def test_read_bytes_reads_a_proc_file_to_its_end() -> None:
+    # /proc/self/maps comes a page at a time: a single read would stop early.
+    assert fsutil.read_bytes("/proc/self/maps").count(b"\n") > 5
+    assert fsutil.read_bytes("/proc/self/stat").startswith(str(os.getpid()).encode())
+
+
 def test_lock_refuses_a_second_holder_and_names_the_first(tmp_path: Path) -> None:
     lock = tmp_path / "locks" / "web.lock"
     with fsutil.locked(lock, what="vs-control --start web"):

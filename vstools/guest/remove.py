@@ -10,13 +10,15 @@ again (or any vs-create) finishes it."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
 from dataclasses import dataclass
 
 from vstools.errors import NotFoundError, StateError, VSError
 from vstools.guest.lifecycle import is_active
 from vstools.guest.stop import clean_leftovers, has_leftovers, stop_guest
-from vstools.host.fsutil import atomic_write
+from vstools.host.fsutil import atomic_write, swap_file_of
 from vstools.host.hostconfig import HostConfig
 from vstools.names import check_guest_name
 from vstools.paths import REMOVING_MARKER
@@ -91,7 +93,9 @@ def _remove_state(host: HostConfig, name: str) -> None:
     if run_dir.is_dir():
         shutil.rmtree(run_dir)
     figures = host.paths.monitor_figures_dir() / f"{name}.json"
-    figures.unlink(missing_ok=True)
+    for path in (str(figures), swap_file_of(figures)):  # the monitor's state and its swap file
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
 
 
 def _remove_dir(host: HostConfig, name: str) -> None:

@@ -93,6 +93,9 @@ class Cgroup:
         self._clock = clock
         self._sleep = sleep
         self._send_signal = send_signal
+        # The files read so far, as strings: the monitor reads the same nine files of each
+        # guest every check, and building each path anew with pathlib cost more than the read.
+        self._files: dict[tuple[Controller, str, int | None], str] = {}
 
     def __repr__(self) -> str:
         return f"Cgroup({self.relpath!r}, {self.layout.version})"
@@ -137,7 +140,9 @@ class Cgroup:
         return [root.joinpath(*parts) for root in self.layout.membership_roots]
 
     def _read(self, controller: Controller, name: str, *, depth: int | None = None) -> str:
-        path = self._path(controller, name, depth)
+        path = self._files.get((controller, name, depth))
+        if path is None:
+            path = self._files[controller, name, depth] = str(self._path(controller, name, depth))
         try:
             return read_file(path).rstrip("\n")
         except OSError as exc:
@@ -313,9 +318,13 @@ class Cgroup:
         ``cgroup.threads``), for the monitor's load average; [] if the group is gone."""
         controller = Controller.CGROUP2 if self._v2 else Controller.CPUACCT
         name = "cgroup.threads" if self._v2 else "tasks"
-        if not self._exists(controller):
-            return []
-        return [int(t) for t in self._read(controller, name).split()]
+        try:
+            text = self._read(controller, name)
+        except HostError:
+            if not self._exists(controller):
+                return []
+            raise
+        return [int(t) for t in text.split()]
 
     # -- limits ------------------------------------------------------------------------------
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from vstools.config.values import CpuRatio
 from vstools.errors import HostError
+from vstools.host.fsutil import read_bytes
 
 
 class CgroupVersion(StrEnum):
@@ -174,10 +175,9 @@ def cfs_quota_us(ratio: CpuRatio, cpu_count: int, period_us: int = CFS_PERIOD_US
     return max(MIN_CFS_QUOTA_US, int(exact + Fraction(1, 2)))
 
 
-def read_file(path: Path) -> str:
+def read_file(path: str | Path) -> str:
     """A cgroup file's text (undecodable bytes replaced)."""
-    with open(path, encoding="utf-8", errors="replace") as handle:
-        return handle.read()
+    return read_bytes(path).decode("utf-8", errors="replace")
 
 
 def write_file(path: Path, value: str) -> None:

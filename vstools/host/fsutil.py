@@ -30,6 +30,19 @@ def _temporary_beside(target: Path) -> tuple[int, str]:
     raise FileExistsError(errno.EEXIST, f"no free temporary name beside {target}")
 
 
+def read_bytes(path: str | os.PathLike[str]) -> bytes:
+    """A small kernel file's bytes (/proc, cgroup files), with os.read: open()'s buffered
+    layers (an isatty ioctl, an lseek, a decoder) cost more than the kernel's work for it."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        chunks = [os.read(fd, 65536)]
+        while chunks[-1]:  # to the end: /proc/PID/net/* come a page at a time
+            chunks.append(os.read(fd, 65536))
+    finally:
+        os.close(fd)
+    return b"".join(chunks)
+
+
 def atomic_write(
     path: str | os.PathLike[str], data: bytes | str, *, mode: int = 0o644, durable: bool = True
 ) -> None:
@@ -59,6 +72,59 @@ def atomic_write(
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def swap_file_of(path: str | os.PathLike[str]) -> str:
+    """The file ``swap_write`` keeps beside ``path``: remove it with the file."""
+    head, tail = os.path.split(os.fspath(path))
+    return os.path.join(head, f".{tail}.swap")
+
+
+def _open_swap(swap: str, mode: int) -> int:
+    try:
+        return os.open(swap, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        fd = os.open(swap, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC)
+        os.fchmod(fd, mode)  # the mode once, when it is made (not under the umask)
+        return fd
+
+
+def swap_write(path: str | os.PathLike[str], data: bytes | str, *, mode: int = 0o644) -> None:
+    """Replace ``path`` with ``data`` as ``atomic_write(durable=False)`` does, without making
+    a file: the data goes into ``.NAME.swap`` beside it, and the two are exchanged in one
+    step (renameat2 RENAME_EXCHANGE), so the swap file keeps the previous content and its inode
+    for the next call. For a file rewritten all the time by one writer (the monitor's figures,
+    under the guest's monitor lock): making a file costs 0.3 to 0.7 ms of CPU on this
+    development machine's ext4, the rest of a replacement 0.05 ms. The two files are made at
+    the first call (``mode`` is theirs).
+
+    The price: a reader that opened the file and then waited a whole rewrite before reading
+    could read the swap file being rewritten (the monitor's readers skip a file they cannot
+    parse). Where the exchange is refused (EINVAL), an ordinary rename."""
+    target = os.fspath(path)
+    swap = swap_file_of(target)
+    payload = data.encode() if isinstance(data, str) else data
+    fd = _open_swap(swap, mode)
+    try:
+        # Written over from the start, then cut to its length: no O_TRUNC, which frees the
+        # file's blocks (with the discard mount option, a discard request each time) only
+        # for the next write to allocate them again.
+        written = 0
+        while written < len(payload):
+            written += os.pwrite(fd, payload[written:], written)
+        os.ftruncate(fd, len(payload))
+    finally:
+        os.close(fd)
+    from vstools.host.syscalls import rename_exchange  # ctypes: only the monitor gets here
+
+    try:
+        rename_exchange(swap, target)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOENT, errno.EINVAL, errno.ENOSYS):
+            raise
+        os.replace(swap, target)  # no target yet (or no exchange here): the swap file goes
+        if exc.errno == errno.ENOENT:  # the first call: the swap file for the next one
+            os.close(_open_swap(swap, mode))
 
 
 @contextmanager

@@ -29,10 +29,11 @@ import contextlib
 import math
 import re
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
-from vstools.host.sockdiag import tcp_listening
+from vstools.host.fsutil import read_bytes
+from vstools.host.sockdiag import KINDS, sockets_listening
 
 TAU_S = (60.0, 300.0, 900.0)
 
@@ -67,10 +68,13 @@ class Figures:
 
     def to_json(self) -> dict[str, Any]:
         """The figures as JSON-ready data: the load rounded to 4 decimals, tuples as lists."""
-        data = asdict(self)
+        data = {name: getattr(self, name) for name in _FIGURE_FIELDS}  # asdict deep-copies
         data["load"] = [round(v, 4) for v in self.load]
         data["sockets"] = list(self.sockets)
         return data
+
+
+_FIGURE_FIELDS = tuple(f.name for f in fields(Figures))
 
 
 @dataclass(slots=True)
@@ -122,11 +126,9 @@ def read_runnable(threads: list[int], proc: str = "/proc") -> tuple[dict[int, in
     blocked = 0
     for tid in threads:
         with contextlib.suppress(OSError, ValueError, IndexError):
-            with open(f"{proc}/{tid}/schedstat", "rb") as handle:
-                fields = handle.read().split()
+            fields = read_bytes(f"{proc}/{tid}/schedstat").split()
             runnable[tid] = int(fields[0]) + int(fields[1])
-            with open(f"{proc}/{tid}/stat", "rb") as handle:
-                stat = handle.read()
+            stat = read_bytes(f"{proc}/{tid}/stat")
             if stat[stat.rindex(b")") + 2 : stat.rindex(b")") + 3] == b"D":
                 blocked += 1
     return runnable, blocked
@@ -156,26 +158,25 @@ def listening_sockets(
     pid: int,
     ignore: str | None = None,
     proc: str = "/proc",
-    tcp: Callable[[int], set[str]] = tcp_listening,
+    diag: Callable[[int], tuple[set[str], list[str]]] = sockets_listening,
 ) -> set[str]:
-    """The listening sockets of the network namespace of ``pid`` (the guest's init), read from
-    its own /proc/PID/net tables (TCP from a sock_diag dump in its namespace when ``proc`` is
-    the real /proc), as text: ``tcp 0.0.0.0:22``, ``tcp6 [::]:80``, ``udp 0.0.0.0:53``,
-    ``unix /run/x.sock`` (``unix @name`` for abstract ones); ``tcp`` reads the TCP ones (a
-    ``ListeningTcp`` keeps its socket between checks). Sockets
-    matching the regular expression ``ignore`` (SOCKETS_FILTER, searched) are left out."""
+    """The listening sockets of the network namespace of ``pid`` (the guest's init), as text:
+    ``tcp 0.0.0.0:22``, ``tcp6 [::]:80``, ``udp 0.0.0.0:53``, ``unix /run/x.sock`` (``unix
+    @name`` for abstract ones). Asked of the kernel with sock_diag dumps in its namespace when
+    ``proc`` is the real /proc (``diag``; a ``ListeningSockets`` keeps its socket between
+    checks), else, and for the kinds the kernel cannot dump, read from its own /proc/PID/net
+    tables. Sockets matching the regular expression ``ignore`` (SOCKETS_FILTER, searched) are
+    left out."""
     found: set[str] = set()
-    protos = ["tcp", "tcp6", "udp", "udp6"]
+    kinds = list(KINDS)
     if proc == "/proc":
         # The kernel walks its whole TCP hash table to print /proc/PID/net/tcp (3.5 ms of
-        # CPU per file here); sock_diag lists the LISTEN sockets alone (vstools.host.sockdiag).
+        # CPU per file here); sock_diag lists the listening sockets alone.
         with contextlib.suppress(OSError):
-            found |= tcp(pid)
-            protos = ["udp", "udp6"]
-    for proto in protos:
+            found, kinds = diag(pid)
+    for proto in [k for k in kinds if k != "unix"]:
         try:
-            with open(f"{proc}/{pid}/net/{proto}") as handle:
-                lines = handle.read().splitlines()[1:]
+            lines = read_bytes(f"{proc}/{pid}/net/{proto}").decode().splitlines()[1:]
         except OSError:
             continue
         wanted = _TCP_LISTEN if proto.startswith("tcp") else _UDP_UNCONNECTED
@@ -183,14 +184,14 @@ def listening_sockets(
             fields = line.split()
             if len(fields) > 3 and fields[3] == wanted:
                 found.add(_inet(proto, fields[1]))
-    with contextlib.suppress(OSError):
-        with open(f"{proc}/{pid}/net/unix") as handle:
-            lines = handle.read().splitlines()[1:]
-        for line in lines:
-            fields = line.split()
-            # Num RefCount Protocol Flags Type St Inode [Path]
-            if len(fields) >= 8 and int(fields[3], 16) & _SO_ACCEPTCON:
-                found.add(f"unix {fields[7]}")
+    if "unix" in kinds:
+        with contextlib.suppress(OSError):
+            unix = read_bytes(f"{proc}/{pid}/net/unix").decode(errors="replace")
+            for line in unix.splitlines()[1:]:
+                fields = line.split()
+                # Num RefCount Protocol Flags Type St Inode [Path]
+                if len(fields) >= 8 and int(fields[3], 16) & _SO_ACCEPTCON:
+                    found.add(f"unix {fields[7]}")
     if ignore:
         pattern = re.compile(ignore)
         found = {s for s in found if not pattern.search(s)}

@@ -8,8 +8,8 @@ to the pure alert logic (``vstools.alerts``) and spools the mails that come out 
 figures from there, without root). A guest is watched by one daemon at a time: each holds an
 flock on ``RUN_DIR/monitor/NAME.lock`` for the guests it watches.
 
-The daemon (``serve``) runs one APScheduler interval job per guest at its MONITOR_POOLING. Each
-check runs in a thread of its own and is waited for at most ``check_timeout_s``: a check stuck
+The daemon (``serve``) starts each guest's check every MONITOR_POOLING seconds. Checks run on
+a few kept threads (``vstools.monitor.workers``), each within ``check_timeout_s``: a check stuck
 on a hung file stops only its own guest (logged, retried once the stuck thread returns), never
 the others (TESTING M8). The main thread rescans the configuration (every RESCAN_S, and on
 SIGHUP) and, only while it runs and checks make progress, pings the systemd watchdog (M1)."""
@@ -37,10 +37,10 @@ from vstools.errors import VSError
 from vstools.guest.limits import disk_used_bytes, tmpfs_used_bytes
 from vstools.host.cgroup import Cgroup
 from vstools.host.cgrouplayout import CgroupLayout
-from vstools.host.fsutil import atomic_write, take_lock
+from vstools.host.fsutil import atomic_write, swap_write, take_lock
 from vstools.host.hostconfig import HostConfig, list_guests, load_guest
 from vstools.host.mail import SmtpServer, Spool, compose
-from vstools.host.sockdiag import ListeningTcp
+from vstools.host.sockdiag import ListeningSockets
 from vstools.monitor.alerts import (
     AlertBook,
     Event,
@@ -60,8 +60,9 @@ from vstools.monitor.sample import (
     read_runnable,
     socket_changes,
 )
+from vstools.monitor.workers import CheckWorkers
 from vstools.paths import Paths
-from vstools.runtime.state import read_state
+from vstools.runtime.state import StateReader
 
 log = logging.getLogger("vstools.monitor")
 
@@ -95,12 +96,16 @@ class Watch:
     counters: dict[str, int] = field(default_factory=dict)
     sockets: list[str] | None = None
     sockets_pending: list[str] | None = None
-    tcp: ListeningTcp = field(default_factory=ListeningTcp)  # not saved: a kept socket
+    diag: ListeningSockets = field(default_factory=ListeningSockets)  # not saved: a socket
     disk_mb: float = 0.0
     disk_time: float | None = None
     figures: Figures | None = None
     outbox: list[tuple[str, str]] = field(default_factory=list)  # mails not yet spooled
     lock: threading.Lock = field(default_factory=threading.Lock)
+    # Kept from check to check (not saved): state.json parsed once per start of the guest,
+    # the cgroup with its file paths built once.
+    state: StateReader | None = None
+    cgroup: Cgroup | None = None
 
     def memory_json(self) -> dict[str, Any]:
         """What the checks remember (sockets, counters, load, mails not yet spooled), to save."""
@@ -159,12 +164,14 @@ class Monitor:
         )
         self.on_mail = on_mail
         self.watches: dict[str, Watch] = {}
+        self.generation = 0  # counts the changes of ``watches`` (the daemon's Rounds follow it)
         self.skipped: dict[str, str] = {}  # guest -> why it is not watched (logged once)
-        self.hung: dict[str, threading.Thread] = {}
+        self.workers = CheckWorkers(self._guarded, self._progress)
         self.last_progress = clock()
         self.sender = settings.mail_from or f"root@{hostname}"
         self.dry_notices: list[tuple[str, Notice]] = []
         paths.monitor_figures_dir().mkdir(parents=True, exist_ok=True)
+        self._figures_dir = str(paths.monitor_figures_dir())
         (paths.run_dir / "monitor").mkdir(parents=True, exist_ok=True)
 
     # -- which guests --------------------------------------------------------------------------
@@ -189,6 +196,7 @@ class Monitor:
                 continue
             if watch is not None:
                 watch.conf, watch.policy, watch.stamp = files.conf, files.monitor, stamp
+                self.generation += 1
                 log.info("guest %s: configuration re-read", name)
                 continue
             lock_fd = self._lock(name)
@@ -201,15 +209,17 @@ class Monitor:
                 log.info("guest %s: spooling %d mail(s) of the last run", name, len(watch.outbox))
                 self._spool_outbox(watch)
             self.watches[name] = watch
+            self.generation += 1
             self.skipped.pop(name, None)
             log.info("guest %s: watched every %d s", name, files.monitor.pooling_s)
 
     def _stamp(self, name: str) -> tuple[float, ...]:
-        directory = self.paths.guest_dir(name)
+        # guest_dir without pathlib (the names are valid: list_guests or --name checked them)
+        directory = f"{self.paths.guests_conf_dir}/{name}"
         stamps = []
         for file in ("guest.conf", "monitor.conf"):
             try:
-                stamps.append((directory / file).stat().st_mtime)
+                stamps.append(os.stat(f"{directory}/{file}").st_mtime)
             except OSError:
                 stamps.append(0.0)
         return tuple(stamps)
@@ -224,8 +234,9 @@ class Monitor:
 
     def _drop(self, name: str) -> None:
         watch = self.watches.pop(name)
+        self.generation += 1
         os.close(watch.lock_fd)
-        watch.tcp.close()
+        watch.diag.close()
         log.info("guest %s: no longer watched", name)
 
     def close(self) -> None:
@@ -233,13 +244,13 @@ class Monitor:
         for name in list(self.watches):
             self._drop(name)
 
-    def _state_file(self, name: str) -> Path:
-        return self.paths.monitor_figures_dir() / f"{name}.json"
+    def _state_file(self, name: str) -> str:
+        return f"{self._figures_dir}/{name}.json"  # a string: pathlib cost more than the write
 
     def _restore(self, watch: Watch) -> None:
         path = self._state_file(watch.name)
         try:
-            watch.restore(json.loads(path.read_text()))
+            watch.restore(json.loads(Path(path).read_text()))
         except FileNotFoundError:
             pass
         except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
@@ -256,10 +267,16 @@ class Monitor:
             "alerts": watch.book.to_json(),
             "memory": watch.memory_json(),
         }
-        text = json.dumps(data, indent=1)
-        # Figures change every check: they are replaced without the fsyncs (a power cut may
-        # lose the last figures, never an alert, which is saved durably).
-        atomic_write(self._state_file(watch.name), text, mode=0o644, durable=durable)
+        # Compact: json's C encoder serves only this form (indented, its Python encoder took
+        # a fifth of a check under cProfile).
+        text = json.dumps(data, separators=(",", ":"))
+        if durable:
+            atomic_write(self._state_file(watch.name), text, mode=0o644)
+        else:
+            # Figures change every check: they are replaced without the fsyncs (a power cut
+            # may lose the last figures, never an alert, which is saved durably), and in the
+            # same two inodes (making a file was most of a check's CPU).
+            swap_write(self._state_file(watch.name), text, mode=0o644)
 
     # -- one check -----------------------------------------------------------------------------
 
@@ -291,7 +308,9 @@ class Monitor:
     def _observe(self, watch: Watch) -> tuple[list[Notice], Figures]:
         conf, policy = watch.conf, watch.policy
         now = self.clock()
-        state = read_state(self.paths.guest_run_dir(watch.name))
+        if watch.state is None:
+            watch.state = StateReader(self.paths.guest_run_dir(watch.name))
+        state = watch.state.read()
         fig = Figures(
             time=now,
             running=state is not None,
@@ -321,7 +340,9 @@ class Monitor:
             new_run = state.init_pid != watch.init_pid
             watch.seen_running = True
             watch.init_pid = fig.init_pid = state.init_pid
-            self._read_cgroup(fig, Cgroup(self.layout, state.cgroup), watch, now)
+            if watch.cgroup is None or watch.cgroup.relpath != state.cgroup:
+                watch.cgroup = Cgroup(self.layout, state.cgroup)
+            self._read_cgroup(fig, watch.cgroup, watch, now)
             with contextlib.suppress(OSError):
                 fig.tmpfs_mb = bytes_mb(tmpfs_used_bytes(state.init_pid))
             levels.append(
@@ -426,7 +447,7 @@ class Monitor:
     def _sockets(
         self, watch: Watch, fig: Figures, init_pid: int, ignore: str | None
     ) -> Event | None:
-        current = sorted(listening_sockets(init_pid, ignore, tcp=watch.tcp))
+        current = sorted(listening_sockets(init_pid, ignore, diag=watch.diag))
         fig.sockets = tuple(current)
         if watch.sockets is None:
             watch.sockets = current  # first sight: the baseline, no mail
@@ -465,30 +486,30 @@ class Monitor:
 
     # -- checks with a time limit --------------------------------------------------------------
 
-    def run_check(self, name: str) -> None:
-        """Check ``name`` in a thread of its own and wait at most its time limit; a check
-        still stuck from before is not started again."""
-        stuck = self.hung.get(name)
-        if stuck is not None:
-            if stuck.is_alive():
-                log.warning("guest %s: previous check still hung; skipped", name)
-                return
-            del self.hung[name]
+    @property
+    def hung(self) -> dict[str, threading.Thread]:
+        """Guests whose check is stuck past its time limit, with the thread stuck in it."""
+        return self.workers.hung
+
+    def start_check(self, name: str) -> bool:
+        """Queue a check of ``name`` on the check threads (``vstools.monitor.workers``); False
+        while its previous check is still queued, running or hung."""
         watch = self.watches.get(name)
         if watch is None:
-            return
-        worker = threading.Thread(
-            target=self._guarded, args=(name,), name=f"check-{name}", daemon=True
-        )
-        worker.start()
-        timeout = check_timeout_s(watch.policy.pooling_s)
-        worker.join(timeout)
-        if worker.is_alive():
-            self.hung[name] = worker
-            log.error("guest %s: check hung for more than %g s; other guests go on", name, timeout)
+            return False
+        return self.workers.start(name, check_timeout_s(watch.policy.pooling_s))
+
+    def run_check(self, name: str) -> None:
+        """Check ``name`` now and wait until it ends or counts as hung (--once)."""
+        if self.start_check(name):
+            self.workers.wait(name)
+
+    def _progress(self) -> None:
         self.last_progress = self.clock()
 
     def _guarded(self, name: str) -> None:
+        if name not in self.watches:
+            return  # dropped by a rescan while its check waited in the queue
         try:
             self.check(name)
         except (VSError, OSError) as exc:

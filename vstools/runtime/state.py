@@ -165,6 +165,33 @@ def read_state(run_dir: Path) -> GuestState | None:
     return state
 
 
+class StateReader:
+    """``read_state`` of one guest for a caller that asks again and again (the monitor, at
+    every check): state.json is parsed again only when it changed. The supervisor replaces it
+    whole (a new inode), so its inode, size and mtime tell."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = run_dir
+        self._lock = str(run_dir / LOCK_FILE)
+        self._file = str(run_dir / STATE_FILE)
+        self._seen: tuple[int, int, int] | None = None
+        self._state: GuestState | None = None
+
+    def read(self) -> GuestState | None:
+        """As ``read_state``: the running guest's state, or None."""
+        if not is_locked(self._lock):
+            return None
+        try:
+            info = os.stat(self._file)
+        except FileNotFoundError:
+            return None
+        seen = (info.st_ino, info.st_size, info.st_mtime_ns)
+        if seen != self._seen:
+            self._state, self._seen = read_state_file(self.run_dir), seen
+        state = self._state
+        return state if state is not None and state.phase is Phase.RUNNING else None
+
+
 def lock_holder(run_dir: Path) -> int | None:
     """The PID holding the guest's lock, as the kernel lists it in /proc/locks: the supervisor
     even when its state.json cannot be read."""
