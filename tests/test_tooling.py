@@ -47,7 +47,7 @@ LAZY_IN_HOUSE = {
     ("vstools.cli.vs_fonctions", "vstools.functions"),
     ("vstools.pkg.driver", "vstools.guest.start"),  # only vs-pkg --start-stopped starts guests
     ("vstools.pkg.driver", "vstools.guest.stop"),
-    ("vstools.functions", "vstools.guest.start"),  # receive_start only: every call would pay
+    ("vstools.functions", "vstools.guest.start"),  # receive_start*: every call would pay
     ("vstools.cli.vs_net", "vstools.pkg.session"),  # --fw up only: a killed vs-pkg's leftovers
     # Every command writes with fsutil; only the monitor's swap_write needs ctypes (renameat2).
     ("vstools.host.fsutil", "vstools.host.syscalls"),

@@ -4,6 +4,7 @@ library", so a shell script (or the master, over SSH) can call exactly these and
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -44,6 +45,7 @@ from vstools.host.hostconfig import (
 )
 from vstools.host.journal import operation
 from vstools.host.rsync_server import serve
+from vstools.host.ssh import wait_for_go
 from vstools.pool.push import (
     push_allow,
     push_copy,
@@ -52,7 +54,7 @@ from vstools.pool.push import (
     push_receive,
     push_revoke,
 )
-from vstools.pool.send import push_send
+from vstools.pool.send import push_final, push_send
 from vstools.storage.base import check_tag
 from vstools.storage.select import guest_storage
 
@@ -186,6 +188,27 @@ def _receive_start(env: Env, name: str) -> dict[str, str]:
     return placed
 
 
+def _receive_start_armed(env: Env, name: str) -> dict[str, Any]:
+    """receive_start armed before the guest stops at its source (Remote.arm): this program
+    started, the runtime imported and the host's files read ahead; the commit and the start
+    only on the master's word (sent once the final pass is verified), nothing otherwise."""
+    from vstools.guest.start import start_guest  # the runtime's imports, for this one only
+
+    host = HostConfig.load(env)
+    host.create()  # read now, while the guest still runs at its source
+    host.networks()
+    host.cgroup_layout()
+    words = wait_for_go(sys.stdin, sys.stdout)
+    if words is None:
+        return {"cancelled": True}
+    if words:
+        raise UsageError(f"receive_start_armed: go {' '.join(words)}? (go alone)")
+    placed = receive_commit(host, name)
+    with operation(f"vs-control --start {name}"):
+        start_guest(host, name, foreground=False)
+    return placed
+
+
 def _receive_abort(env: Env, name: str) -> str:
     receive_abort(HostConfig.load(env), name)
     return name
@@ -249,6 +272,10 @@ def _received_take(env: Env, name: str, subvolume: str, uuid: str) -> dict[str, 
 
 def _push_copy(env: Env, name: str, what: str, options: dict[str, Any]) -> dict[str, Any]:
     return push_copy(HostConfig.load(env), name, what, options)
+
+
+def _push_final(env: Env, name: str, options: dict[str, Any]) -> dict[str, Any]:
+    return push_final(HostConfig.load(env), name, options, stdin=sys.stdin, stdout=sys.stdout)
 
 
 def _json_object(text: str) -> dict[str, Any]:
@@ -369,6 +396,12 @@ REGISTRY: dict[str, Function] = {
             "receive_commit, then start the guest (the end of a move, in one call)",
         ),
         Function(
+            "receive_start_armed",
+            _receive_start_armed,
+            (Param("name", parse_guest_name),),
+            "receive_start prepared ahead: says 'armed', then acts on a line 'go' on stdin only",
+        ),
+        Function(
             "receive_abort",
             _receive_abort,
             (Param("name", parse_guest_name),),
@@ -464,6 +497,13 @@ REGISTRY: dict[str, Function] = {
             _push_copy,
             (Param("name", parse_guest_name), Param("what"), Param("options", _json_object)),
             "source of a move: rsync NAME's root (or snapshot:TAG) straight to the destination",
+        ),
+        Function(
+            "push_final",
+            _push_final,
+            (Param("name", parse_guest_name), Param("options", _json_object)),
+            "source of a move: connect to the destination, say 'armed', then make the final"
+            " pass on 'go copy WHAT' or 'go send TAG [PARENT]' on stdin (nothing otherwise)",
         ),
         Function(
             "backup_key",

@@ -91,6 +91,8 @@ def test_between_btrfs_slaves_snapshots_are_sent_and_checked_whole_before_they_r
     # Back, while it runs: passes while it ran (the second one incremental), then the final.
     back = pool.master.run("vs-move", "--name", "web", "--dst_host", "vsh-02")
     assert "2 passes while it ran" in back.stderr or "3 passes while it ran" in back.stderr
+    # The final send and the start went through the calls armed before the stop.
+    assert "prepared ahead" not in back.stderr, back.stderr
     moved = pool.master.run("vs-move", "--name", "web", "--dst_host", "vsh-03")
     arrived = three.inside("/var/lib/vservers/web")
     assert arrived.stat().st_ino == 256  # a subvolume of its own, writable

@@ -15,6 +15,7 @@ import tempfile
 import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import IO
 
 from vstools.errors import CommandError, HostError
 from vstools.host.syscalls import (
@@ -219,6 +220,43 @@ def spawn(
         raise HostError(f"command not found: {argv[0]} (in {line})") from None
     except subprocess.SubprocessError as exc:  # the mounts or the user change, before the exec
         raise HostError(f"{argv[0]} could not be started: {exc} (in {line})") from None
+
+
+def converse(argv: Sequence[str], *, stderr: IO[bytes]) -> Process:
+    """Start ``argv`` with its stdin and stdout as pipes to this process (lines written to it,
+    its answer read: ``finish``), its stderr into ``stderr`` (a file: never a pipe that fills
+    up while nobody reads it)."""
+    line = cmdline(argv)
+    log.debug("+ %s", line)
+    try:
+        return subprocess.Popen(list(argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=stderr, close_fds=True)  # fmt: skip
+    except OSError as exc:
+        raise HostError(f"{argv[0]} could not be started: {exc} (in {line})") from None
+
+
+def finish(process: Process, data: bytes | None = None, *, timeout_s: float | None) -> bytes | None:
+    """Write ``data`` to a ``converse`` process, close its stdin, read its stdout to the end
+    and wait for it: that output, or None when it did not end within ``timeout_s`` (it is then
+    killed, by its PID)."""
+    try:
+        out, _ = process.communicate(data, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.communicate()
+        return None
+    return out or b""
+
+
+def stop(process: Process, *, timeout_s: float = 5.0) -> None:
+    """Stop a process this one started (SIGTERM, then SIGKILL after ``timeout_s``), by its
+    PID, and reap it."""
+    process.terminate()
+    try:
+        process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 def which(name: str, path: str | None = None) -> str | None:

@@ -13,20 +13,31 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
+import select
 import shlex
+import tempfile
+import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from vstools.errors import CommandError, ExitCode, HostError, NotFoundError, StateError, VSError
+from vstools.host.run import Process, converse, finish
 
 log = logging.getLogger("vstools.ssh")
 
 SSH_FAILED = 255  # what ssh exits with when it could not connect or was cut
 RSYNC_VANISHED = 24  # some files vanished while the pass read them (a running guest)
 RSYNC_PARTIAL = 23  # some files could not be transferred: never a complete copy
+# An armed call (Remote.arm) prints ARMED once prepared, then acts only on a line that starts
+# with GO; any other line, or the end of its stdin (the master gave up or died), and it does
+# nothing.
+ARMED = "armed"
+GO = "go"
+READY_TIMEOUT_S = 60.0  # an armed call not ready by then is given up (a fresh call is made)
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +53,9 @@ class SshOptions:
     config_file: str | None = None  # ssh -F; None: the usual ssh_config
     port: int | None = None  # None: ssh_config's, or 22
     host_key_alias: str | None = None  # the name the host key is looked up by
+    # The socket of a connection opened before (build_ssh_master_argv): used when it is there,
+    # never made; without it, ssh connects on its own.
+    mux_socket: str | None = None
 
 
 def build_ssh_argv(options: SshOptions, host: str, remote: Sequence[str] = ()) -> list[str]:
@@ -76,7 +90,9 @@ def ssh_option_args(options: SshOptions) -> list[str]:
         args += ["-p", str(options.port)]
     if options.host_key_alias:
         settings["HostKeyAlias"] = options.host_key_alias
-    if options.control_dir is not None:
+    if options.mux_socket is not None:
+        settings |= {"ControlMaster": "no", "ControlPath": options.mux_socket}
+    elif options.control_dir is not None:
         settings |= {
             "ControlMaster": "auto",
             "ControlPath": str(options.control_dir / "%C"),
@@ -85,6 +101,14 @@ def ssh_option_args(options: SshOptions) -> list[str]:
     for key, value in settings.items():
         args += ["-o", f"{key}={value}"]
     return args
+
+
+def build_ssh_master_argv(options: SshOptions, host: str, socket: str) -> list[str]:
+    """ssh holding a connection to ``host`` open, in the foreground, for other ssh processes
+    to reuse through ``socket`` (SshOptions.mux_socket); no command, no session of its own."""
+    alone = replace(options, control_dir=None, mux_socket=None)
+    return ["ssh", "-o", "ControlMaster=yes", "-o", f"ControlPath={socket}",
+            "-o", "ControlPersist=no", *ssh_option_args(alone), "-N", "-T", host]  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,6 +238,23 @@ class Remote:
         message and exit code."""
         done = self.run(["vs-fonctions", "--json", function, *args], timeout_s=timeout_s,
                         check=False, input=input)  # fmt: skip
+        return self.answer(done)
+
+    def arm(self, function: str, *args: str) -> Armed:
+        """Start ``vs-fonctions --json FUNCTION ARGS`` on the slave now, for it to act later
+        (Armed.go): an armed function prepares what it can (the program's start, its imports,
+        its connections), says so, and waits for the word."""
+        argv = build_ssh_argv(self.options, self.host, ["vs-fonctions", "--json", function, *args])
+        errors = tempfile.TemporaryFile()  # noqa: SIM115 - closed by Armed
+        try:
+            process = converse(argv, stderr=errors)
+        except HostError:
+            errors.close()
+            raise
+        return Armed(self, function, process, errors)
+
+    def answer(self, done: Done) -> Any:
+        """The result of a vs-fonctions call that ended as ``done``, or its error."""
         try:
             answer = json.loads(done.stdout) if done.stdout.strip() else {}
         except ValueError:
@@ -230,6 +271,92 @@ class Remote:
         if code in kinds:
             raise kinds[code](f"{self.host}: {message}")
         raise RemoteError(f"{self.host}: {message}", code)
+
+
+class NotArmed(HostError):
+    """An armed call ended, or was given up, before it was ready: it did nothing."""
+
+
+@dataclass
+class Armed:
+    """A vs-fonctions call started ahead on a slave (Remote.arm), prepared and waiting: ``go``
+    makes it act and returns its result; ``cancel`` (or the master's death, which closes its
+    stdin) makes it end without acting."""
+
+    remote: Remote
+    function: str
+    process: Process
+    errors: IO[bytes]
+    ready: bool | None = field(default=None)  # None: not known yet
+
+    def wait_ready(self, timeout_s: float = READY_TIMEOUT_S) -> bool:
+        """Whether the call said it is prepared (its first line; read byte by byte, so the
+        answer after it stays in the pipe for ``go``)."""
+        if self.ready is not None:
+            return self.ready
+        if self.process.stdout is None:
+            return False
+        descriptor, line = self.process.stdout.fileno(), b""
+        deadline = time.monotonic() + timeout_s
+        while not line.endswith(b"\n"):
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([descriptor], [], [], left)[0]:
+                break
+            byte = os.read(descriptor, 1)
+            if not byte:
+                break
+            line += byte
+        self.ready = line.decode(errors="replace").strip() == ARMED
+        return self.ready
+
+    def go(self, *words: str, timeout_s: float | None = None) -> Any:
+        """Tell the prepared call to act (``words`` after GO on its line): its result, as
+        Remote.call gives it. NotArmed, the call ended, when it never got ready: then it did
+        nothing, and the caller may make the call afresh."""
+        if not self.wait_ready():
+            self._end()
+            why = self._stderr()
+            self.errors.close()
+            raise NotArmed(f"{self.remote.host}: {self.function} was not ready: {why}")
+        out = finish(self.process, (" ".join((GO, *words)) + "\n").encode(), timeout_s=timeout_s)
+        done = Done(self.process.returncode, (out or b"").decode(errors="replace"), self._stderr())
+        self.errors.close()
+        if out is None:
+            raise HostError(f"{self.remote.host}: {self.function} did not finish within"
+                            f" {timeout_s} s")  # fmt: skip
+        if done.code == SSH_FAILED:
+            raise Unreachable(f"{self.remote.host}: unreachable: {done.reason()}")
+        return self.remote.answer(done)
+
+    def cancel(self) -> None:
+        """Close the call's stdin, so that it ends without acting, and wait for it (its ssh is
+        killed, by its PID, if it does not end within 10 s)."""
+        self._end()
+        self.errors.close()
+
+    def _end(self) -> None:
+        """Close the call's stdin and wait for its end (its ssh killed after 10 s)."""
+        if self.process.returncode is None:
+            finish(self.process, timeout_s=10)
+
+    def _stderr(self) -> str:
+        """What the call wrote on stderr (its last line: the cause)."""
+        if self.errors.closed:
+            return f"exit status {self.process.poll()}"
+        self.errors.seek(0)
+        lines = [x for x in self.errors.read().decode(errors="replace").splitlines() if x.strip()]
+        return lines[-1].strip() if lines else f"exit status {self.process.poll()}"
+
+
+def wait_for_go(stdin: IO[str], stdout: IO[str]) -> list[str] | None:
+    """In an armed call, on the slave: say it is prepared, then wait for the master's word. The
+    words after GO, or None (act on nothing) for any other line or the end of stdin."""
+    stdout.write(f"{ARMED}\n")
+    stdout.flush()
+    words = stdin.readline().split()
+    if words[:1] != [GO]:
+        return None
+    return words[1:]
 
 
 def resolve(options: SshOptions, host: str) -> tuple[str, int]:

@@ -27,7 +27,7 @@ from typing import Any
 
 from vstools.config.pool import Slave
 from vstools.errors import NotFoundError, RollbackError, StateError, UsageError, VSError
-from vstools.host.ssh import Remote
+from vstools.host.ssh import Armed, NotArmed, Remote
 from vstools.pool.direct import DirectPath, NoDirectPath
 from vstools.pool.inventory import Inventory, JournalEntry
 from vstools.pool.locate import locate
@@ -102,6 +102,39 @@ class _Move:
     sent: int = 0  # the sends of this run: the next snapshot's number
     received: tuple[str, str] | None = None  # the last snapshot sent: its name and UUID
     viewed: bool = False  # the final pass reads a snapshot of the stopped root (lvm)
+    armed_start: Armed | None = None  # the destination's receive_start, started before the stop
+
+    def arm(self) -> None:
+        """Before the guest stops: start, on both slaves, the calls of the time it will be
+        stopped (the source's final pass, its connection to the destination open; the
+        destination's commit and start, the runtime imported), each waiting for its word, so
+        that the window holds no program start and no SSH handshake on a slave. They act only
+        on that word: the final pass once the guest is stopped, the start once that pass is
+        verified; the master's failure or death makes them end without acting."""
+        if self.direct is not None:
+            self.direct.arm()
+        if self.armed_start is None:
+            self.armed_start = self.dst.arm("receive_start_armed", self.name)
+
+    def disarm(self) -> None:
+        """End the armed calls that have not acted, without their acting."""
+        if self.direct is not None:
+            self.direct.disarm()
+        armed, self.armed_start = self.armed_start, None
+        if armed is not None:
+            armed.cancel()
+
+    def start_at_destination(self) -> None:
+        """Commit and start the guest at the destination (receive_start), through the armed
+        call when it got ready, else with a call made now."""
+        armed, self.armed_start = self.armed_start, None
+        if armed is not None:
+            try:
+                armed.go(timeout_s=120.0)
+                return
+            except NotArmed as exc:
+                self.report.notes.append(f"the start was not prepared ahead: {exc}")
+        self.dst.call("receive_start", self.name)
 
     def choose_send(self, storage: str) -> None:
         """btrfs send/receive when the root goes straight between two btrfs hosts; what a
@@ -327,6 +360,7 @@ def move_guest(
         try:
             _finish(move, stopped_at)
         finally:
+            move.disarm()
             move.close_direct()  # after the start: not in the time the guest is stopped
         store.drop_relay(name)
     report.seconds = time.monotonic() - started
@@ -397,6 +431,8 @@ def _transfer(
                 if moved <= SETTLED_BYTES or (previous is not None and moved >= previous):
                     break
                 previous = moved
+        if stage == EARLY and running:
+            move.arm()  # while it runs: the slaves' side of the stopped window, made ready
         journal.at("hold")
         src.call("move_hold", name, dst.host)
         journal.at("stop")
@@ -412,6 +448,7 @@ def _transfer(
         move.verify(view, conf_dir)
         move.drop_view()
     except VSError as exc:
+        move.disarm()
         move.drop_view()
         move.drop_sent()
         move.close_direct()
@@ -481,12 +518,13 @@ def _finish(move: _Move, stopped_at: float | None) -> None:
         # Stopped by this run: committed and started in one call, for the clock is running.
         journal.at("start")
         try:
-            dst.call("receive_start", name)
+            move.start_at_destination()
         except VSError as exc:
             if not _committed(dst, name):
                 raise
             _undo_commit(move, exc)
     else:
+        move.disarm()
         dst.call("receive_commit", name)
         journal.at("start")
         if report.running and not dst.call("guest_facts", name).get("running"):

@@ -9,6 +9,7 @@ slaves (vs-fonctions); the master only passes public keys, an address and a host
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import functools
 import os
@@ -17,6 +18,8 @@ import shlex
 import shutil
 import socket
 import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,11 +32,12 @@ from vstools.host.fsutil import atomic_write
 from vstools.host.hostconfig import HostConfig
 from vstools.host.jail import check_data_dir, enter_jail
 from vstools.host.rsync_server import check_server_command, exec_server, jail_scratch
-from vstools.host.run import run
+from vstools.host.run import run, spawn, stop
 from vstools.host.ssh import (
     RSYNC_VANISHED,
     SshOptions,
     build_rsync_argv,
+    build_ssh_master_argv,
     keygen_argv,
     parse_progress,
     run_argv,
@@ -152,7 +156,9 @@ def push_revoke(host: HostConfig, name: str) -> str:
     return name
 
 
-def push_copy(host: HostConfig, name: str, what: str, options: dict[str, Any]) -> dict[str, Any]:
+def push_copy(
+    host: HostConfig, name: str, what: str, options: dict[str, Any], *, mux: str | None = None
+) -> dict[str, Any]:
     """On the source: rsync ``name``'s root and/or configuration (``what``: a comma-separated
     list of ``root``, ``snapshot:TAG`` (the root, read from a snapshot), ``conf``) to its
     receiving places at the destination, with the copy key, in one call. ``options``:
@@ -162,8 +168,9 @@ def push_copy(host: HostConfig, name: str, what: str, options: dict[str, Any]) -
     though their size and time were the same are counted as ``repaired``), ``dry_run`` (list
     what differs, change nothing). Returns rsync's exit status (the first that failed), the
     bytes moved, the differences listed and the reason of a failure: the master decides (255:
-    this host cannot reach the destination)."""
-    target, ssh = copy_ssh(host, name, options)
+    this host cannot reach the destination). ``mux``: the socket of a connection to the
+    destination opened before (push_connection), which each rsync's ssh reuses."""
+    target, ssh = copy_ssh(host, name, options, mux=mux)
     directory = _key_dir(host, name)
     dry, checksum = bool(options.get("dry_run")), bool(options.get("checksum"))
     extra = ["--checksum", "--itemize-changes"] if dry or checksum else []
@@ -201,9 +208,12 @@ def push_copy(host: HostConfig, name: str, what: str, options: dict[str, Any]) -
     return answer
 
 
-def copy_ssh(host: HostConfig, name: str, options: dict[str, Any]) -> tuple[str, SshOptions]:
+def copy_ssh(
+    host: HostConfig, name: str, options: dict[str, Any], *, mux: str | None = None
+) -> tuple[str, SshOptions]:
     """On the source: the destination's address and how to reach it with the copy key (its
-    host key checked by its alias, from the lines the master passed)."""
+    host key checked by its alias, from the lines the master passed), through the connection
+    at ``mux`` when there is one."""
     target, known_hosts = check_host(str(options["target"])), str(options["known_hosts"])
     directory = _key_dir(host, name)
     if not (directory / "key").is_file():
@@ -213,8 +223,31 @@ def copy_ssh(host: HostConfig, name: str, options: dict[str, Any]) -> tuple[str,
                      connect_timeout_s=host.settings.ssh_timeout_s,
                      alive_interval_s=max(1, host.settings.ssh_timeout_s // 3),
                      port=int(options.get("port", 22)),
-                     host_key_alias=check_host(str(options["alias"])))  # fmt: skip
+                     host_key_alias=check_host(str(options["alias"])),
+                     mux_socket=mux)  # fmt: skip
     return target, ssh
+
+
+@contextlib.contextmanager
+def push_connection(host: HostConfig, name: str, options: dict[str, Any]) -> Iterator[str | None]:
+    """On the source: one SSH connection to the destination with the copy key, held open for
+    the block (an ssh in the foreground, stopped by its PID at the end, and by the kernel if
+    this process dies first); the socket through which the pushes' ssh reuse it (in the key's
+    directory, which a jailed rsync keeps), or None when it could not be opened (each ssh then
+    connects on its own, as without it). A move opens it before the guest stops: the final
+    pass then makes no SSH handshake while the guest is down."""
+    target, ssh = copy_ssh(host, name, options)
+    socket_path = _key_dir(host, name) / f"mux-{os.getpid()}"
+    socket_path.unlink(missing_ok=True)
+    master = spawn(build_ssh_master_argv(ssh, target, str(socket_path)), die_with_parent=True)
+    try:
+        deadline = time.monotonic() + ssh.connect_timeout_s + 1
+        while not socket_path.exists() and master.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        yield str(socket_path) if socket_path.exists() and master.poll() is None else None
+    finally:
+        stop(master)
+        socket_path.unlink(missing_ok=True)
 
 
 def _ssh_needs(key_dir: Path) -> tuple[str, ...]:
