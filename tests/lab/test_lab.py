@@ -21,6 +21,7 @@ INNER_TESTS = (
     "tests/lab/test_inside_cgroup2.py",
     "tests/lab/test_inside_vlan.py",
     "tests/lab/test_inside_lvm.py",
+    "tests/lab/test_inside_pool_lvm.py",
 )
 
 
