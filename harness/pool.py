@@ -18,7 +18,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -59,7 +59,7 @@ PrintMotd no
 LogLevel ERROR
 ClientAliveInterval 5
 ClientAliveCountMax 2
-SetEnv PATH={path} VS_NO_SYSTEMD=1
+SetEnv PATH={path} VS_NO_SYSTEMD=1{setenv}
 """
 
 # Run inside the host's new mount namespace (private propagation), then becomes its sshd.
@@ -91,6 +91,7 @@ class PoolHost:
     base: Path
     cgroup_parent: str
     sshd: subprocess.Popen[bytes] | None = None
+    setenv: dict[str, str] = field(default_factory=dict)  # sshd's SetEnv beyond PATH
 
     @property
     def pid(self) -> int:
@@ -110,7 +111,8 @@ class PoolHost:
     ) -> subprocess.CompletedProcess[str]:
         """Run a command on this host as its sshd's sessions do: its namespaces, default paths,
         the session's PATH (the vs-* commands)."""
-        env = {"PATH": SESSION_PATH, "VS_NO_SYSTEMD": "1", "HOME": "/root", "LANG": "C.UTF-8"}
+        env = {"PATH": SESSION_PATH, "VS_NO_SYSTEMD": "1", "HOME": "/root", "LANG": "C.UTF-8",
+               **self.setenv}  # fmt: skip
         result = subprocess.run(
             ["nsenter", f"--target={self.pid}", "--mount", "--net", "--", *argv],
             env=env,
@@ -169,13 +171,21 @@ def _keygen(path: Path) -> str:
 
 
 def _make_host(
-    name: str, index: int, top: Path, prefix: str, *, bridge_ns: str, hosts_lines: str
+    name: str,
+    index: int,
+    top: Path,
+    prefix: str,
+    *,
+    bridge_ns: str,
+    hosts_lines: str,
+    setenv: Mapping[str, str],
 ) -> PoolHost:
     base = top / name
     for sub in ("etc", "guests", "roots", "state", "ssh", "etc-up", "etc-work", "lib-up",
                 "lib-work"):  # fmt: skip
         (base / sub).mkdir(parents=True)
-    host = PoolHost(name, address_of(name), f"{prefix}-{name}", base, f"{prefix}-{name}")
+    host = PoolHost(name, address_of(name), f"{prefix}-{name}", base, f"{prefix}-{name}",
+                    setenv=dict(setenv))  # fmt: skip
     subprocess.run(["ip", "netns", "add", host.netns], check=True, capture_output=True)
     _ip(bridge_ns, "link", "add", f"p{index}", "type", "veth", "peer", "name", "eth0", "netns",
         host.netns)  # fmt: skip
@@ -185,8 +195,9 @@ def _make_host(
     _ip(host.netns, "link", "set", "eth0", "up")
     _keygen(base / "ssh" / "host_ed25519")
     (base / "ssh" / "authorized_keys").write_text("")
+    extra = "".join(f" {key}={value}" for key, value in setenv.items())
     (base / "ssh" / "sshd_config").write_text(
-        SSHD_CONFIG.format(ip=host.ip, base=base, path=SESSION_PATH)
+        SSHD_CONFIG.format(ip=host.ip, base=base, path=SESSION_PATH, setenv=extra)
     )
     (base / "hosts").write_text(hosts_lines)
     (base / "etc" / "vs-tools.conf").write_text(
@@ -206,7 +217,9 @@ def _start_sshd(host: PoolHost) -> None:
     )  # fmt: skip
 
 
-def _wait_listening(host: PoolHost, timeout_s: float = 10) -> None:
+def _wait_listening(host: PoolHost, timeout_s: float = 60) -> None:
+    # Natively an sshd listens within a second; in the VM lab (TCG), four starting at once
+    # take over 10 s. A dead one is seen at once, so the bound costs only a hung start.
     deadline = time.monotonic() + timeout_s
     while True:
         result = subprocess.run(
@@ -246,7 +259,8 @@ def stop_guests(host: PoolHost) -> None:
     deadline = time.monotonic() + 15
     while any(host.state(n) for n in host.guests()) and time.monotonic() < deadline:
         time.sleep(0.05)
-    for hierarchy in Path("/sys/fs/cgroup").iterdir():
+    # Each v1 hierarchy, and the one tree of a cgroup v2 host (the VM lab): /sys/fs/cgroup/<parent>.
+    for hierarchy in (Path("/sys/fs/cgroup"), *Path("/sys/fs/cgroup").iterdir()):
         remove_tree(hierarchy / host.cgroup_parent)
 
 
@@ -268,9 +282,16 @@ def wipe(host: PoolHost) -> None:
 
 
 @contextlib.contextmanager
-def pool_up(top: Path, run_prefix: str, slaves: Sequence[str] = SLAVES) -> Iterator[Pool]:
+def pool_up(
+    top: Path,
+    run_prefix: str,
+    slaves: Sequence[str] = SLAVES,
+    *,
+    setenv: Mapping[str, str] | None = None,
+) -> Iterator[Pool]:
     """The master and ``slaves`` under ``top``, named after ``run_prefix`` (``vst``...);
-    everything removed when the block ends, also on failure."""
+    ``setenv``: more variables for every session on them (sshd's SetEnv, and ``PoolHost.run``).
+    Everything removed when the block ends, also on failure."""
     bridge_ns = f"{run_prefix}-pbr"
     subprocess.run(["ip", "netns", "add", bridge_ns], check=True, capture_output=True)
     made: list[PoolHost] = []
@@ -278,12 +299,9 @@ def pool_up(top: Path, run_prefix: str, slaves: Sequence[str] = SLAVES) -> Itera
         _ip(bridge_ns, "link", "add", "br0", "type", "bridge")
         _ip(bridge_ns, "link", "set", "br0", "up")
         hosts_lines = "".join(f"{address_of(n)} {n}\n" for n in (MASTER, *slaves))
+        wiring = {"bridge_ns": bridge_ns, "hosts_lines": hosts_lines}
         for index, name in enumerate((MASTER, *slaves)):
-            made.append(
-                _make_host(
-                    name, index, top, run_prefix, bridge_ns=bridge_ns, hosts_lines=hosts_lines
-                )
-            )
+            made.append(_make_host(name, index, top, run_prefix, **wiring, setenv=setenv or {}))
         master = made[0]
         master_key = _keygen(master.base / "etc" / "pool_key")
         known = []
@@ -354,3 +372,42 @@ def on_btrfs(host: PoolHost, image: Path) -> Iterator[PoolHost]:
     finally:
         subprocess.run(["losetup", "--detach", device], check=False)
         image.unlink()
+
+
+@contextlib.contextmanager
+def on_lvm(host: PoolHost, image: Path, vg: str, *, size_mb: int = 256) -> Iterator[PoolHost]:
+    """``host`` with STORAGE=lvm: a volume group ``vg`` of its own on a loop device of a sparse
+    ``image`` of ``size_mb``, ext4 volumes, snapshots of 16 MB. Needs device-mapper (the VM
+    lab) and, where no udev runs, DM_DISABLE_UDEV=1 in the host's sessions (pool_up's
+    ``setenv``). The group, the loop device and the image are removed when the block ends,
+    also on failure, after the host's guests are stopped and its volumes unmounted."""
+    env = {**os.environ, **host.setenv}
+
+    def lvm(*argv: str, check: bool = True) -> None:
+        subprocess.run(argv, env=env, check=check, capture_output=True)
+
+    with open(image, "wb") as handle:
+        handle.truncate(size_mb << 20)
+    device = subprocess.run(["losetup", "--find", "--show", str(image)], check=True,
+                            capture_output=True, text=True).stdout.strip()  # fmt: skip
+    create = host.base / "etc" / "create.conf"
+    before = create.read_text() if create.exists() else None
+    try:
+        lvm("pvcreate", "-q", device)
+        lvm("vgcreate", "-q", vg, device)
+        with open(create, "a") as handle:
+            handle.write(f"STORAGE=lvm\nLVM_VG={vg}\nLVM_FS=ext4\nSNAPSHOT_SIZE=16\n")
+        yield host
+    finally:
+        stop_guests(host)
+        # The volumes are mounted in the host's own mount namespace: unmounted there.
+        mounted = host.run("findmnt", "-rn", "-o", "TARGET", check=False).stdout.split()
+        for target in reversed(mounted):
+            if target.startswith("/var/lib/vservers/"):
+                host.run("umount", "--lazy", target, check=False)
+        lvm("vgremove", "-ff", "-y", vg, check=False)
+        lvm("pvremove", "-ff", "-y", device, check=False)
+        subprocess.run(["losetup", "--detach", device], check=False)
+        image.unlink()
+        if before is not None:
+            create.write_text(before)

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.guests import Lan, named_netns
+from tests.guests import Lan
 from tests.pool.test_copy import _create
-from tests.poolhosts import Pool, stop_guests
+from tests.poolhosts import Pool, pool_lan
 
 pytestmark = [pytest.mark.privileged, pytest.mark.e2e]
 
@@ -29,41 +29,10 @@ def _ip(netns: str, *argv: str) -> str:
 
 @pytest.fixture
 def lan(pool: Pool, net_probe_binary: Path, run_prefix: str) -> Iterator[Lan]:
-    """A second bridge, the guests' LAN: the gateway's namespace and the uplink up0 of vsh-01
-    and vsh-02, which route their guests there (NETWORK=routed)."""
-    bridge = pool.bridge_ns
-    _ip(bridge, "link", "add", "lanbr", "type", "bridge")
-    _ip(bridge, "link", "set", "lanbr", "up")
-    with named_netns(f"{run_prefix}-plan") as lan_ns:
-        try:
-            _ip(bridge, "link", "add", "q0", "type", "veth", "peer", "name", "lan0", "netns",
-                lan_ns)  # fmt: skip
-            _ip(lan_ns, "addr", "add", "198.51.100.1/24", "dev", "lan0")
-            _ip(lan_ns, "link", "set", "lan0", "up")
-            _ip(bridge, "link", "set", "q0", "master", "lanbr", "up")
-            for index, (name, address) in enumerate(SLAVES.items(), start=1):
-                host = pool.slave(name)
-                _ip(bridge, "link", "add", f"q{index}", "type", "veth", "peer", "name", "up0",
-                    "netns", host.netns)  # fmt: skip
-                _ip(bridge, "link", "set", f"q{index}", "master", "lanbr", "up")
-                _ip(host.netns, "addr", "add", f"{address}/24", "dev", "up0")
-                _ip(host.netns, "link", "set", "up0", "up")
-                etc = host.base / "etc"
-                (etc / "networks.conf").write_text("0,198.51.100.0/24,198.51.100.1\n")
-                with open(etc / "create.conf", "a") as create:
-                    create.write("DEFAULT_DEVICE=up0\n")
-                settings = etc / "vs-tools.conf"
-                settings.write_text(settings.read_text().replace("NETWORK=none", "NETWORK=routed"))
-            gateway = Lan(lan_ns, net_probe_binary)
-            yield gateway
-        finally:
-            for name in SLAVES:
-                stop_guests(pool.slave(name))
-            for index in range(len(SLAVES) + 1):
-                subprocess.run(["ip", "-n", bridge, "link", "del", f"q{index}"], check=False,
-                               capture_output=True)  # fmt: skip
-            subprocess.run(["ip", "-n", bridge, "link", "del", "lanbr"], check=False,
-                           capture_output=True)  # fmt: skip
+    """The guests' LAN: the gateway's namespace and the uplink up0 of vsh-01 and vsh-02, which
+    route their guests there (NETWORK=routed)."""
+    with pool_lan(pool, net_probe_binary, f"{run_prefix}-plan", SLAVES) as gateway:
+        yield gateway
 
 
 def _mac(netns: str, link: str) -> str:
