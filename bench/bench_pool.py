@@ -34,6 +34,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness.pool import Pool, PoolHost, address_of, on_btrfs, pool_up, slave_names, stop_guests
@@ -189,43 +190,77 @@ def _raw_move(pool: Pool, src: str, dst: str) -> tuple[float, float]:
     return stopped, shutdown
 
 
-def bench_move(pool: Pool, rounds: int, size: int, before: str | None = None) -> None:
-    print(f"\nvs-move of {GUEST} ({size / 1e6:.0f} MB, running, 1% of files rewritten each second):"
-          " time stopped")  # fmt: skip
-    # The raw way needs trust from slave to slave: the pool key, for the benchmark only.
-    for name in ("vsh-01", "vsh-02"):
+@dataclass
+class Moves:
+    """A benchmark's moves, round after round (``alternate``): the stopped times of each
+    vs-move, of the relayed move, of the raw way, and the guest's own shutdowns."""
+
+    ours: dict[str, list[float]]
+    relayed: list[float] = field(default_factory=list)
+    raw: list[float] = field(default_factory=list)
+    shutdowns: list[float] = field(default_factory=list)
+    notes: set[str] = field(default_factory=set)
+    at: str = ""  # where the guest is at the end
+
+    def report(self, ours_label: str, raw_label: str, before: str | None) -> None:
+        base = statistics.median(self.raw)
+        _line(raw_label, self.raw)
+        _line(ours_label, self.ours["vs-move"], base)
+        if before:
+            _line("  the same, --before's vs-move", self.ours[f"{before}/vs-move"], base)
+        if self.relayed:
+            _line("vs-move, relayed through the master", self.relayed, base)
+        _line("(the guest's own shutdown, apart)", self.shutdowns)
+        _goal(base, statistics.median(self.ours["vs-move"]), statistics.median(self.shutdowns))
+        for note in sorted(self.notes):
+            print(f"  {note}")
+
+
+def alternate(
+    pool: Pool,
+    slaves: tuple[str, str],
+    rounds: int,
+    raw_move: Callable[[Pool, str, str], tuple[float, float]],
+    *,
+    before: str | None,
+    relay: bool,
+) -> Moves:
+    """Each round, the guest going back and forth between ``slaves`` (where it is first): each
+    vs-move (this tree's, and --before's, in turn), the relayed move when ``relay``, then the
+    raw way. The raw way needs trust from slave to slave: the pool key, for the benchmark only."""
+    for name in slaves:
         etc = pool.slave(name).base / "etc"
         shutil.copy2(pool.master.base / "etc" / "pool_key", etc / "bench_key")
         shutil.copy2(pool.master.base / "etc" / "known_hosts", etc / "known_hosts")
-    at, away = "vsh-01", "vsh-02"  # where the guest is, and the other slave
+    at, away = slaves
     programs = ["vs-move", *([f"{before}/vs-move"] if before else [])]
-    straight: dict[str, list[float]] = {program: [] for program in programs}
-    relayed, raw, shutdowns = [], [], []
-    notes = set()
+    moves = Moves({program: [] for program in programs})
     for index in range(rounds):
         for program in _in_turn(programs, index):
             stopped, how = _vs_move(pool, at, away, program)
-            straight[program].append(stopped)
-            notes.add(how)
+            moves.ours[program].append(stopped)
+            moves.notes.add(how)
             at, away = away, at
-        stopped, how = _relayed_move(pool, at, away)
-        relayed.append(stopped)
-        notes.add(how)
+        if relay:
+            stopped, how = _relayed_move(pool, at, away)
+            moves.relayed.append(stopped)
+            moves.notes.add(how)
+            at, away = away, at
+        stopped, shutdown = raw_move(pool, at, away)
+        moves.raw.append(stopped)
+        moves.shutdowns.append(shutdown)
         at, away = away, at
-        stopped, shutdown = _raw_move(pool, at, away)
-        raw.append(stopped)
-        shutdowns.append(shutdown)
-        at, away = away, at
-    base = statistics.median(raw)
-    _line("raw: rsync pass, stop, final rsync, start", raw)
-    _line("vs-move, straight from slave to slave", straight["vs-move"], base)
-    if before:
-        _line("  the same, --before's vs-move", straight[f"{before}/vs-move"], base)
-    _line("vs-move, relayed through the master", relayed, base)
-    _line("(the guest's own shutdown, apart)", shutdowns)
-    _goal(base, statistics.median(straight["vs-move"]), statistics.median(shutdowns))
-    for note in sorted(notes):
-        print(f"  {note}")
+    moves.at = at
+    return moves
+
+
+def bench_move(pool: Pool, rounds: int, size: int, before: str | None = None) -> None:
+    print(f"\nvs-move of {GUEST} ({size / 1e6:.0f} MB, running, 1% of files rewritten each second):"
+          " time stopped")  # fmt: skip
+    moves = alternate(pool, ("vsh-01", "vsh-02"), rounds, _raw_move, before=before, relay=True)
+    moves.report(
+        "vs-move, straight from slave to slave", "raw: rsync pass, stop, final rsync, start", before
+    )
 
 
 def _goal(raw_s: float, ours_s: float, shutdown_s: float) -> None:
@@ -277,39 +312,15 @@ def bench_move_btrfs(
         on_btrfs(pool.slave("vsh-02"), work / f"{PREFIX}-2.img"),
         on_btrfs(pool.slave("vsh-03"), work / f"{PREFIX}-3.img"),
     ):
-        for name in ("vsh-02", "vsh-03"):
-            etc = pool.slave(name).base / "etc"
-            shutil.copy2(pool.master.base / "etc" / "pool_key", etc / "bench_key")
-            shutil.copy2(pool.master.base / "etc" / "known_hosts", etc / "known_hosts")
         host = pool.slave("vsh-02")
         size = make_guest(host, files, megabytes, host.inside(f"/var/lib/vservers/{GUEST}"))
         host.run("vs-control", "--name", GUEST, "--start")
         print(f"\nvs-move of {GUEST} ({size / 1e6:.0f} MB, running, 1% of files rewritten each"
               " second) between two btrfs slaves: time stopped")  # fmt: skip
-        at, away = "vsh-02", "vsh-03"
-        programs = ["vs-move", *([f"{before}/vs-move"] if before else [])]
-        ours: dict[str, list[float]] = {program: [] for program in programs}
-        raw, shutdowns, notes = [], [], set()
-        for index in range(rounds):
-            for program in _in_turn(programs, index):
-                stopped, how = _vs_move(pool, at, away, program)
-                ours[program].append(stopped)
-                notes.add(how)
-                at, away = away, at
-            stopped, shutdown = _raw_send(pool, at, away)
-            raw.append(stopped)
-            shutdowns.append(shutdown)
-            at, away = away, at
-        base = statistics.median(raw)
-        _line("raw: btrfs send, stop, send -p, snapshot, start", raw)
-        _line("vs-move, btrfs send/receive, checked", ours["vs-move"], base)
-        if before:
-            _line("  the same, --before's vs-move", ours[f"{before}/vs-move"], base)
-        _line("(the guest's own shutdown, apart)", shutdowns)
-        _goal(base, statistics.median(ours["vs-move"]), statistics.median(shutdowns))
-        for note in sorted(notes):
-            print(f"  {note}")
-        stop_guests(pool.slave(at))
+        moves = alternate(pool, ("vsh-02", "vsh-03"), rounds, _raw_send, before=before, relay=False)
+        moves.report("vs-move, btrfs send/receive, checked",
+                     "raw: btrfs send, stop, send -p, snapshot, start", before)  # fmt: skip
+        stop_guests(pool.slave(moves.at))
 
 
 def main() -> None:
