@@ -179,9 +179,13 @@ def _receive_commit(env: Env, name: str) -> dict[str, str]:
 def _receive_start(env: Env, name: str) -> dict[str, str]:
     """receive_commit, then start the guest as vs-control --start does, in one process: the
     end of a move, while the guest is stopped, costs one program start here, not two."""
-    from vstools.guest.start import start_guest  # the runtime's imports, for this one only
+    return _commit_and_start(HostConfig.load(env), name)
 
-    host = HostConfig.load(env)
+
+def _commit_and_start(host: HostConfig, name: str) -> dict[str, str]:
+    """receive_commit, then start the guest as vs-control --start does."""
+    from vstools.guest.start import start_guest  # the runtime's imports, for these only
+
     placed = receive_commit(host, name)
     with operation(f"vs-control --start {name}"):
         start_guest(host, name, foreground=False)
@@ -192,7 +196,7 @@ def _receive_start_armed(env: Env, name: str) -> dict[str, Any]:
     """receive_start armed before the guest stops at its source (Remote.arm): this program
     started, the runtime imported and the host's files read ahead; the commit and the start
     only on the master's word (sent once the final pass is verified), nothing otherwise."""
-    from vstools.guest.start import start_guest  # the runtime's imports, for this one only
+    import vstools.guest.start  # noqa: F401 - the runtime's imports, made now
 
     host = HostConfig.load(env)
     host.create()  # read now, while the guest still runs at its source
@@ -203,10 +207,7 @@ def _receive_start_armed(env: Env, name: str) -> dict[str, Any]:
         return {"cancelled": True}
     if words:
         raise UsageError(f"receive_start_armed: go {' '.join(words)}? (go alone)")
-    placed = receive_commit(host, name)
-    with operation(f"vs-control --start {name}"):
-        start_guest(host, name, foreground=False)
-    return placed
+    return _commit_and_start(host, name)
 
 
 def _receive_abort(env: Env, name: str) -> str:
