@@ -284,6 +284,7 @@ KV_VALUES: dict[str, st.SearchStrategy[str]] = {
     "MONITOR_REPEAT": VALUES["count"],
     "STOP_TIMEOUT": st.integers(1, 600).map(str),
     "SSH_TIMEOUT": st.integers(1, 600).map(str),
+    "SSH_CALL_TIMEOUT": st.integers(1, 86400).map(str),
     "PKG_TIMEOUT": st.integers(1, 86400).map(str),
     "PKG_PROXY_ADDRESS": st.sampled_from(["169.254.80.1", "169.254.0.9"]),
     "PKG_CACHE": st.sampled_from(["none", "apt-cacher-ng"]),

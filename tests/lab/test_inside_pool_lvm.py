@@ -63,6 +63,10 @@ def lvm_pool(
     with contextlib.ExitStack() as stack:
         hosts = stack.enter_context(btrfs_loop(top, run_prefix))
         pool = stack.enter_context(pool_up(hosts, run_prefix, setenv=LVM_ENV))
+        with open(pool.master.base / "etc" / "vs-tools.conf", "a") as conf:
+            # A step here (an lvcreate and mkfs, a Python start) runs under TCG, niced, beside
+            # the whole foreground suite: several times slower than a real slave.
+            conf.write("SSH_CALL_TIMEOUT=900\n")
         vgs = {}
         for name in ("vsh-02", "vsh-03"):
             vgs[name] = f"{run_prefix}vg{name[-1]}"

@@ -294,3 +294,24 @@ def test_a_source_that_cannot_reach_the_destination_relays_and_says_why(pool: Po
     assert "relayed through the master (no straight path from vsh-01 to vsh-02" in moved.stderr
     assert pool.slave("vsh-02").guests() == ["web"]
     assert "vs-tools-push" not in _authorized(pool.slave("vsh-02"))
+
+
+def test_a_bandwidth_limit_holds_and_a_long_copy_outlasts_the_step_timeout(pool: Pool) -> None:
+    """bwlimit= of slaves.conf slows the straight copy to it, and a pass that takes longer than
+    SSH_CALL_TIMEOUT is not cut: only the steps around it are bounded (stop 22's CI: the LVM
+    move's first pass was killed at 120 s, the call bound, under a slow VM)."""
+    one, two = pool.slave("vsh-01"), pool.slave("vsh-02")
+    source = _create(one)
+    data = os.urandom(4 << 20)
+    (source / "root" / "data").write_bytes(data)
+    (pool.master.base / "etc" / "slaves.conf").write_text("vsh-01:bwlimit=512k\nvsh-02\nvsh-03\n")
+    with open(pool.master.base / "etc" / "vs-tools.conf", "a") as conf:
+        conf.write("SSH_CALL_TIMEOUT=5\n")
+    began = time.monotonic()
+    moved = pool.master.run("vs-move", "--name", "web", "--dst_host", "vsh-02")
+    took = time.monotonic() - began
+    assert "straight from vsh-01 to vsh-02" in moved.stderr, moved.stderr
+    # 4 MiB at 512 KiB/s: 8 s of copy at least (rsync may run ahead by its burst, not more).
+    assert took >= 6.5, (took, moved.stderr)
+    assert (two.base / "roots" / "web" / "root" / "data").read_bytes() == data
+    assert one.guests() == [] and two.guests() == ["web"]

@@ -97,6 +97,10 @@ def _ssh_timeout(text: str) -> int:
     return parse_uint(text, minimum=1, maximum=600, what="timeout in seconds")
 
 
+def _call_timeout(text: str) -> int:
+    return parse_uint(text, minimum=1, maximum=86400, what="timeout in seconds")
+
+
 @dataclass(frozen=True, kw_only=True)
 class Settings(KeyValueFile):
     """vs-tools.conf's model: the host's paths and global switches."""
@@ -119,6 +123,7 @@ class Settings(KeyValueFile):
     ssh_key: str | None = None
     ssh_known_hosts: str | None = None
     ssh_timeout_s: int = 10
+    ssh_call_timeout_s: int = 120
     ssh_authorized_keys: str = "/root/.ssh/authorized_keys"
     backup_dir: str | None = None
     backup_keep: int = 7
@@ -173,6 +178,12 @@ class Settings(KeyValueFile):
             "ssh_timeout_s",
             _ssh_timeout,
             doc="seconds to reach a slave before it counts as unreachable",
+        ),
+        Field(
+            "SSH_CALL_TIMEOUT",
+            "ssh_call_timeout_s",
+            _call_timeout,
+            doc="seconds a slave may take to answer one step (not a copy, which is not bounded)",
         ),
         Field(
             "SSH_AUTHORIZED_KEYS",

@@ -11,6 +11,7 @@ is one string the remote shell splits: it is quoted word by word, never pasted."
 
 from __future__ import annotations
 
+import enum
 import json
 import logging
 import os
@@ -40,6 +41,15 @@ GO = "go"
 READY_TIMEOUT_S = 60.0  # an armed call not ready by then is given up (a fresh call is made)
 
 
+class Bound(enum.Enum):
+    """The timeout of a slave's step: SshOptions.call_timeout_s (SSH_CALL_TIMEOUT)."""
+
+    STEP = "step"
+
+
+STEP = Bound.STEP
+
+
 @dataclass(frozen=True, slots=True)
 class SshOptions:
     """How the master reaches its slaves: key, known_hosts file, connection reuse, timeouts."""
@@ -48,6 +58,7 @@ class SshOptions:
     known_hosts: str | None = None
     control_dir: Path | None = None  # ControlMaster sockets; None: no connection reuse
     connect_timeout_s: int = 10
+    call_timeout_s: float = 120.0  # a step on a slave (Remote.call); a copy is not bounded
     alive_interval_s: int = 5
     alive_count: int = 3  # keep-alives without an answer before ssh gives up
     config_file: str | None = None  # ssh -F; None: the usual ssh_config
@@ -129,6 +140,10 @@ class Unreachable(HostError):
     """ssh could not reach the slave (exit 255): down, refused, timed out, host key refused."""
 
 
+class TimedOut(HostError):
+    """A command (ssh, rsync) did not finish within its timeout; it was killed."""
+
+
 class RemoteError(VSError):
     """The slave's vs-fonctions failed: its message, with its own exit code."""
 
@@ -197,7 +212,7 @@ def run_argv(
             **jailed,
         )
     except sh.TimeoutException:
-        raise HostError(f"{shlex.join(argv[:1])} did not finish within {timeout_s} s") from None
+        raise TimedOut(f"{shlex.join(argv[:1])} did not finish within {timeout_s:g} s") from None
     except sh.CommandNotFound:
         raise HostError(f"{argv[0]} is not installed") from None
     stderr = process.stderr
@@ -217,13 +232,21 @@ class Remote:
         argv: Sequence[str],
         *,
         input: str | None = None,
-        timeout_s: float | None = 120.0,
+        timeout_s: float | Bound | None = STEP,
         check: bool = True,
     ) -> Done:
-        """Run ``argv`` on the slave. Unreachable when ssh could not get there; with ``check``,
+        """Run ``argv`` on the slave, within ``timeout_s`` (STEP: SSH_CALL_TIMEOUT; None: no
+        bound, for a copy, whose link ssh's keep-alives watch). Unreachable when ssh could not
+        get there, TimedOut naming the command when it took too long; with ``check``,
         CommandError when the command failed."""
-        done = run_argv(build_ssh_argv(self.options, self.host, argv), input=input,
-                        timeout_s=timeout_s)  # fmt: skip
+        bound = self.options.call_timeout_s if isinstance(timeout_s, Bound) else timeout_s
+        try:
+            done = run_argv(build_ssh_argv(self.options, self.host, argv), input=input,
+                            timeout_s=bound)  # fmt: skip
+        except TimedOut:
+            raise TimedOut(
+                f"{self.host}: {shlex.join(argv)} did not finish within {bound:g} s"
+            ) from None
         if done.code == SSH_FAILED:
             raise Unreachable(f"{self.host}: unreachable: {done.reason()}")
         if check and done.code != 0:
@@ -231,7 +254,11 @@ class Remote:
         return done
 
     def call(
-        self, function: str, *args: str, timeout_s: float | None = 120.0, input: str | None = None
+        self,
+        function: str,
+        *args: str,
+        timeout_s: float | Bound | None = STEP,
+        input: str | None = None,
     ) -> Any:
         """Call ``vs-fonctions --json FUNCTION ARGS`` on the slave, with the slave's own
         configuration (``input`` on its stdin): its result, or RemoteError with the slave's
@@ -322,7 +349,7 @@ class Armed:
         done = Done(self.process.returncode, (out or b"").decode(errors="replace"), self._stderr())
         self.errors.close()
         if out is None:
-            raise HostError(f"{self.remote.host}: {self.function} did not finish within"
+            raise TimedOut(f"{self.remote.host}: {self.function} did not finish within"
                             f" {timeout_s} s")  # fmt: skip
         if done.code == SSH_FAILED:
             raise Unreachable(f"{self.remote.host}: unreachable: {done.reason()}")

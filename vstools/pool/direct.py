@@ -123,7 +123,9 @@ class DirectPath:
         answer = self._armed("send", tag, *([parent] if parent else [])) if final else None
         if answer is None:
             options = json.dumps(self.options | {"final": final})
-            answer = self._reached(self.src.call("push_send", self.name, tag, parent, options))
+            answer = self._reached(
+                self.src.call("push_send", self.name, tag, parent, options, timeout_s=None)
+            )
         if answer["code"] != 0:
             raise HostError(
                 f"btrfs send from {self.src.host} to {self.dst.host} failed: {answer['reason']}"
@@ -146,8 +148,9 @@ class DirectPath:
 
     def _call(self, what: str, **flags: bool) -> dict[str, Any]:
         return self._reached(
-            self.src.call("push_copy", self.name, what, json.dumps(self.options | flags))
-        )
+            self.src.call("push_copy", self.name, what, json.dumps(self.options | flags),
+                          timeout_s=None)  # a copy: as long as it takes, ssh watching the link
+        )  # fmt: skip
 
     def _reached(self, answer: dict[str, Any]) -> dict[str, Any]:
         """``answer``, unless the source could not reach the destination: NoDirectPath when no

@@ -130,7 +130,7 @@ class _Move:
         armed, self.armed_start = self.armed_start, None
         if armed is not None:
             try:
-                armed.go(timeout_s=120.0)
+                armed.go(timeout_s=self.dst.options.call_timeout_s)
                 return
             except NotArmed as exc:
                 self.report.notes.append(f"the start was not prepared ahead: {exc}")

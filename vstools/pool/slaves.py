@@ -44,6 +44,7 @@ class Pool:
             known_hosts=host.settings.ssh_known_hosts,
             control_dir=control,
             connect_timeout_s=host.settings.ssh_timeout_s,
+            call_timeout_s=host.settings.ssh_call_timeout_s,
             # A slave that stops answering mid-copy is given up after about SSH_TIMEOUT too.
             alive_interval_s=max(1, host.settings.ssh_timeout_s // 3),
             alive_count=3,
