@@ -177,19 +177,31 @@ def vlan_down(host: Netns, registry: Registry, plan: NetPlan, *, exclude: str = 
 
 
 def route_up(host: Netns, plan: NetPlan) -> None:
-    """Turn on forwarding and proxy ARP, bring the veth up, route the guest's /32 to it (main
-    table and the network's), fill the network's table and add its policy rule."""
+    """The network's shared part, then the guest's own (network_up, own_route_up)."""
+    network_up(host, plan)
+    own_route_up(host, plan)
 
+
+def network_up(host: Netns, plan: NetPlan) -> None:
+    """What the guests of a network share, under the network lock: forwarding on, the
+    network's table (its subnet on the uplink, its default via the gateway) and its policy
+    rule. Each is made only when missing, so this is the same whoever comes first."""
     sysctl_write("net/ipv4/ip_forward", "1")
-    sysctl_write(f"net/ipv4/conf/{plan.veth}/proxy_arp", "1")
-    host.set_up(plan.veth)  # routes need the link up; the firewall is loaded already
-    for table in (MAIN_TABLE, plan.table):
-        host.route_replace(plan.host_route, plan.veth, table=table)
     host.route_replace(plan.network, plan.uplink, table=plan.table)
     host.route_replace(
         IPv4Network("0.0.0.0/0"), plan.uplink, table=plan.table, gateway=plan.gateway, onlink=True
     )
     host.rule_add(plan.network, plan.table, priority=plan.table)
+
+
+def own_route_up(host: Netns, plan: NetPlan) -> None:
+    """The guest's own part (its record keeps it its own; no lock needed): proxy ARP on its
+    veth, the veth up, its /32 routed to it (main table and the network's), proxy ARP for it
+    on the uplink, and an announcement."""
+    sysctl_write(f"net/ipv4/conf/{plan.veth}/proxy_arp", "1")
+    host.set_up(plan.veth)  # routes need the link up; the firewall is loaded already
+    for table in (MAIN_TABLE, plan.table):
+        host.route_replace(plan.host_route, plan.veth, table=table)
     host.proxy_add(plan.ip, plan.uplink)
     try:  # a guest that ran elsewhere a moment ago (vs-move): neighbours learn it is here
         host.announce(plan.ip, plan.uplink)
@@ -198,17 +210,26 @@ def route_up(host: Netns, plan: NetPlan) -> None:
 
 
 def route_down(host: Netns, registry: Registry, plan: NetPlan) -> None:
-    """The guest's own route and proxy ARP, unless another running guest has its address (a
-    stop never removes what another guest owns); the network's rule and table when no other
-    running guest is in that network."""
+    """The guest's own part, then the network's shared one (own_route_down, network_down)."""
+    own_route_down(host, registry, plan)
+    network_down(host, registry, plan)
 
+
+def own_route_down(host: Netns, registry: Registry, plan: NetPlan) -> None:
+    """The guest's own route and proxy ARP, unless another running guest has its address (a
+    stop never removes what another guest owns)."""
     owner = registry.user_of("ip", str(plan.ip), exclude=plan.name)
     if owner is not None:
         log.warning("route and proxy ARP of %s kept: the running guest %s has it", plan.ip, owner)
-    else:
-        host.proxy_delete(plan.ip, plan.uplink)
-        for table in (MAIN_TABLE, plan.table):
-            host.route_delete(plan.host_route, table=table)
+        return
+    host.proxy_delete(plan.ip, plan.uplink)
+    for table in (MAIN_TABLE, plan.table):
+        host.route_delete(plan.host_route, table=table)
+
+
+def network_down(host: Netns, registry: Registry, plan: NetPlan) -> None:
+    """Under the network lock: the network's rule and table, when no other running guest is
+    in that network."""
     if registry.network_in_use(plan):
         log.info("network %s kept: another running guest is in it", plan.network)
         return
@@ -248,15 +269,32 @@ def attach(
     unload_firewall: Callable[[], None],
 ) -> None:
     """Wire a starting guest (its init waits for the go): every step or none. The firewall is
-    loaded before any link comes up (catalogue F15)."""
+    loaded before any link comes up (catalogue F15).
 
-    with (
-        registry.locked(f"attach {plan.name}"),
-        Netns() as host,
-        Netns(pid=init_pid) as guest,  # one socket per namespace, for every step
-    ):
-        check_attachable(host, registry, plan)
+    Only what guests share is done under the host-wide network lock, each step taking it: the
+    check that the address and interface are nobody else's with the record that makes them
+    this guest's (one hold), the uplink, the network's table and rule. The guest's own veth,
+    address, firewall and routes follow outside it (the firewall has its own lock), so starts
+    in parallel overlap (``--all --start``): its record, written first, keeps them its own
+    and keeps a stopping guest from tearing the network down under it."""
+
+    with Netns() as host, Netns(pid=init_pid) as guest:  # one socket per namespace
         created: list[bool] = []
+
+        def held(action: Callable[[], None], what: str) -> Callable[[], None]:
+            """``action`` under the network lock."""
+
+            def run() -> None:
+                with registry.locked(f"{what} {plan.name}"):
+                    action()
+
+            return run
+
+        def claim() -> None:
+            """Refuse what a running guest has, then record this guest as a user: first, so
+            that whatever is done is known if this process is killed halfway."""
+            check_attachable(host, registry, plan)
+            registry.record(plan, init_pid)
 
         def uplink_up() -> None:
             """Bring the uplink up, remembering whether this created it."""
@@ -267,14 +305,25 @@ def attach(
             if created and created[0]:
                 vlan_down(host, registry, plan, exclude=plan.name)
 
+        def unclaim() -> None:
+            registry.forget(plan.name)
+
         steps = [
-            # First, so that whatever is done is known if this process is killed halfway.
             Step(
                 f"record {plan.name} as a user of {plan.network}",
-                lambda: registry.record(plan, init_pid),
-                lambda: registry.forget(plan.name),
+                held(claim, "attach"),
+                held(unclaim, "attach undo"),
             ),
-            Step(f"uplink {plan.uplink} up", uplink_up, uplink_undo),
+            Step(
+                f"uplink {plan.uplink} up",
+                held(uplink_up, "attach"),
+                held(uplink_undo, "attach undo"),
+            ),
+            Step(
+                f"rule from {plan.network} lookup {plan.table}, its table",
+                held(lambda: network_up(host, plan), "attach"),
+                held(lambda: network_down(host, registry, plan), "attach undo"),
+            ),
             Step(
                 f"veth {plan.veth} on the host, {GUEST_IFNAME} inside {plan.name}",
                 lambda: host.add_veth_into(plan.veth, init_pid, GUEST_IFNAME, plan.mtu),
@@ -286,10 +335,9 @@ def attach(
             ),
             Step(f"firewall of {plan.name} loaded", load_firewall, unload_firewall),
             Step(
-                f"{plan.veth} up, route {plan.ip}/32 via it, proxy ARP on {plan.uplink},"
-                f" rule from {plan.network} lookup {plan.table}",
-                lambda: route_up(host, plan),
-                lambda: route_down(host, registry, plan),
+                f"{plan.veth} up, route {plan.ip}/32 via it, proxy ARP on {plan.uplink}",
+                lambda: own_route_up(host, plan),
+                lambda: own_route_down(host, registry, plan),
             ),
             Step(
                 f"{plan.name}'s {GUEST_IFNAME} up, default route via {plan.gateway}",
@@ -304,11 +352,12 @@ def check_attachable(host: Netns, registry: Registry, plan: NetPlan) -> None:
     guest has (two guest.conf files edited to the same IP, catalogue A6; the same context
     number gives the same interface). An interface of that name that no running guest has is
     what a killed supervisor left: it is removed."""
+    users = registry.users(exclude=plan.name)  # one reading of the records for both checks
     for key, value, what in (
         ("ip", str(plan.ip), f"the address {plan.ip}"),
         ("veth", plan.veth, f"the interface {plan.veth} (the same context number)"),
     ):
-        owner = registry.user_of(key, value, exclude=plan.name)
+        owner = next((u["name"] for u in users if u.get(key) == value), None)
         if owner is not None:
             raise StateError(
                 f"guest {plan.name}: {what} is the running guest {owner}'s: refused"
@@ -321,22 +370,27 @@ def check_attachable(host: Netns, registry: Registry, plan: NetPlan) -> None:
 
 def detach(plan: NetPlan, registry: Registry, unload_firewall: Callable[[], None]) -> list[str]:
     """Unwire a stopped guest; returns what could not be undone (each is also logged). Every
-    part is attempted whatever the others did."""
+    part is attempted whatever the others did. The guest's own parts go first, outside the
+    network lock, its record still keeping them its own; then, under the lock, the record and
+    what no other running guest uses any more (the network's rule and table, a VLAN)."""
 
     problems: list[str] = []
-    with registry.locked(f"detach {plan.name}"), Netns() as host:
-        registry.forget(plan.name)
-        for what, action in (
-            ("firewall", unload_firewall),
-            ("route", lambda: route_down(host, registry, plan)),
-            ("veth", lambda: host.delete_link(plan.veth)),
-            ("vlan", lambda: discard(vlan_down(host, registry, plan, exclude=plan.name))),
-        ):
-            try:
-                action()
-            except Exception as exc:  # each layer is undone whatever the others did
-                problems.append(f"{what}: {exc}")
-                log.error("detach %s: %s: %s", plan.name, what, exc)
+
+    def attempt(what: str, action: Callable[[], None]) -> None:
+        try:
+            action()
+        except Exception as exc:  # each layer is undone whatever the others did
+            problems.append(f"{what}: {exc}")
+            log.error("detach %s: %s: %s", plan.name, what, exc)
+
+    with Netns() as host:
+        attempt("firewall", unload_firewall)
+        attempt("route", lambda: own_route_down(host, registry, plan))
+        attempt("veth", lambda: host.delete_link(plan.veth))
+        with registry.locked(f"detach {plan.name}"):
+            registry.forget(plan.name)
+            attempt("route", lambda: network_down(host, registry, plan))
+            attempt("vlan", lambda: discard(vlan_down(host, registry, plan, exclude=plan.name)))
     return problems
 
 
