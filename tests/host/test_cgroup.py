@@ -9,6 +9,7 @@ import dataclasses
 import errno
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -973,3 +974,40 @@ def test_real_destroy_refuses_a_group_with_processes(group: Cgroup, children: Ch
         group.destroy()
     assert group.exists()
     assert proc.poll() is None
+
+
+class CleanedUpRightAfterKill(FakeKernelCgroup):
+    """A guest's supervisor removing its cgroup as soon as a kill has ended its processes:
+    the directories vanish before the next read, whatever was checked before it (the race
+    a `vs-control --stop --kill` met on a busy host)."""
+
+    killed = False
+
+    def _write(self, controller: Controller, name: str, value: str, **kwargs: Any) -> None:
+        super()._write(controller, name, value, **kwargs)
+        self.killed = self.killed or name == "cgroup.kill"
+
+    def _read(self, controller: Controller, name: str, *, depth: int | None = None) -> str:
+        if self.killed:
+            for directory in self.directories():
+                shutil.rmtree(directory, ignore_errors=True)
+        return super()._read(controller, name, depth=depth)
+
+
+@pytest.mark.parametrize("unified", [False, True])
+def test_a_kill_whose_group_vanishes_meanwhile_succeeds(tmp_path: Path, unified: bool) -> None:
+    if unified:  # cgroup v1 with its v2 mirror, as on this machine
+        layout = make_v1_tree(tmp_path, unified=True)
+        fill_v1_group(layout)
+        leaf = layout.cgroup2_root / REL
+    else:
+        layout, leaf = (
+            CgroupLayout.v2(fill(tmp_path / "cgroup", V2_ROOT_FILES)),
+            tmp_path / "cgroup" / REL,
+        )
+        fill(leaf, {**V2_GROUP_FILES, "cgroup.events": "populated 1\nfrozen 0\n"})
+    (leaf / "cgroup.procs").write_text("42\n")
+    group = CleanedUpRightAfterKill(layout, REL, send_signal=lambda pid, sig: None)
+    group.kill()
+    assert group.killed and group.pids() == []
+    assert not any(directory.exists() for directory in group.directories())

@@ -508,7 +508,12 @@ class Cgroup:
     def _is_empty(self) -> bool:
         if self._v2:
             # "populated" covers nested groups too, which the group's cgroup.procs does not.
-            events = keyed(self._read(Controller.CGROUP2, "cgroup.events"))
+            try:
+                events = keyed(self._read(Controller.CGROUP2, "cgroup.events"))
+            except HostError:
+                if not self._exists(Controller.CGROUP2):
+                    return True  # removed meanwhile: empty
+                raise
             return events.get("populated") == "0"
         return not self.pids()
 
@@ -518,7 +523,12 @@ class Cgroup:
         cg2 = Controller.CGROUP2
         if self.layout.cgroup2_root is not None and self._exists(cg2, "cgroup.kill"):
             # cgroup.kill (Linux 5.14+) reaches every task atomically, forks in flight included.
-            self._write(cg2, "cgroup.kill", "1")
+            try:
+                self._write(cg2, "cgroup.kill", "1")
+            except HostError:
+                if self._exists(cg2):
+                    raise
+                # Gone meanwhile: its processes ended and the supervisor removed it.
             if self._v2:
                 self._wait_until(self._is_empty, deadline)
             else:
@@ -528,9 +538,15 @@ class Cgroup:
         self._raise_if_not_empty(timeout_s)
 
     def _pids_in(self, controller: Controller) -> list[int]:
-        if not self._exists(controller):
-            return []
-        return [int(t) for t in self._read(controller, "cgroup.procs").split()]
+        try:
+            text = self._read(controller, "cgroup.procs")
+        except HostError:
+            # A group that is gone has no process: also one removed between two reads, as its
+            # supervisor does once a kill has ended its processes.
+            if not self._exists(controller):
+                return []
+            raise
+        return [int(t) for t in text.split()]
 
     def _kill_with_freezer(self, deadline: float) -> None:
         # Freeze so nothing forks or exits while we read cgroup.procs (the pids stay valid: a
