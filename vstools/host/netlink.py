@@ -16,6 +16,7 @@ import errno
 import os
 import socket
 import struct
+import threading
 from collections.abc import Iterator
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from typing import Any
@@ -321,10 +322,17 @@ class Netns:
         mac = bytes.fromhex(str(attr(link, "IFLA_ADDRESS")).replace(":", ""))
         frames = [gratuitous_arp(mac, ip, op) for op in (1, 2)]
         context = entered(self.pid) if self.pid is not None else contextlib.nullcontext()
-        with context, socket.socket(socket.AF_PACKET, socket.SOCK_RAW) as raw:
+        with context:  # the socket belongs to the namespace it is made in
+            raw = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+        try:
             raw.bind((dev, ETH_P_ARP))
             for frame in frames:
                 raw.send(frame)
+        finally:
+            # Closing a packet socket waits for an RCU grace period (the kernel's
+            # packet_release calls synchronize_net: 10 to 20 ms here, a tenth of a start with
+            # its network): the frames are sent, so it is closed beside the start, not in its way.
+            threading.Thread(target=raw.close, name="packet-socket-close", daemon=True).start()
 
     def proxy_exists(self, ip: IPv4Address, dev: str) -> bool:
         """True when ``dev`` has a proxy ARP entry for ``ip``; False when ``dev`` does not exist."""
