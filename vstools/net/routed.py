@@ -285,6 +285,7 @@ def attach(
             """``action`` under the network lock."""
 
             def run() -> None:
+                """Take the lock, act, release it."""
                 with registry.locked(f"{what} {plan.name}"):
                     action()
 
@@ -306,6 +307,7 @@ def attach(
                 vlan_down(host, registry, plan, exclude=plan.name)
 
         def unclaim() -> None:
+            """Forget the record (the claim's undo)."""
             registry.forget(plan.name)
 
         steps = [
@@ -377,6 +379,7 @@ def detach(plan: NetPlan, registry: Registry, unload_firewall: Callable[[], None
     problems: list[str] = []
 
     def attempt(what: str, action: Callable[[], None]) -> None:
+        """Run ``action``; a failure is noted and logged, and the detach goes on."""
         try:
             action()
         except Exception as exc:  # each layer is undone whatever the others did
