@@ -179,6 +179,7 @@ def _make_host(
     bridge_ns: str,
     hosts_lines: str,
     setenv: Mapping[str, str],
+    stop_timeout_s: int,
 ) -> PoolHost:
     base = top / name
     for sub in ("etc", "guests", "roots", "state", "ssh", "etc-up", "etc-work", "lib-up",
@@ -201,7 +202,8 @@ def _make_host(
     )
     (base / "hosts").write_text(hosts_lines)
     (base / "etc" / "vs-tools.conf").write_text(
-        f"HOSTNAME={name}\nCGROUP_PARENT={host.cgroup_parent}\nSTOP_TIMEOUT=5\nNETWORK=none\n"
+        f"HOSTNAME={name}\nCGROUP_PARENT={host.cgroup_parent}\nSTOP_TIMEOUT={stop_timeout_s}\n"
+        "NETWORK=none\n"
         f"SSH_AUTHORIZED_KEYS={base}/ssh/authorized_keys\n"
     )
     return host
@@ -288,9 +290,11 @@ def pool_up(
     slaves: Sequence[str] = SLAVES,
     *,
     setenv: Mapping[str, str] | None = None,
+    stop_timeout_s: int = 5,
 ) -> Iterator[Pool]:
     """The master and ``slaves`` under ``top``, named after ``run_prefix`` (``vst``...);
-    ``setenv``: more variables for every session on them (sshd's SetEnv, and ``PoolHost.run``).
+    ``setenv``: more variables for every session on them (sshd's SetEnv, and ``PoolHost.run``);
+    ``stop_timeout_s``: their STOP_TIMEOUT.
     Everything removed when the block ends, also on failure."""
     bridge_ns = f"{run_prefix}-pbr"
     subprocess.run(["ip", "netns", "add", bridge_ns], check=True, capture_output=True)
@@ -299,9 +303,10 @@ def pool_up(
         _ip(bridge_ns, "link", "add", "br0", "type", "bridge")
         _ip(bridge_ns, "link", "set", "br0", "up")
         hosts_lines = "".join(f"{address_of(n)} {n}\n" for n in (MASTER, *slaves))
-        wiring = {"bridge_ns": bridge_ns, "hosts_lines": hosts_lines}
         for index, name in enumerate((MASTER, *slaves)):
-            made.append(_make_host(name, index, top, run_prefix, **wiring, setenv=setenv or {}))
+            made.append(_make_host(name, index, top, run_prefix, bridge_ns=bridge_ns,
+                                   hosts_lines=hosts_lines, setenv=setenv or {},
+                                   stop_timeout_s=stop_timeout_s))  # fmt: skip
         master = made[0]
         master_key = _keygen(master.base / "etc" / "pool_key")
         known = []

@@ -32,8 +32,10 @@ __all__ = ["ADDRESSES", "MASTER", "SESSION_PATH", "SLAVES", "Pool", "PoolHost",
 
 @pytest.fixture(scope="session")
 def pool_hosts(tmp_path_factory: pytest.TempPathFactory, run_prefix: str) -> Iterator[Pool]:
-    """The master and its three slaves, for the whole session."""
-    with pool_up(tmp_path_factory.mktemp("pool"), run_prefix) as hosts:
+    """The master and its three slaves, for the whole session. STOP_TIMEOUT=1: a busybox
+    guest's own shutdown takes 3 s (its init's fixed sleeps), and the pool's tests stop guests
+    some forty times; after 1 s its supervisor kills it, a stop like any other."""
+    with pool_up(tmp_path_factory.mktemp("pool"), run_prefix, stop_timeout_s=1) as hosts:
         yield hosts
 
 
