@@ -4,9 +4,9 @@ layer (gratuitous ARP on a packet socket).
 One socket per network namespace, opened once and reused: ``Netns()`` talks to the namespace
 the process is in (the host's), ``Netns(pid=P)`` to the namespace of process P (a guest's init),
 opened by entering that namespace just long enough to create the socket (a netlink socket stays
-bound to the namespace it was created in). pyroute2 costs about 0.1-0.3 s to import: it is
-imported when the first socket is opened, so importing this module is cheap and a command that
-never touches the network never pays for it.
+bound to the namespace it was created in). pyroute2 is imported when the first socket is
+opened, so importing this module is cheap and a command that never touches the network never
+pays for it; and only the part of it used here is loaded (``_iproute_class``).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import errno
 import os
 import socket
 import struct
+import sys
 import threading
 from collections.abc import Iterator
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
@@ -31,21 +32,55 @@ NTF_PROXY = 0x08  # <linux/neighbour.h>: a proxy (ARP) entry
 ETH_P_ARP = 0x0806
 
 
-def _iproute() -> Any:
-    """A new pyroute2 IPRoute socket in this process's network namespace."""
+_IPROUTE: list[Any] = []  # the class, once loaded
+
+
+def _iproute_class() -> Any:
+    """pyroute2's IPRoute class, loaded without running the package's ``__init__``.
+
+    That ``__init__`` only gathers every part of the library under one name (0.9: conntrack,
+    ndb with sqlite3, ipdb, the wireless, devlink and plan9 sockets...; 0.7: an entry-point
+    scan), which is half of pyroute2's import time (70 of 150 ms here, seconds in the lab's
+    emulated VM) for nothing this module uses: the package is registered as an empty module
+    with its real search path, so ``pyroute2.iproute.linux`` and what it needs load as usual,
+    by their own imports. Where pyroute2 was already imported whole, or the layout is not the
+    one known (0.7 and 0.9 have IPRoute in ``pyroute2.iproute.linux``), the plain import."""
+    if _IPROUTE:
+        return _IPROUTE[0]
+    if "pyroute2" not in sys.modules:
+        import importlib.util
+
+        spec = importlib.util.find_spec("pyroute2")
+        if spec is not None and spec.submodule_search_locations is not None:
+            sys.modules["pyroute2"] = importlib.util.module_from_spec(spec)
+            try:
+                from pyroute2.iproute.linux import IPRoute
+            except ImportError:
+                for name in [name for name in sys.modules if name.startswith("pyroute2")]:
+                    del sys.modules[name]
+            else:
+                _IPROUTE.append(IPRoute)
+                return IPRoute
     from pyroute2 import IPRoute
 
-    return IPRoute()
+    _IPROUTE.append(IPRoute)
+    return IPRoute
+
+
+def _iproute() -> Any:
+    """A new pyroute2 IPRoute socket in this process's network namespace."""
+    return _iproute_class()()
 
 
 def preload() -> None:
     """Import pyroute2 now: a process that forks many network users (``vs-control --all
     --start``'s supervisors) pays for it once instead of once per child."""
-    from pyroute2 import IPRoute  # noqa: F401
+    _iproute_class()
 
 
 def NetlinkError() -> type[Exception]:  # noqa: N802 - used where the class would be
     """pyroute2's NetlinkError, loaded with pyroute2 (an ``except`` names it when it runs)."""
+    _iproute_class()  # pyroute2 loaded as the sockets load it
     from pyroute2.netlink import exceptions
 
     return exceptions.NetlinkError  # type: ignore[no-any-return]
