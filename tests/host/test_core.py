@@ -159,7 +159,9 @@ def test_lock_waits_up_to_its_timeout_with_the_given_clock(tmp_path: Path) -> No
         fsutil.locked(lock, what="second", timeout_s=1.0, clock=lambda: now[0], sleep=sleep),
     ):
         pass
-    assert 19 <= len(sleeps) <= 21  # 1 s in 0.05 s naps, on the fake clock
+    # on the fake clock: 1 ms, doubled each time up to 50 ms, until the second is over
+    assert sleeps[:7] == [0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.05]
+    assert set(sleeps[6:]) == {0.05} and 1.0 <= sum(sleeps) < 1.05
 
 
 # ---- the subprocess door ---------------------------------------------------------------------

@@ -127,6 +127,10 @@ def swap_write(path: str | os.PathLike[str], data: bytes | str, *, mode: int = 0
             os.close(_open_swap(swap, mode))
 
 
+LOCK_FIRST_NAP_S = 0.001
+LOCK_LONGEST_NAP_S = 0.05
+
+
 @contextmanager
 def locked(
     path: str | os.PathLike[str],
@@ -140,12 +144,15 @@ def locked(
 
     The holder writes its pid and ``what`` into the file so a refused caller can say who holds
     it. flock is released by the kernel when the holder dies, so a crash never leaves a stale
-    lock behind."""
+    lock behind. A waiter tries again after 1 ms, then twice as long each time up to 50 ms:
+    the locks are mostly held for a few milliseconds (a boot storm's starts take the network
+    and firewall locks in turn), and a fixed 50-ms nap left them idle while starts waited."""
     lock_path = Path(path)
     lock_path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     try:
         deadline = clock() + timeout_s
+        nap = LOCK_FIRST_NAP_S
         while True:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -156,7 +163,8 @@ def locked(
                 if clock() >= deadline:
                     holder = os.pread(fd, 512, 0).decode(errors="replace").strip() or "unknown"
                     raise StateError(f"{what}: locked by {holder} ({lock_path})") from None
-                sleep(0.05)
+                sleep(nap)
+                nap = min(nap * 2, LOCK_LONGEST_NAP_S)
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"pid {os.getpid()}: {what}\n".encode(), 0)
         yield
