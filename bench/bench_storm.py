@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bench.common import GUEST, SIX_RULES
+from bench.common import GUEST, SIX_RULES, machine_cpu_s
 from harness.scratch import scratch_env
 from vstools.guest.templates import build_busybox_rootfs
 
@@ -167,15 +167,22 @@ class Storm:
                     (controller / parent).rmdir()
 
 
-def clock(action: Callable[[], object]) -> float:
+def clock(action: Callable[[], object]) -> tuple[float, float, float]:
+    """Wall seconds ``action`` took, and the machine's user and system CPU seconds meanwhile."""
+    user, system = machine_cpu_s()
     start = time.perf_counter()
     action()
-    return time.perf_counter() - start
+    wall = time.perf_counter() - start
+    user_after, system_after = machine_cpu_s()
+    return wall, user_after - user, system_after - system
 
 
-def measure(storm: Storm, rounds: int) -> dict[str, list[float]]:
+Times = dict[str, list[tuple[float, float, float]]]
+
+
+def measure(storm: Storm, rounds: int) -> Times:
     """Per round, alternating which tool goes first: start, graceful stop, start, kill."""
-    times: dict[str, list[float]] = {}
+    times: Times = {}
 
     def note(label: str, action: Callable[[], object]) -> None:
         times.setdefault(label, []).append(clock(action))
@@ -201,15 +208,19 @@ def measure(storm: Storm, rounds: int) -> dict[str, list[float]]:
     return times
 
 
-def report(title: str, times: dict[str, list[float]], rounds: int) -> None:
-    print(f"\n{title} (median of {rounds} alternating rounds)")
-    print(f"  {'':<34}{'median ms':>11}{'min ms':>9}{'max ms':>9}")
-    for label, values in times.items():
+def report(title: str, times: Times, rounds: int) -> None:
+    print(f"\n{title} (median of {rounds} alternating rounds; CPU: the whole machine's, in")
+    print("  the meantime, user and system; a stop's network namespaces are freed after it)")
+    print(f"  {'':<34}{'median ms':>11}{'min ms':>9}{'max ms':>9}{'CPU-s usr':>11}{'sys':>7}")
+    for label, samples in times.items():
+        walls = [wall for wall, _, _ in samples]
         print(
-            f"  {label:<34}{statistics.median(values) * 1e3:>11.0f}"
-            f"{min(values) * 1e3:>9.0f}{max(values) * 1e3:>9.0f}"
+            f"  {label:<34}{statistics.median(walls) * 1e3:>11.0f}"
+            f"{min(walls) * 1e3:>9.0f}{max(walls) * 1e3:>9.0f}"
+            f"{statistics.median(u for _, u, _ in samples):>11.2f}"
+            f"{statistics.median(s for _, _, s in samples):>7.2f}"
         )
-    m = {label: statistics.median(values) for label, values in times.items()}
+    m = {label: statistics.median(w for w, _, _ in samples) for label, samples in times.items()}
     for ours, peer in (
         ("vs-control --all --start", "lxc-start -d each"),
         ("vs-control --all --stop", "lxc-stop, all at once"),

@@ -1,8 +1,9 @@
 """What several benchmarks share: the six-rule firewall.conf of issue 17's figures, a guest.conf
-for a busybox guest, and the wall time of one command."""
+for a busybox guest, the wall time of one command, and the machine's CPU time."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import time
 
@@ -25,3 +26,13 @@ def timed(argv: list[str], env: dict[str, str] | None = None) -> float:
     start = time.perf_counter()
     subprocess.run(argv, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return time.perf_counter() - start
+
+
+def machine_cpu_s() -> tuple[float, float]:
+    """CPU seconds the whole machine has spent so far, (user, system), from /proc/stat: what a
+    command costs counted wherever it ran (its detached supervisors, the kernel's workers)."""
+    with open("/proc/stat") as stat:
+        fields = [int(v) for v in stat.readline().split()[1:8]]
+    user, nice, system, _idle, _iowait, irq, softirq = fields
+    hz = os.sysconf("SC_CLK_TCK")
+    return (user + nice) / hz, (system + irq + softirq) / hz
