@@ -128,10 +128,18 @@ def entered(pid: int) -> Iterator[None]:
 
 
 class Netns:
-    """Links, addresses, routes, rules and proxy neighbours of one network namespace."""
+    """Links, addresses, routes, rules and proxy neighbours of one network namespace.
 
-    def __init__(self, pid: int | None = None) -> None:
+    ``remember_links``: an interface's index, once looked up, is kept for the next request
+    that names it (a guest's attach names the same few interfaces a dozen times, each lookup a
+    netlink round trip), and forgotten when this object deletes it. Only for a short task
+    whose interfaces nobody else removes meanwhile: an index kept after another process
+    deleted its interface makes the next request fail (ENODEV), where a lookup would have
+    found a new one of the same name."""
+
+    def __init__(self, pid: int | None = None, *, remember_links: bool = False) -> None:
         self.pid = pid
+        self._indices: dict[str, int] | None = {} if remember_links else None
         if pid is None:
             self.ipr = _iproute()
         else:
@@ -152,8 +160,14 @@ class Netns:
 
     def index(self, name: str) -> int | None:
         """The interface's index, or None when there is no interface of that name."""
+        if self._indices is not None and name in self._indices:
+            return self._indices[name]
         found = self.ipr.link_lookup(ifname=name)
-        return int(found[0]) if found else None
+        if not found:
+            return None
+        if self._indices is not None:
+            self._indices[name] = int(found[0])
+        return int(found[0])
 
     def require(self, name: str) -> int:
         """The interface's index; NetworkError when it does not exist."""
@@ -219,6 +233,8 @@ class Netns:
         """Delete the interface; nothing if it does not exist."""
         index = self.index(name)
         if index is not None:
+            if self._indices is not None:
+                self._indices.pop(name, None)
             with _refused(f"deleting interface {name}"):
                 self.ipr.link("del", index=index)
 

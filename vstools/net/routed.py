@@ -278,7 +278,12 @@ def attach(
     in parallel overlap (``--all --start``): its record, written first, keeps them its own
     and keeps a stopping guest from tearing the network down under it."""
 
-    with Netns() as host, Netns(pid=init_pid) as guest:  # one socket per namespace
+    # One socket per namespace; the interfaces it names are the guest's own (its record keeps
+    # them so) and the uplink, which no one removes while the record counts this guest a user.
+    with (
+        Netns(remember_links=True) as host,
+        Netns(pid=init_pid, remember_links=True) as guest,
+    ):
         created: list[bool] = []
 
         def held(action: Callable[[], None], what: str) -> Callable[[], None]:
