@@ -22,6 +22,9 @@ from vstools.host.netlink import Netns
 def ip(*argv):
     subprocess.run(["ip", *argv], check=True)
 
+def veth():
+    ip("link", "add", "vstd0", "type", "veth", "peer", "name", "vstd0p")
+
 def counting(netns):
     calls = []
     lookup = netns.ipr.link_lookup
@@ -29,14 +32,14 @@ def counting(netns):
     return calls
 
 report = {}
-ip("link", "add", "vstd0", "type", "veth", "peer", "name", "vstd0p")
+veth()
 with Netns(remember_links=True) as kept:
     calls = counting(kept)
     first = kept.index("vstd0")
     kept.set_up("vstd0")
     report["kept"] = [kept.index("vstd0") == first, len(calls)]
     kept.delete_link("vstd0")
-    ip("link", "add", "vstd0", "type", "veth", "peer", "name", "vstd0p")  # the same name, a new interface
+    veth()  # the same name, a new interface
     again = kept.index("vstd0")
     report["after_delete"] = [again is not None and again != first, len(calls)]
     report["missing"] = [kept.index("vstd1"), kept.index("vstd1"), len(calls)]
