@@ -40,11 +40,13 @@ def _iproute_class() -> Any:
 
     That ``__init__`` only gathers every part of the library under one name (0.9: conntrack,
     ndb with sqlite3, ipdb, the wireless, devlink and plan9 sockets...; 0.7: an entry-point
-    scan), which is half of pyroute2's import time (70 of 150 ms here, seconds in the lab's
-    emulated VM) for nothing this module uses: the package is registered as an empty module
-    with its real search path, so ``pyroute2.iproute.linux`` and what it needs load as usual,
-    by their own imports. Where pyroute2 was already imported whole, or the layout is not the
-    one known (0.7 and 0.9 have IPRoute in ``pyroute2.iproute.linux``), the plain import."""
+    scan), about half of pyroute2's import time (docs/performance.md), for nothing this module
+    uses: the package is registered as an empty module with its real search path, so
+    ``pyroute2.iproute.linux`` and what it needs load as usual, by their own imports. A later
+    ``from pyroute2 import X`` in the same process would find that empty module: this module is
+    the toolkit's only importer of pyroute2 (tests/test_tooling.py keeps it so). Where pyroute2
+    was already imported whole, or the layout is not the one known (0.7 and 0.9 have IPRoute in
+    ``pyroute2.iproute.linux``), the plain import."""
     if _IPROUTE:
         return _IPROUTE[0]
     if "pyroute2" not in sys.modules:
