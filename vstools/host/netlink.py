@@ -57,7 +57,7 @@ def _iproute_class() -> Any:
             sys.modules["pyroute2"] = importlib.util.module_from_spec(spec)
             try:
                 from pyroute2.iproute.linux import IPRoute
-            except ImportError:
+            except Exception:  # any surprise of an unknown layout: the plain import, cleanly
                 for name in [name for name in sys.modules if name.startswith("pyroute2")]:
                     del sys.modules[name]
             else:
