@@ -378,6 +378,30 @@ def test_v1_readers_parse(v1_tree: CgroupLayout) -> None:
     assert group.cpu_limit() is None
 
 
+def open_fds(under: Path) -> set[str]:
+    """The files under ``under`` this process has open."""
+    found = set()
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            target = os.readlink(f"/proc/self/fd/{fd}")
+            if target.startswith(f"{under}/"):
+                found.add(target)
+    return found
+
+
+def test_keep_open_reopens_stored_files_replaced_by_a_rename(v1_tree: CgroupLayout) -> None:
+    # A stored file (the fake host's tree) is replaced, not rewritten: it is never kept.
+    group = Cgroup(v1_tree, REL, keep_open=True)
+    tree = v1_tree.v1_roots["pids"].parent
+    assert group.pids_current() == 0
+    usage = v1_tree.v1_roots["pids"] / REL / "pids.current"
+    (usage.parent / "new").write_text("7\n")
+    os.replace(usage.parent / "new", usage)
+    assert group.pids_current() == 7
+    assert open_fds(tree) == set()
+    group.close()
+
+
 def test_v1_create_makes_every_hierarchy_and_is_idempotent(tmp_path: Path) -> None:
     layout = make_v1_tree(tmp_path, unified=True)
     group = Cgroup(layout, REL)
@@ -965,6 +989,35 @@ def test_real_kill_empties_the_group(
     group.destroy()
     assert not group.exists()
     assert not any(d.exists() for d in group.directories())
+
+
+@privileged
+def test_real_keep_open_reads_fresh_values_and_follows_a_group_made_anew(
+    host_layout: CgroupLayout, make_group: Callable[..., Cgroup], children: Children
+) -> None:
+    first = make_group()
+    kept = Cgroup(host_layout, first.relpath, keep_open=True)
+    top = host_layout.v1_roots["pids"] / first.relpath.split("/")[0]
+    assert (kept.pids_current(), kept.threads()) == (0, [])
+    first.set_pids_limit(50)
+    assert kept.pids_limit() == 50
+    held = open_fds(top)
+    assert {Path(p).name for p in held} == {"pids.current", "pids.max"}  # tasks: not kept
+    proc = start_in(first, children, "import time\ntime.sleep(30)\n")
+    # The kept descriptors read the kernel's values of now, the list is read anew.
+    assert (kept.pids_current(), kept.threads()) == (1, [proc.pid])
+    first.kill()
+    proc.wait(timeout=5)
+    first.destroy()
+    # The group made anew at the same path: the old descriptors fail (ENODEV) and the files
+    # are opened again, in the new group.
+    again = make_group()
+    assert again.relpath == kept.relpath
+    again.set_pids_limit(9)
+    assert (kept.pids_current(), kept.pids_limit()) == (0, 9)
+    assert len(open_fds(top)) == 2
+    kept.close()
+    assert open_fds(top) == set()
 
 
 @privileged

@@ -7,6 +7,8 @@ import logging
 import os
 import socket
 import stat
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -132,6 +134,35 @@ def test_read_bytes_reads_a_proc_file_to_its_end() -> None:
     # /proc/self/maps comes a page at a time: a single read would stop early.
     assert fsutil.read_bytes("/proc/self/maps").count(b"\n") > 5
     assert fsutil.read_bytes("/proc/self/stat").startswith(str(os.getpid()).encode())
+
+
+def test_swap_write_of_the_same_length_leaves_exactly_the_new_bytes(tmp_path: Path) -> None:
+    target = tmp_path / "web.json"
+    for text in ("aaaa\n", "bbbbbbbb\n", "cccc\n", "dddd\n", "eeeeeeee\n", "ff\n"):
+        fsutil.swap_write(target, text)
+        assert target.read_text() == text
+
+
+def test_read_record_reads_a_regular_file_past_its_buffer(tmp_path: Path) -> None:
+    big = tmp_path / "big"
+    data = os.urandom(200_000)  # three buffers and a part
+    big.write_bytes(data)
+    assert fsutil.read_record(big) == data
+    assert fsutil.read_record("/proc/self/stat").startswith(str(os.getpid()).encode())
+
+
+def test_pread_record_of_a_kept_descriptor_reads_fresh_values() -> None:
+    # /proc/TID/schedstat: the nanoseconds this thread ran, printed anew at each read from 0.
+    fd = os.open(f"/proc/self/task/{threading.get_native_id()}/schedstat", os.O_RDONLY)
+    try:
+        before = int(fsutil.pread_record(fd).split()[0])
+        deadline = time.thread_time() + 0.05
+        while time.thread_time() < deadline:
+            pass
+        after = int(fsutil.pread_record(fd).split()[0])
+    finally:
+        os.close(fd)
+    assert after - before >= 40_000_000
 
 
 def test_lock_refuses_a_second_holder_and_names_the_first(tmp_path: Path) -> None:

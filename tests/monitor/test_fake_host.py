@@ -5,6 +5,7 @@ values are written by the test, so every mail is caused and counted exactly."""
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import subprocess
@@ -16,6 +17,9 @@ from pathlib import Path
 import pytest
 
 from harness.fakehost import FakeHost, SmtpSink
+from vstools.host.cgrouplayout import probe_layout
+from vstools.host.hostconfig import load_settings
+from vstools.monitor.watch import Monitor
 
 BIN = Path(sys.executable).parent
 POLICY = (
@@ -364,3 +368,54 @@ def test_m6_mails_saved_with_the_state_are_spooled_once_after_a_crash(
     once()
     assert smtp.subjects() == ["vsh-fake:web:rss"]
     assert list(spool.glob("*.eml")) == []
+
+
+def _in_process_monitor(fake: FakeHost, name: str) -> Monitor:
+    settings, paths = load_settings(fake.env)
+    layout = probe_layout(fake.env["VS_CGROUP_MOUNTS"])
+    monitor = Monitor(paths, settings, "vsh-fake", layout, names=[name], dry_run=True)
+    monitor.rescan()
+    return monitor
+
+
+@pytest.mark.privileged  # the sock_diag socket is made in the guest's (here: this) namespace
+def test_a_guest_dropped_during_its_check_has_its_files_closed_by_the_check(
+    fake: FakeHost,
+) -> None:
+    fake.define("web", POLICY.replace("MONITOR_SOCKETS=no", "MONITOR_SOCKETS=yes"))
+    fake.start("web")
+    monitor = _in_process_monitor(fake, "web")
+    try:
+        monitor.run_check("web")  # keeps its sock_diag socket and cgroup
+        watch = monitor.watches["web"]
+        assert watch.diag._sock is not None and watch.cgroup is not None
+        fake.hang("web")  # the next check blocks opening its memory counter
+        assert monitor.start_check("web")
+        deadline = time.monotonic() + 10
+        while not watch.lock.locked():
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        monitor.names = []
+        monitor.rescan()  # drops it while the check holds the watch: nothing closed under it
+        assert "web" not in monitor.watches
+        assert watch.diag._sock is not None and watch.cgroup is not None
+        fifo = fake.cg("memory", "web") / "memory.usage_in_bytes"
+        fd = os.open(fifo, os.O_WRONLY)  # the check's open returns; its read fails
+        os.close(fd)
+        monitor.workers.wait("web")
+        assert watch.diag._sock is None and watch.cgroup is None  # closed by the check
+    finally:
+        monitor.close()
+
+
+def test_a_guest_dropped_between_checks_has_its_files_closed_at_once(fake: FakeHost) -> None:
+    fake.define("web", POLICY)
+    fake.start("web")
+    monitor = _in_process_monitor(fake, "web")
+    monitor.run_check("web")
+    watch = monitor.watches["web"]
+    assert watch.cgroup is not None
+    monitor.names = []
+    monitor.rescan()
+    assert watch.cgroup is None and not watch.lock.locked()
+    monitor.close()

@@ -48,6 +48,7 @@ from vstools.host.cgrouplayout import (
     CgroupLayout,
     CgroupVersion,
     Controller,
+    KeptFiles,
     cfs_quota_us,
     errno_text,
     inherit_cpuset,
@@ -64,6 +65,9 @@ _COMPONENT = re.compile(r"[A-Za-z0-9._@-]+")
 # v1 reports "unlimited" as PAGE_COUNTER_MAX pages in bytes: 2**63 - 4096 with 4 KiB pages, less
 # with larger pages. No real limit comes near 2**62 bytes (4 EiB), so anything above is unlimited.
 _V1_UNLIMITED_FROM = 2**62
+# Files of many records (one per process or thread), opened and read to their end at each read:
+# cgroup v1 keeps their list per open file (a kept descriptor read from 0 showed no new task).
+_LISTS = frozenset(("tasks", "cgroup.procs", "cgroup.threads"))
 
 
 class Cgroup:
@@ -77,6 +81,7 @@ class Cgroup:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
         send_signal: Callable[[int, int], None] = os.kill,
+        keep_open: bool = False,
     ) -> None:
         parts = relpath.split("/")
         for part in parts:
@@ -96,9 +101,16 @@ class Cgroup:
         # The files read so far, as strings: the monitor reads the same nine files of each
         # guest every check, and building each path anew with pathlib cost more than the read.
         self._files: dict[tuple[Controller, str, int | None], str] = {}
+        # keep_open (the monitor): counter files stay open between reads; close() ends that.
+        self._kept = KeptFiles() if keep_open else None
 
     def __repr__(self) -> str:
         return f"Cgroup({self.relpath!r}, {self.layout.version})"
+
+    def close(self) -> None:
+        """Close the files ``keep_open`` kept (the group itself is untouched)."""
+        if self._kept is not None:
+            self._kept.close()
 
     # -- paths and the seam ------------------------------------------------------------------
 
@@ -144,6 +156,8 @@ class Cgroup:
         if path is None:
             path = self._files[controller, name, depth] = str(self._path(controller, name, depth))
         try:
+            if self._kept is not None and name not in _LISTS:
+                return self._kept.read(path).rstrip("\n")
             return read_file(path).rstrip("\n")
         except OSError as exc:
             raise HostError(f"cannot read {path}: {errno_text(exc)}") from exc

@@ -43,6 +43,34 @@ def read_bytes(path: str | os.PathLike[str]) -> bytes:
     return b"".join(chunks)
 
 
+_RECORD_READ = 65536
+
+
+def read_record(path: str | os.PathLike[str]) -> bytes:
+    """A kernel file printed whole at each read (a cgroup value, /proc/TID/stat, schedstat:
+    one record of the kernel's seq_file), or a regular file: one read gives all of it unless it
+    fills the buffer, so the read that ``read_bytes`` makes to see the end is skipped. Not for
+    files of many records (/proc/PID/net/*, tasks), which come a page at a time."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return pread_record(fd)
+    finally:
+        os.close(fd)
+
+
+def pread_record(fd: int) -> bytes:
+    """``read_record`` of an open file, from its start: the kernel prints such a file anew at
+    each read from offset 0, so a descriptor kept open reads fresh values (as top keeps
+    /proc/stat open), without the open and close of each read."""
+    data = os.pread(fd, _RECORD_READ, 0)
+    if len(data) < _RECORD_READ:
+        return data
+    chunks = [data]
+    while chunks[-1]:
+        chunks.append(os.pread(fd, _RECORD_READ, sum(len(c) for c in chunks)))
+    return b"".join(chunks)
+
+
 def atomic_write(
     path: str | os.PathLike[str], data: bytes | str, *, mode: int = 0o644, durable: bool = True
 ) -> None:
@@ -106,13 +134,15 @@ def swap_write(path: str | os.PathLike[str], data: bytes | str, *, mode: int = 0
     payload = data.encode() if isinstance(data, str) else data
     fd = _open_swap(swap, mode)
     try:
-        # Written over from the start, then cut to its length: no O_TRUNC, which frees the
-        # file's blocks (with the discard mount option, a discard request each time) only
-        # for the next write to allocate them again.
+        # Written over from the start, then cut to its length if it was longer: no O_TRUNC,
+        # which frees the file's blocks (with the discard mount option, a discard request
+        # each time) only for the next write to allocate them again; no ftruncate to the
+        # length it has (6 µs of CPU on ext4, the fstat under 1).
         written = 0
         while written < len(payload):
             written += os.pwrite(fd, payload[written:], written)
-        os.ftruncate(fd, len(payload))
+        if os.fstat(fd).st_size > len(payload):
+            os.ftruncate(fd, len(payload))
     finally:
         os.close(fd)
     from vstools.host.syscalls import rename_exchange  # ctypes: only the monitor gets here

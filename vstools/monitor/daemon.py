@@ -73,7 +73,8 @@ def watchdog_interval_s(env: Mapping[str, str]) -> float | None:
 
 
 def _raise_fd_limit() -> None:
-    # One lock file per watched guest stays open: 1000 guests need more than the usual 1024.
+    # Per watched guest, its lock file, sock_diag socket and cgroup counter files (up to 9) stay
+    # open: 1000 guests need more than the usual 1024 (cgroup files are kept only below half).
     import resource
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)

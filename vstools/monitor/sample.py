@@ -32,7 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from vstools.host.fsutil import read_bytes
+from vstools.host.fsutil import read_bytes, read_record
 from vstools.host.sockdiag import KINDS, sockets_listening
 
 TAU_S = (60.0, 300.0, 900.0)
@@ -126,9 +126,9 @@ def read_runnable(threads: list[int], proc: str = "/proc") -> tuple[dict[int, in
     blocked = 0
     for tid in threads:
         with contextlib.suppress(OSError, ValueError, IndexError):
-            fields = read_bytes(f"{proc}/{tid}/schedstat").split()
+            fields = read_record(f"{proc}/{tid}/schedstat").split()
             runnable[tid] = int(fields[0]) + int(fields[1])
-            stat = read_bytes(f"{proc}/{tid}/stat")
+            stat = read_record(f"{proc}/{tid}/stat")
             if stat[stat.rindex(b")") + 2 : stat.rindex(b")") + 3] == b"D":
                 blocked += 1
     return runnable, blocked

@@ -103,9 +103,16 @@ class Watch:
     outbox: list[tuple[str, str]] = field(default_factory=list)  # mails not yet spooled
     lock: threading.Lock = field(default_factory=threading.Lock)
     # Kept from check to check (not saved): state.json parsed once per start of the guest,
-    # the cgroup with its file paths built once.
+    # the cgroup with its file paths built once and its counter files open, per run.
     state: StateReader | None = None
     cgroup: Cgroup | None = None
+
+    def close_files(self) -> None:
+        """Close what the checks keep open: the sock_diag socket and the cgroup's files."""
+        self.diag.close()
+        if self.cgroup is not None:
+            self.cgroup.close()
+            self.cgroup = None
 
     def memory_json(self) -> dict[str, Any]:
         """What the checks remember (sockets, counters, load, mails not yet spooled), to save."""
@@ -236,7 +243,14 @@ class Monitor:
         watch = self.watches.pop(name)
         self.generation += 1
         os.close(watch.lock_fd)
-        watch.diag.close()
+        # Its socket and cgroup files are closed under the watch's lock: a check running on
+        # another thread would otherwise read a descriptor number that may already name
+        # another file. A check holding it closes them itself as it ends (``check``).
+        if watch.lock.acquire(blocking=False):
+            try:
+                watch.close_files()
+            finally:
+                watch.lock.release()
         log.info("guest %s: no longer watched", name)
 
     def close(self) -> None:
@@ -284,17 +298,21 @@ class Monitor:
         """Check one guest now: figures, alerts, mails spooled, state saved."""
         watch = self.watches[name]
         with watch.lock:
-            notices, figures = self._observe(watch)
-            watch.figures = figures
-            mails = [self._mail(watch, notice, figures) for notice in notices]
-            watch.outbox = [m for m in mails if m is not None]
-            if watch.outbox:
-                # The new alert state and its mails are saved together first (fsynced), then
-                # the mails are spooled: a daemon killed in between spools them at its restart
-                # (replay_outbox) instead of losing them or announcing the incidents again.
-                self._save(watch, durable=True)
-                self._spool_outbox(watch)
-            self._save(watch, durable=False)
+            try:
+                notices, figures = self._observe(watch)
+                watch.figures = figures
+                mails = [self._mail(watch, notice, figures) for notice in notices]
+                watch.outbox = [m for m in mails if m is not None]
+                if watch.outbox:
+                    # The new alert state and its mails are saved together first (fsynced), then
+                    # the mails are spooled: a daemon killed in between spools them at its restart
+                    # (replay_outbox) instead of losing them or announcing the incidents again.
+                    self._save(watch, durable=True)
+                    self._spool_outbox(watch)
+                self._save(watch, durable=False)
+            finally:
+                if self.watches.get(name) is not watch:
+                    watch.close_files()  # dropped during the check: _drop left them to it
         return notices
 
     def _spool_outbox(self, watch: Watch) -> None:
@@ -327,6 +345,9 @@ class Monitor:
         hits: list[Hits] = []
         events: list[Event] = []
         if state is None:
+            if watch.cgroup is not None:
+                watch.cgroup.close()  # its files, kept open, would hold the removed group's
+                watch.cgroup = None
             watch.load.reset()
             fig.load = (0.0, 0.0, 0.0)
             closed = []
@@ -340,8 +361,10 @@ class Monitor:
             new_run = state.init_pid != watch.init_pid
             watch.seen_running = True
             watch.init_pid = fig.init_pid = state.init_pid
-            if watch.cgroup is None or watch.cgroup.relpath != state.cgroup:
-                watch.cgroup = Cgroup(self.layout, state.cgroup)
+            if new_run or watch.cgroup is None or watch.cgroup.relpath != state.cgroup:
+                if watch.cgroup is not None:
+                    watch.cgroup.close()
+                watch.cgroup = Cgroup(self.layout, state.cgroup, keep_open=True)
             self._read_cgroup(fig, watch.cgroup, watch, now)
             with contextlib.suppress(OSError):
                 fig.tmpfs_mb = bytes_mb(tmpfs_used_bytes(state.init_pid))
