@@ -228,10 +228,23 @@ def start_mirror(
 
 
 class _Logged(http.server.SimpleHTTPRequestHandler):
-    """Each answered request as one line ``METHOD PATH STATUS`` of ``access_log``."""
+    """Each answered request as one line ``METHOD PATH STATUS`` of ``access_log``. HTTP/1.1 with
+    persistent connections, a 404 included, as Debian's mirrors answer: apt-cacher-ng sends
+    several requests on one connection before the first answer, and a server closing after each
+    (http.server's HTTP/1.0, and its ``Connection: close`` on every error) lost the ones behind
+    it; with ten guests at once, a retry could fail too ("503 Connection closed, check
+    DlMaxRetries", seen once in `make bench`)."""
 
+    protocol_version = "HTTP/1.1"
     access_log = ""
     lock = threading.Lock()
+
+    def send_header(self, keyword: str, value: str) -> None:
+        # send_error's "Connection: close": its answer has a Content-Length, the connection can
+        # stay open.
+        if keyword.lower() == "connection" and value.lower() == "close" and self.command:
+            return
+        super().send_header(keyword, value)
 
     def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
         with self.lock, open(self.access_log, "a") as log:
