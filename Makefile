@@ -48,6 +48,8 @@ BENCH_PACKAGES := systemd-container lxc
 bench: venv
 	@./scripts/apt-missing.sh $(BENCH_PACKAGES)
 	$(PY) -m bench.bench_start
+	$(PY) -m bench.bench_floor
+	$(PY) -m bench.bench_floor --network
 	$(PY) -m bench.bench_status
 	$(PY) -m bench.bench_storm
 	$(PY) -m bench.bench_fw

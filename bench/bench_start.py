@@ -23,7 +23,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench.common import GUEST, SIX_RULES, timed
+from bench.common import GUEST, SIX_RULES, remove_cgroups, timed
 from harness.scratch import scratch_env
 from vstools.guest.templates import build_busybox_rootfs
 
@@ -80,12 +80,7 @@ def main() -> int:
                 check=False,
             )
         unwire(parent)
-        for controller in Path("/sys/fs/cgroup").iterdir():
-            for leftover in sorted(controller.glob(f"{parent}/*"), reverse=True):
-                if leftover.is_dir():
-                    leftover.rmdir()
-            if (controller / parent).exists():
-                (controller / parent).rmdir()
+        remove_cgroups(parent)
         shutil.rmtree(work, ignore_errors=True)
 
 

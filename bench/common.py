@@ -1,11 +1,13 @@
 """What several benchmarks share: the six-rule firewall.conf of issue 17's figures, a guest.conf
-for a busybox guest, the wall time of one command, and the machine's CPU time."""
+for a busybox guest, the wall time of one command, the machine's CPU time, and the removal of a
+run's cgroups."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import time
+from pathlib import Path
 
 SIX_RULES = """enable
 allow from 198.51.100.0/24 to tcp/22
@@ -36,3 +38,13 @@ def machine_cpu_s() -> tuple[float, float]:
     user, nice, system, _idle, _iowait, irq, softirq = fields
     hz = os.sysconf("SC_CLK_TCK")
     return (user + nice) / hz, (system + irq + softirq) / hz
+
+
+def remove_cgroups(parent: str) -> None:
+    """Remove the run's cgroups ``parent`` and the groups under it, in every hierarchy."""
+    for controller in Path("/sys/fs/cgroup").iterdir():
+        for leftover in sorted(controller.glob(f"{parent}/*"), reverse=True):
+            if leftover.is_dir():
+                leftover.rmdir()
+        if (controller / parent).exists():
+            (controller / parent).rmdir()
