@@ -73,7 +73,7 @@ def watchdog_interval_s(env: Mapping[str, str]) -> float | None:
 
 
 def _raise_fd_limit() -> None:
-    # Per watched guest, its lock file, sock_diag socket and cgroup counter files (up to 9) stay
+    # Per watched guest, its lock file, sock_diag socket and cgroup counter files (7 or 8) stay
     # open: 1000 guests need more than the usual 1024 (cgroup files are kept only below half).
     import resource
 
