@@ -106,7 +106,7 @@ class Supervisor:
 
     def run(self) -> int:
         """Start the guest and supervise it until it stops; returns the exit status for the service.
-        A start that fails is reported to ``on_ready`` and raised."""
+        A start that fails is rolled back, then reported to ``on_ready``, and raised."""
         # A stop request from now on is kept (Python's default for SIGTERM would kill this
         # process mid-start and orphan what it made); it is carried out once the guest runs.
         for signum in STOP_SIGNALS:
@@ -124,8 +124,12 @@ class Supervisor:
             self._write_state(Phase.STARTING)
             self._start()
         except BaseException as exc:
-            self.on_ready(_failed(exc))
-            self._cleanup()
+            # Rolled back before the caller hears of it: once `vs-control --start` returns,
+            # nothing of the failed start is left (state, cgroup, link, firewall).
+            try:
+                self._cleanup()
+            finally:
+                self.on_ready(_failed(exc))
             raise
         self.on_ready("running")
         try:
