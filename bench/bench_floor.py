@@ -28,7 +28,7 @@ from pathlib import Path
 
 from bench.bench_start import unwire, wire
 from bench.common import GUEST, remove_cgroups
-from harness.scratch import scratch_env
+from harness.scratch import make_scratch_host
 from vstools.guest.templates import build_busybox_rootfs
 from vstools.host.syscalls import CLONE_NEWNET, setns
 
@@ -37,17 +37,13 @@ BIN = Path(sys.executable).parent
 
 def scratch_host(work: Path, parent: str) -> dict[str, str]:
     """The VS_* directories under ``work`` and the busybox guest "b" (no network)."""
-    for name in ("etc", "guests", "root", "state", "run"):
-        (work / name).mkdir()
-    (work / "etc" / "vs-tools.conf").write_text(
-        f"CGROUP_PARENT={parent}\nSTOP_TIMEOUT=5\nSYSLOG=no\n"
-    )
+    env = make_scratch_host(work, f"CGROUP_PARENT={parent}\nSTOP_TIMEOUT=5\nSYSLOG=no\n")
     build_busybox_rootfs(work / "root" / "b")
     (work / "guests" / "b").mkdir()
     (work / "guests" / "b" / "guest.conf").write_text(
         GUEST.format(name="b", context=1, ip="198.51.100.1")
     )
-    return scratch_env(work)
+    return env
 
 
 def warm_up(network: bool) -> Callable[[list[str]], int]:

@@ -32,7 +32,7 @@ from ipaddress import IPv4Address
 from pathlib import Path
 
 from bench.common import GUEST, SIX_RULES
-from harness.scratch import scratch_env
+from harness.scratch import make_scratch_host
 from vstools.config.firewall import parse_firewall
 from vstools.firewall.backends import Nftables
 from vstools.firewall.model import Ruleset, compile_guest, no_resolver
@@ -230,10 +230,7 @@ def starts(rounds: int) -> None:
     work = Path(tempfile.mkdtemp(prefix="vstbench-"))
     parent = f"vstbench{os.getpid()}"
     host, lan = f"{parent}-host", f"{parent}-lan"
-    env = scratch_env(work)
-    for name in ("etc", "guests", "root", "state", "run"):
-        (work / name).mkdir()
-    (work / "etc" / "vs-tools.conf").write_text(f"CGROUP_PARENT={parent}\nSTOP_TIMEOUT=5\n")
+    env = make_scratch_host(work, f"CGROUP_PARENT={parent}\nSTOP_TIMEOUT=5\n")
     (work / "etc" / "networks.conf").write_text("0,198.18.0.0/16,198.18.0.1\n")
     (work / "etc" / "create.conf").write_text("DEFAULT_DEVICE=up0\n")
     template = build_busybox_rootfs(work / "template")

@@ -24,7 +24,7 @@ import tempfile
 from pathlib import Path
 
 from bench.common import GUEST, SIX_RULES, remove_cgroups, timed
-from harness.scratch import scratch_env
+from harness.scratch import make_scratch_host, scratch_env
 from vstools.guest.templates import build_busybox_rootfs
 
 BIN = Path(sys.executable).parent
@@ -85,10 +85,7 @@ def main() -> int:
 
 
 def run(work: Path, parent: str, rounds: int) -> int:
-    for name in ("etc", "guests", "root", "state", "run"):
-        (work / name).mkdir()
-    env = scratch_env(work)
-    (work / "etc" / "vs-tools.conf").write_text(f"CGROUP_PARENT={parent}\nSTOP_TIMEOUT=5\n")
+    env = make_scratch_host(work, f"CGROUP_PARENT={parent}\nSTOP_TIMEOUT=5\n")
     rootfs = build_busybox_rootfs(work / "root" / "b")
     (work / "guests" / "b").mkdir()
     (work / "guests" / "b" / "guest.conf").write_text(

@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 
 from bench.common import GUEST, timed
-from harness.scratch import scratch_env
+from harness.scratch import make_scratch_host
 
 BIN = Path(sys.executable).parent
 GUESTS = 102
@@ -25,15 +25,14 @@ GUESTS = 102
 def define(work: Path) -> dict[str, str]:
     """A scratch host with ``GUESTS`` defined guests (stopped: status reads their files and
     their run directories only)."""
-    for name in ("etc", "guests", "root", "state", "run"):
-        (work / name).mkdir()
+    env = make_scratch_host(work)
     for index in range(GUESTS):
         name = f"s{index:03d}"
         (work / "guests" / name).mkdir()
         (work / "guests" / name / "guest.conf").write_text(
             GUEST.format(name=name, context=100 + index, ip=f"198.51.100.{10 + index}")
         )
-    return scratch_env(work)
+    return env
 
 
 def main() -> int:

@@ -28,7 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from bench.common import GUEST, SIX_RULES, machine_cpu_s
-from harness.scratch import scratch_env
+from harness.scratch import make_scratch_host, scratch_env
 from vstools.guest.templates import build_busybox_rootfs
 
 BIN = Path(sys.executable).parent
@@ -69,11 +69,8 @@ class Storm:
         return f"198.18.{1 + index // 200}.{10 + index % 200}"
 
     def setup(self) -> None:
-        for name in ("etc", "guests", "root", "state", "run", "lxc"):
-            (self.work / name).mkdir()
-        (self.work / "etc" / "vs-tools.conf").write_text(
-            f"CGROUP_PARENT={self.prefix}\nSTOP_TIMEOUT=5\n"
-        )
+        make_scratch_host(self.work, f"CGROUP_PARENT={self.prefix}\nSTOP_TIMEOUT=5\n")
+        (self.work / "lxc").mkdir()
         (self.work / "etc" / "networks.conf").write_text("0,198.18.0.0/16,198.18.0.1\n")
         (self.work / "etc" / "create.conf").write_text("DEFAULT_DEVICE=up0\n")
         template = build_busybox_rootfs(self.work / "template")

@@ -6,6 +6,16 @@ import os
 from pathlib import Path
 
 
+def make_scratch_host(work: Path, conf: str = "") -> dict[str, str]:
+    """Make a scratch host's VS_* directories under ``work`` (which exists), with ``conf`` as
+    its vs-tools.conf when given; its environment (``scratch_env``)."""
+    for name in ("etc", "guests", "root", "state", "run"):
+        (work / name).mkdir()
+    if conf:
+        (work / "etc" / "vs-tools.conf").write_text(conf)
+    return scratch_env(work)
+
+
 def scratch_env(work: Path) -> dict[str, str]:
     """The VS_* directories of a scratch host under ``work`` ."""
     return {
